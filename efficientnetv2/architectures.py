@@ -1,0 +1,186 @@
+"""The published EfficientNet (V1) and EfficientNetV2 variants.
+
+Each variant is a base block list plus scaling numbers and the official training sizes and
+regularisation. Numbers are those of the official code (google/automl `efficientnetv2/` for V2,
+tensorflow/tpu `efficientnet/` for V1); the paper's progressive-learning targets (Table 6)
+are kept beside them for the training recipe.
+"""
+
+import dataclasses
+
+# V1 B0, all MBConv with SE 0.25 (V1 paper, Table 1).
+V1_BASE_BLOCKS = (
+    'r1_k3_s1_e1_i32_o16_se0.25',
+    'r2_k3_s2_e6_i16_o24_se0.25',
+    'r2_k5_s2_e6_i24_o40_se0.25',
+    'r3_k3_s2_e6_i40_o80_se0.25',
+    'r3_k5_s1_e6_i80_o112_se0.25',
+    'r4_k5_s2_e6_i112_o192_se0.25',
+    'r1_k3_s1_e6_i192_o320_se0.25',
+)
+
+# V2 base for b0-b3: three Fused-MBConv stages then MBConv with SE.
+V2_BASE_BLOCKS = (
+    'r1_k3_s1_e1_i32_o16_c1',
+    'r2_k3_s2_e4_i16_o32_c1',
+    'r2_k3_s2_e4_i32_o48_c1',
+    'r3_k3_s2_e4_i48_o96_se0.25',
+    'r5_k3_s1_e6_i96_o112_se0.25',
+    'r8_k3_s2_e6_i112_o192_se0.25',
+)
+
+V2_S_BLOCKS = (
+    'r2_k3_s1_e1_i24_o24_c1',
+    'r4_k3_s2_e4_i24_o48_c1',
+    'r4_k3_s2_e4_i48_o64_c1',
+    'r6_k3_s2_e4_i64_o128_se0.25',
+    'r9_k3_s1_e6_i128_o160_se0.25',
+    'r15_k3_s2_e6_i160_o256_se0.25',
+)
+
+V2_M_BLOCKS = (
+    'r3_k3_s1_e1_i24_o24_c1',
+    'r5_k3_s2_e4_i24_o48_c1',
+    'r5_k3_s2_e4_i48_o80_c1',
+    'r7_k3_s2_e4_i80_o160_se0.25',
+    'r14_k3_s1_e6_i160_o176_se0.25',
+    'r18_k3_s2_e6_i176_o304_se0.25',
+    'r5_k3_s1_e6_i304_o512_se0.25',
+)
+
+V2_L_BLOCKS = (
+    'r4_k3_s1_e1_i32_o32_c1',
+    'r7_k3_s2_e4_i32_o64_c1',
+    'r7_k3_s2_e4_i64_o96_c1',
+    'r10_k3_s2_e4_i96_o192_se0.25',
+    'r19_k3_s1_e6_i192_o224_se0.25',
+    'r25_k3_s2_e6_i224_o384_se0.25',
+    'r7_k3_s1_e6_i384_o640_se0.25',
+)
+
+V2_XL_BLOCKS = (
+    'r4_k3_s1_e1_i32_o32_c1',
+    'r8_k3_s2_e4_i32_o64_c1',
+    'r8_k3_s2_e4_i64_o96_c1',
+    'r16_k3_s2_e4_i96_o192_se0.25',
+    'r24_k3_s1_e6_i192_o256_se0.25',
+    'r32_k3_s2_e6_i256_o512_se0.25',
+    'r8_k3_s1_e6_i512_o640_se0.25',
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One published model: architecture plus its official image sizes and regularisation.
+
+    Attributes:
+        name: the model name, e.g. 'efficientnetv2-s'.
+        family: 'v1' or 'v2'.
+        blocks: base block strings (before scaling).
+        width_coefficient, depth_coefficient: compound-scaling multipliers.
+        eval_size: evaluation resolution (V1: the model's resolution).
+        train_size: the official code's final training resolution.
+        dropout_rate: dropout before the classifier (official).
+        randaug_magnitude: final RandAugment magnitude (V2-S/M/L/XL).
+        mix_alpha: final mixup = cutmix alpha.
+        augname: official augmentation ('randaug' or 'effnetv1_autoaug').
+        paper_final: the paper's Table 6 final (size, RandAugment, mixup, dropout), where given.
+        keras_name: the keras.applications constructor for the same architecture, if any.
+    """
+
+    name: str
+    family: str
+    blocks: tuple
+    width_coefficient: float
+    depth_coefficient: float
+    eval_size: int
+    train_size: int
+    dropout_rate: float
+    randaug_magnitude: float = 0.0
+    mix_alpha: float = 0.0
+    augname: str = 'randaug'
+    paper_final: tuple = None
+    keras_name: str = None
+
+    @property
+    def is_v1(self):
+        return self.family == 'v1'
+
+    @property
+    def preprocess(self):
+        """Pixel scaling family: V2-S/M/L/XL use (x-128)/128, the b-models ImageNet mean/std."""
+        return 'legacy' if self.augname.startswith('effnetv1') else 'v2'
+
+    def model_hparams(self):
+        """The `model` config section this variant sets."""
+        return dict(
+            model_name=self.name,
+            blocks=list(self.blocks),
+            width_coefficient=self.width_coefficient,
+            depth_coefficient=self.depth_coefficient,
+            dropout_rate=self.dropout_rate,
+            # V1 code: BN momentum 0.99 and the 10% filter-rounding rule; V2 code: 0.9, no rule.
+            bn_momentum=0.99 if self.is_v1 else 0.9,
+            round_filters_10pct=self.is_v1,
+        )
+
+
+def _v1(name, width, depth, res, dropout, keras_name=None):
+    # The V2 code trains V1 models at 0.8 x resolution floored to 16; the V1 code at full size.
+    return Variant(name=name, family='v1', blocks=V1_BASE_BLOCKS, width_coefficient=width,
+                   depth_coefficient=depth, eval_size=res, train_size=int(res * 0.8) // 16 * 16,
+                   dropout_rate=dropout, augname='effnetv1_autoaug', keras_name=keras_name)
+
+
+def _v2b(name, width, depth, train_size, eval_size, dropout, keras_name):
+    return Variant(name=name, family='v2', blocks=V2_BASE_BLOCKS, width_coefficient=width,
+                   depth_coefficient=depth, eval_size=eval_size, train_size=train_size,
+                   dropout_rate=dropout, augname='effnetv1_autoaug', keras_name=keras_name)
+
+
+_VARIANTS = (
+    Variant('efficientnetv2-s', 'v2', V2_S_BLOCKS, 1.0, 1.0, 384, 300, 0.2, 10, 0.0,
+            paper_final=(300, 15, 0.0, 0.3), keras_name='EfficientNetV2S'),
+    Variant('efficientnetv2-m', 'v2', V2_M_BLOCKS, 1.0, 1.0, 480, 384, 0.3, 15, 0.2,
+            paper_final=(380, 20, 0.2, 0.4), keras_name='EfficientNetV2M'),
+    Variant('efficientnetv2-l', 'v2', V2_L_BLOCKS, 1.0, 1.0, 480, 384, 0.4, 20, 0.5,
+            paper_final=(380, 25, 0.4, 0.5), keras_name='EfficientNetV2L'),
+    Variant('efficientnetv2-xl', 'v2', V2_XL_BLOCKS, 1.0, 1.0, 512, 384, 0.4, 20, 0.5),
+    _v2b('efficientnetv2-b0', 1.0, 1.0, 192, 224, 0.2, 'EfficientNetV2B0'),
+    _v2b('efficientnetv2-b1', 1.0, 1.1, 192, 240, 0.2, 'EfficientNetV2B1'),
+    _v2b('efficientnetv2-b2', 1.1, 1.2, 208, 260, 0.3, 'EfficientNetV2B2'),
+    _v2b('efficientnetv2-b3', 1.2, 1.4, 240, 300, 0.3, 'EfficientNetV2B3'),
+    _v1('efficientnet-b0', 1.0, 1.0, 224, 0.2, 'EfficientNetB0'),
+    _v1('efficientnet-b1', 1.0, 1.1, 240, 0.2, 'EfficientNetB1'),
+    _v1('efficientnet-b2', 1.1, 1.2, 260, 0.3, 'EfficientNetB2'),
+    _v1('efficientnet-b3', 1.2, 1.4, 300, 0.3, 'EfficientNetB3'),
+    _v1('efficientnet-b4', 1.4, 1.8, 380, 0.4, 'EfficientNetB4'),
+    _v1('efficientnet-b5', 1.6, 2.2, 456, 0.4, 'EfficientNetB5'),
+    _v1('efficientnet-b6', 1.8, 2.6, 528, 0.5, 'EfficientNetB6'),
+    _v1('efficientnet-b7', 2.0, 3.1, 600, 0.5, 'EfficientNetB7'),
+    _v1('efficientnet-b8', 2.2, 3.6, 672, 0.5),
+    _v1('efficientnet-l2', 4.3, 5.3, 800, 0.5),
+)
+
+VARIANTS = {v.name: v for v in _VARIANTS}
+
+
+def list_models():
+    """Names of every published variant, V2 first."""
+    return [v.name for v in _VARIANTS]
+
+
+def get_variant(name):
+    """Looks a variant up by name (case-insensitive).
+
+    Raises:
+        ValueError: unknown name; the message lists the valid names.
+    """
+    key = str(name).strip().lower()
+    if key not in VARIANTS:
+        import difflib
+        close = difflib.get_close_matches(key, VARIANTS, n=3)
+        hint = (' Did you mean %s?' % ' or '.join(close)) if close else ''
+        raise ValueError('Unknown model name %r.%s Valid names: %s.'
+                         % (name, hint, ', '.join(list_models())))
+    return VARIANTS[key]

@@ -1,0 +1,265 @@
+"""The EfficientNet / EfficientNetV2 network as a Keras 3 Functional model."""
+
+import keras
+
+from efficientnetv2 import architectures
+from efficientnetv2 import blocks as blocks_lib
+from efficientnetv2 import hparams
+from efficientnetv2 import layers
+
+POOLING = (None, 'avg', 'max')
+DEFAULT_MODEL_HPARAMS = dict(
+    model_name=None,
+    blocks=[],
+    width_coefficient=1.0,
+    depth_coefficient=1.0,
+    depth_divisor=8,
+    min_depth=8,
+    round_filters_10pct=False,
+    feature_size=1280,
+    dropout_rate=0.2,
+    survival_prob=0.8,
+    bn_momentum=0.9,
+    bn_epsilon=1e-3,
+    act_fn='silu',
+    sync_bn=False,
+    fused_bn=True,
+    conv_dropout=0.0,
+    headbias=None,
+    num_classes=1000,
+    data_format='channels_last',
+)
+
+
+def _block_name(stage, repeat):
+    """block1a, block1b, ..., block6z, block6aa, ... (keras.applications style, never ambiguous)."""
+    letters = ''
+    n = repeat
+    while True:
+        letters = chr(ord('a') + n % 26) + letters
+        n = n // 26 - 1
+        if n < 0:
+            return 'block%d%s' % (stage, letters)
+
+
+@layers.register
+class EfficientNet(keras.Model):
+    """EfficientNet (V1) or EfficientNetV2, built from block strings.
+
+    The constructor arguments are the model's whole config (`get_config` returns them and
+    `from_config` calls the constructor), so `.keras` files round-trip.
+
+    Args:
+        blocks: list of block strings, one per stage (see `efficientnetv2.blocks`).
+        width_coefficient: channel multiplier (compound scaling).
+        depth_coefficient: repeat multiplier (compound scaling).
+        depth_divisor: channels are rounded to a multiple of this.
+        min_depth: smallest channel count after rounding.
+        round_filters_10pct: the V1 rounding rule (add a divisor when rounding lost > 10%).
+        feature_size: head width before width scaling (1280).
+        dropout_rate: dropout before the classifier.
+        survival_prob: stochastic-depth survival probability of the last block; block `i` of `N`
+            keeps its branch with probability `1 - (1 - survival_prob) * i / N`. None or 0
+            disables stochastic depth.
+        bn_momentum: batch-norm moving-average momentum (Keras convention).
+        bn_epsilon: batch-norm epsilon.
+        act_fn: activation name (silu, relu, ...).
+        sync_bn: cross-replica batch norm (TPU, multi-GPU).
+        fused_bn: use TensorFlow's fused batch-norm kernel where possible.
+        conv_dropout: dropout inside MBConv blocks after the depthwise conv (official option).
+        headbias: initial value of the classifier bias (None: 0).
+        include_top: whether to end with pooling, dropout and the classifier.
+        num_classes: classifier width.
+        pooling: with `include_top=False`: None (4-D head features), 'avg' or 'max'.
+        input_shape: input shape without the batch axis; default (None, None, 3), any size.
+        classifier_activation: None (logits, the default) or e.g. 'softmax'.
+        data_format: 'channels_last' or 'channels_first' (the latter needs a GPU).
+        model_name: the variant name, kept for reference.
+        name: the Keras model name (defaults to `model_name`).
+    """
+
+    def __init__(self, blocks, width_coefficient=1.0, depth_coefficient=1.0, depth_divisor=8,
+                 min_depth=8, round_filters_10pct=False, feature_size=1280, dropout_rate=0.2,
+                 survival_prob=0.8, bn_momentum=0.9, bn_epsilon=1e-3, act_fn='silu',
+                 sync_bn=False, fused_bn=True, conv_dropout=0.0, headbias=None,
+                 include_top=True, num_classes=1000, pooling=None, input_shape=None,
+                 classifier_activation=None, data_format='channels_last', model_name=None,
+                 name=None, **kwargs):
+        if pooling not in POOLING:
+            raise ValueError('pooling must be one of %s. Received: pooling=%r'
+                             % (POOLING, pooling))
+        if include_top and (not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError('num_classes must be a positive integer. Received: num_classes=%r'
+                             % (num_classes,))
+        if data_format not in ('channels_last', 'channels_first'):
+            raise ValueError("data_format must be 'channels_last' or 'channels_first'. "
+                             'Received: data_format=%r' % (data_format,))
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError('dropout_rate must be in [0, 1). Received: dropout_rate=%r'
+                             % (dropout_rate,))
+        layers.get_activation(act_fn)  # Fails early on an unknown name.
+        base_stages = blocks_lib.decode_list(list(blocks))
+        stages = blocks_lib.scale_stages(base_stages, width_coefficient, depth_coefficient,
+                                         depth_divisor, min_depth, round_filters_10pct)
+
+        def width(filters):
+            return blocks_lib.round_filters(filters, width_coefficient, depth_divisor, min_depth,
+                                            round_filters_10pct)
+
+        channel_axis = 1 if data_format == 'channels_first' else -1
+        if input_shape is None:
+            input_shape = (3, None, None) if channel_axis == 1 else (None, None, 3)
+        norm_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, sync_bn=sync_bn,
+                         fused_bn=fused_bn, data_format=data_format)
+
+        inputs = keras.Input(shape=tuple(input_shape), name='images')
+        x = layers.ConvBNAct(width(base_stages[0].input_filters), 3, 2, act_fn=act_fn, name='stem',
+                             **norm_args)(inputs)
+
+        total_blocks = sum(s.num_repeat for s in stages)
+        block_specs = []  # (name, strides) per block, for the endpoint table.
+        index = 0
+        for stage_id, stage in enumerate(stages, start=1):
+            block_cls = layers.FusedMBConvBlock if stage.conv_type else layers.MBConvBlock
+            for repeat in range(stage.num_repeat):
+                first = repeat == 0
+                prob = None
+                if survival_prob:
+                    prob = 1.0 - (1.0 - survival_prob) * index / total_blocks
+                name = _block_name(stage_id, repeat)
+                x = block_cls(
+                    stage.input_filters if first else stage.output_filters,
+                    stage.output_filters, kernel_size=stage.kernel_size,
+                    strides=stage.strides if first else 1, expand_ratio=stage.expand_ratio,
+                    se_ratio=stage.se_ratio, survival_prob=prob, act_fn=act_fn,
+                    conv_dropout=conv_dropout, name=name, **norm_args)(x)
+                block_specs.append((name, stage.strides if first else 1))
+                index += 1
+
+        x = layers.ConvBNAct(width(feature_size), 1, 1, act_fn=act_fn, name='top', **norm_args)(x)
+        if include_top:
+            x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name='avg_pool')(x)
+            # Always present (rate may be 0) so progressive training can change the rate.
+            x = layers.Dropout(dropout_rate, name='top_dropout')(x)
+            x = keras.layers.Dense(
+                num_classes, activation=classifier_activation,
+                kernel_initializer=layers.dense_kernel_initializer(),
+                bias_initializer=keras.initializers.Constant(headbias or 0.0),
+                name='predictions', dtype='float32' if classifier_activation else None)(x)
+        elif pooling == 'avg':
+            x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name='avg_pool')(x)
+        elif pooling == 'max':
+            x = keras.layers.GlobalMaxPooling2D(data_format=data_format, name='max_pool')(x)
+
+        super().__init__(inputs=inputs, outputs=x, name=name or model_name or 'efficientnet',
+                         **kwargs)
+        self._init_args = dict(
+            blocks=list(blocks), width_coefficient=width_coefficient,
+            depth_coefficient=depth_coefficient, depth_divisor=depth_divisor,
+            min_depth=min_depth, round_filters_10pct=round_filters_10pct,
+            feature_size=feature_size, dropout_rate=dropout_rate, survival_prob=survival_prob,
+            bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, act_fn=act_fn, sync_bn=sync_bn,
+            fused_bn=fused_bn, conv_dropout=conv_dropout, headbias=headbias,
+            include_top=include_top, num_classes=num_classes, pooling=pooling,
+            input_shape=tuple(input_shape), classifier_activation=classifier_activation,
+            data_format=data_format, model_name=model_name)
+        self.model_name = model_name
+        self.include_top = include_top
+        self.num_classes = num_classes
+        self.stages = stages
+        self.endpoint_names = _reduction_endpoints(block_specs)
+
+    def get_config(self):
+        config = dict(self._init_args)
+        config['name'] = self.name
+        config['trainable'] = self.trainable
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        trainable = config.pop('trainable', True)
+        model = cls(**config)
+        model.trainable = trainable
+        return model
+
+    @property
+    def dropout_rate(self):
+        """The classifier dropout rate; settable (takes effect at the next trace)."""
+        return self.get_layer('top_dropout').rate if self.include_top else 0.0
+
+    @dropout_rate.setter
+    def dropout_rate(self, rate):
+        if self.include_top:
+            self.get_layer('top_dropout').rate = float(rate)
+            self._init_args['dropout_rate'] = float(rate)
+
+    def feature_extractor(self):
+        """A model on the same layers returning {'reduction_1': ..., 'reduction_5': ...}.
+
+        Reduction level k has stride 2**k; these are the block outputs just before each
+        spatial reduction (and the last block), as the official `reduction_k` endpoints.
+        """
+        outputs = {'reduction_%d' % (i + 1): self.get_layer(name).output
+                   for i, name in enumerate(self.endpoint_names)}
+        return keras.Model(self.inputs, outputs, name=self.name + '_features')
+
+
+def _reduction_endpoints(block_specs):
+    """Names of blocks that end a resolution level: the last block, or one before a stride."""
+    names = []
+    for i, (name, _) in enumerate(block_specs):
+        if i == len(block_specs) - 1 or block_specs[i + 1][1] > 1:
+            names.append(name)
+    return names
+
+
+def model_hparams(model_name, **overrides):
+    """The resolved `model` hyper-parameters for a variant, with strict overrides.
+
+    Raises:
+        ValueError: unknown model name (lists the valid names).
+        KeyError: unknown override key (names the closest valid keys).
+    """
+    variant = architectures.get_variant(model_name)
+    config = hparams.Config(DEFAULT_MODEL_HPARAMS)
+    config.override(variant.model_hparams())
+    config.override(overrides)
+    return config
+
+
+def get_model(model_name, include_top=True, weights=None, input_shape=None, pooling=None,
+              num_classes=1000, classifier_activation=None, **overrides):
+    """Builds a published EfficientNet / EfficientNetV2 variant.
+
+    Args:
+        model_name: one of `list_models()`, e.g. 'efficientnetv2-s' or 'efficientnet-b0'.
+        include_top: end with the classifier (else features, see `pooling`).
+        weights: None (random init); a path to this project's checkpoint, a `.keras` or
+            `.weights.h5` file, or an official TF checkpoint (see `efficientnetv2.weights`);
+            or 'imagenet' to convert keras.applications' ImageNet weights (needs internet the
+            first time; V2-S/M/L/B0-B3 and V1-B0-B7).
+        input_shape: input shape without batch axis; default any size, 3 channels.
+        pooling: None, 'avg' or 'max' when include_top is False.
+        num_classes: classifier width (weights of another width skip the classifier).
+        classifier_activation: None for logits (default) or 'softmax'.
+        **overrides: model hyper-parameters, e.g. dropout_rate=0.3, survival_prob=0.8,
+            bn_momentum=0.99, act_fn='relu'.
+
+    Returns:
+        An `EfficientNet` keras.Model taking images preprocessed for the variant's family
+        (see README: V2-S/M/L/XL (x - 128) / 128; V1 and V2-B0..B3 ImageNet mean/std).
+    """
+    config = model_hparams(model_name, num_classes=num_classes, **overrides)
+    model = EfficientNet(include_top=include_top, pooling=pooling, input_shape=input_shape,
+                         classifier_activation=classifier_activation, **config.as_dict())
+    if weights is not None:
+        from efficientnetv2 import weights as weights_lib
+        weights_lib.load_weights(model, weights)
+    return model
+
+
+def get_feature_extractor(model_name, input_shape=None, weights=None, **overrides):
+    """A backbone returning the multi-scale endpoints `reduction_1` .. `reduction_5`."""
+    return get_model(model_name, include_top=False, input_shape=input_shape, weights=weights,
+                     **overrides).feature_extractor()
