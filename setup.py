@@ -1,0 +1,50 @@
+"""Packaging for efficientnetv2: EfficientNet (V1) and EfficientNetV2 on TensorFlow 2 / Keras 3."""
+
+import os
+import re
+
+from setuptools import find_packages
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _version():
+    with open(os.path.join(HERE, 'efficientnetv2', '__init__.py')) as f:
+        return re.search(r"^__version__ = '([^']+)'", f.read(), re.M).group(1)
+
+
+def _readme():
+    with open(os.path.join(HERE, 'README.md'), encoding='utf-8') as f:
+        return f.read()
+
+
+setup(
+    name='efficientnetv2',
+    version=_version(),
+    description='EfficientNet (V1) and EfficientNetV2 for TensorFlow 2 / Keras 3: models, '
+                'progressive training, export.',
+    long_description=_readme(),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    packages=find_packages(include=['efficientnetv2', 'efficientnetv2.*']),
+    install_requires=[
+        'tensorflow>=2.16,<2.22',  # Keras 3; developed and tested on 2.21.
+        'keras>=3.3',
+        'tensorflow-datasets>=4.9',
+        'absl-py>=1.0',
+        'PyYAML>=5.4',
+        'numpy',
+        'scikit-learn>=1.0',  # Only for its bundled 'digits' images (the offline default data).
+    ],
+    extras_require={'test': ['pytest>=7']},
+    entry_points={'console_scripts': [
+        'efficientnetv2-summary=efficientnetv2.summary:main',
+    ]},
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'License :: OSI Approved :: Apache Software License',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
+)
