@@ -1,0 +1,176 @@
+"""Learning-rate schedule of the EfficientNet(V2) recipe: warmup, then decay.
+
+Facts (official code, `WarmupLearningRateSchedule`):
+  * the peak learning rate scales linearly with the global batch:
+    `lr0 = lr_base * global_batch_size / 256`;
+  * exponential decay is staircase, `lr0 * 0.97 ** floor(t / (2.4 * spe))`,
+    counted from step 0: warmup does not shift it, so at the end of warmup
+    the LR drops from about `lr0` to the decayed value (ImageNet, batch 4096:
+    0.256 -> 0.2409 at step 1533);
+  * cosine `0.5 * lr0 * (1 + cos(pi * t / T))` and linear `(1 - t / T) * lr0`
+    run over the whole run of `T` steps (warmup included);
+  * a floor `min_lr` is applied next, then the linear warmup
+    `lr0 * t / W` with `W = int(warmup_epochs * spe)` overrides the value
+    for `t < W`.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+_PACKAGE = "efficientnetv2"
+
+DECAY_TYPES = ("exponential", "cosine", "linear", "constant")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup followed by exponential, cosine, linear or constant decay.
+
+    Both `lr_base` and `lr_min` are given per `reference_batch_size` images
+    and scaled by `global_batch_size / reference_batch_size`, as the
+    official configs (`train.lr_base`, `train.lr_min`) are.
+
+    Args:
+        lr_base: Learning rate per `reference_batch_size` images (0.016 for
+            the ImageNet recipe).
+        global_batch_size: Images per optimizer step over all replicas.
+        steps_per_epoch: Optimizer steps per epoch; may be a float (the TF1
+            script uses `num_images / batch`, e.g. 306.676).
+        total_steps: Steps of the whole run, `T`; required by `cosine` and
+            `linear`, optional otherwise.
+        decay_type: One of `DECAY_TYPES`.
+        warmup_epochs: Length of the linear warmup in epochs; 0 disables it.
+        lr_min: Floor per `reference_batch_size` images; 0 disables it.
+        decay_rate: Factor of each exponential step (0.97).
+        decay_epochs: Epochs between exponential steps (2.4).
+        reference_batch_size: Batch size `lr_base` refers to (256).
+    """
+
+    def __init__(
+        self,
+        lr_base,
+        global_batch_size,
+        steps_per_epoch,
+        total_steps=None,
+        decay_type="exponential",
+        warmup_epochs=5.0,
+        lr_min=0.0,
+        decay_rate=0.97,
+        decay_epochs=2.4,
+        reference_batch_size=256,
+    ):
+        super().__init__()
+        _check_positive("lr_base", lr_base, allow_zero=True)
+        _check_positive("global_batch_size", global_batch_size)
+        _check_positive("steps_per_epoch", steps_per_epoch)
+        _check_positive("warmup_epochs", warmup_epochs, allow_zero=True)
+        _check_positive("lr_min", lr_min, allow_zero=True)
+        _check_positive("decay_rate", decay_rate)
+        _check_positive("decay_epochs", decay_epochs)
+        _check_positive("reference_batch_size", reference_batch_size)
+        if decay_type not in DECAY_TYPES:
+            raise ValueError(
+                f"Argument `decay_type` must be one of {list(DECAY_TYPES)}; "
+                f"received: decay_type={decay_type!r}."
+            )
+        if decay_type in ("cosine", "linear") and not (
+            total_steps is not None and total_steps > 0
+        ):
+            raise ValueError(
+                f"Argument `total_steps` must be a positive number when "
+                f"decay_type={decay_type!r}; received: "
+                f"total_steps={total_steps!r}."
+            )
+        self.lr_base = float(lr_base)
+        self.global_batch_size = int(global_batch_size)
+        self.steps_per_epoch = float(steps_per_epoch)
+        self.total_steps = None if total_steps is None else int(total_steps)
+        self.decay_type = decay_type
+        self.warmup_epochs = float(warmup_epochs)
+        self.lr_min = float(lr_min)
+        self.decay_rate = float(decay_rate)
+        self.decay_epochs = float(decay_epochs)
+        self.reference_batch_size = int(reference_batch_size)
+
+    @property
+    def batch_scale(self):
+        """`global_batch_size / reference_batch_size`."""
+        return self.global_batch_size / self.reference_batch_size
+
+    @property
+    def initial_lr(self):
+        """Peak learning rate `lr0` after batch scaling."""
+        return self.lr_base * self.batch_scale
+
+    @property
+    def min_lr(self):
+        """Learning-rate floor after batch scaling."""
+        return self.lr_min * self.batch_scale
+
+    @property
+    def warmup_steps(self):
+        """`W = int(warmup_epochs * steps_per_epoch)`."""
+        return int(self.warmup_epochs * self.steps_per_epoch)
+
+    @property
+    def decay_steps(self):
+        """Steps between two exponential decay steps (float)."""
+        return self.decay_epochs * self.steps_per_epoch
+
+    def __call__(self, step):
+        """Returns the learning rate (float32 scalar tensor) at `step`."""
+        t = tf.cast(tf.convert_to_tensor(step), tf.float32)
+        lr0 = tf.constant(self.initial_lr, tf.float32)
+        lr = self._decayed(t, lr0)
+        if self.min_lr > 0:
+            lr = tf.maximum(lr, tf.constant(self.min_lr, tf.float32))
+        warmup_steps = self.warmup_steps
+        if warmup_steps > 0:
+            warmup_lr = lr0 * t / float(warmup_steps)
+            lr = tf.where(t < float(warmup_steps), warmup_lr, lr)
+        return lr
+
+    def _decayed(self, t, lr0):
+        """Decay value at float step `t`, before floor and warmup."""
+        if self.decay_type == "exponential":
+            exponent = tf.floor(t / tf.constant(self.decay_steps, tf.float32))
+            rate = tf.constant(self.decay_rate, tf.float32)
+            return lr0 * tf.pow(rate, exponent)
+        if self.decay_type == "cosine":
+            progress = t / float(self.total_steps)
+            return 0.5 * lr0 * (1.0 + tf.cos(math.pi * progress))
+        if self.decay_type == "linear":
+            # Clamped at 0 past `total_steps` (the official code would go
+            # negative there); identical on [0, total_steps].
+            return tf.maximum(1.0 - t / float(self.total_steps), 0.0) * lr0
+        return lr0 * tf.ones_like(t)
+
+    def get_config(self):
+        return {
+            "lr_base": self.lr_base,
+            "global_batch_size": self.global_batch_size,
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "decay_type": self.decay_type,
+            "warmup_epochs": self.warmup_epochs,
+            "lr_min": self.lr_min,
+            "decay_rate": self.decay_rate,
+            "decay_epochs": self.decay_epochs,
+            "reference_batch_size": self.reference_batch_size,
+        }
+
+
+def _check_positive(argument, value, allow_zero=False):
+    """Raises ValueError unless `value` is a number > 0 (or >= 0)."""
+    try:
+        ok = value >= 0 if allow_zero else value > 0
+    except TypeError:
+        ok = False
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(
+            f"Argument `{argument}` must be a number {bound}; received: "
+            f"{argument}={value!r}."
+        )
