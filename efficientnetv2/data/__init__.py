@@ -1,0 +1,45 @@
+"""Input pipelines and augmentation for EfficientNet(V2) training.
+
+Typical use::
+
+    from efficientnetv2 import data
+    info = data.get_dataset_info('digits')
+    ds = data.build_dataset('digits', split='train', image_size=32,
+                            batch_size=64)
+    for images, labels in ds.take(1):
+        ...
+    data.skipped_images()  # corrupt images dropped so far (also logged)
+
+Modules: `datasets` (registry, sources, `build_dataset`), `preprocessing`
+(crops, resizing, normalisation), `augment` (RandAugment, AutoAugment,
+cutout), `mixing` (mixup, CutMix).
+"""
+
+from efficientnetv2.data import augment
+from efficientnetv2.data import mixing
+from efficientnetv2.data import preprocessing
+from efficientnetv2.data.augment import autoaugment
+from efficientnetv2.data.augment import distort_image
+from efficientnetv2.data.augment import randaugment
+from efficientnetv2.data.datasets import build_dataset
+from efficientnetv2.data.datasets import dataset_names
+from efficientnetv2.data.datasets import DatasetInfo
+from efficientnetv2.data.datasets import folder_dataset_info
+from efficientnetv2.data.datasets import get_dataset_info
+from efficientnetv2.data.datasets import reset_skipped_images
+from efficientnetv2.data.datasets import skipped_images
+from efficientnetv2.data.datasets import skipped_images_by_source
+from efficientnetv2.data.datasets import SplitInfo
+from efficientnetv2.data.mixing import mix_batch
+from efficientnetv2.data.preprocessing import normalize
+from efficientnetv2.data.preprocessing import parse_augname
+from efficientnetv2.data.preprocessing import preprocess_image
+from efficientnetv2.data.preprocessing import resolve_family
+
+__all__ = [
+    'augment', 'mixing', 'preprocessing', 'autoaugment', 'distort_image',
+    'randaugment', 'build_dataset', 'dataset_names', 'DatasetInfo',
+    'folder_dataset_info', 'get_dataset_info', 'reset_skipped_images',
+    'skipped_images', 'skipped_images_by_source', 'SplitInfo', 'mix_batch',
+    'normalize', 'parse_augname', 'preprocess_image', 'resolve_family',
+]

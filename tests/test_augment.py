@@ -1,0 +1,305 @@
+"""RandAugment / AutoAugment ops against independent expectations."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnetv2.data import augment
+
+GRAY = augment.FILL_VALUE
+
+
+def _image(height, width, seed=0, low=0, high=256):
+    rng = np.random.default_rng(seed)
+    return rng.integers(low, high, (height, width, 3)).astype(np.uint8)
+
+
+def _np(tensor):
+    return np.asarray(tensor)
+
+
+# ----------------------------------------------------------------------------
+# Geometric ops.
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize('size', [5, 8])
+def test_rotate_90_equals_rot90(size):
+    image = _image(size, size)
+    rotated = augment.rotate(image, 90.0)
+    np.testing.assert_array_equal(_np(rotated), _np(tf.image.rot90(image)))
+    back = augment.rotate(image, -90.0)
+    np.testing.assert_array_equal(_np(back), _np(tf.image.rot90(image, k=3)))
+
+
+def test_rotate_zero_is_identity_and_corners_are_filled():
+    image = _image(9, 9, low=0, high=100)
+    np.testing.assert_array_equal(_np(augment.rotate(image, 0.0)), image)
+    rotated = _np(augment.rotate(image, 45.0))
+    np.testing.assert_array_equal(rotated[0, 0], [GRAY] * 3)
+    np.testing.assert_array_equal(rotated[4, 4], image[4, 4])  # Centre.
+
+
+def test_translate_x_and_y_known_pixels():
+    image = _image(4, 6, low=0, high=100)
+    moved = _np(augment.translate_x(image, 2.0))
+    np.testing.assert_array_equal(moved[:, :4], image[:, 2:])
+    assert (moved[:, 4:] == GRAY).all()
+    moved = _np(augment.translate_x(image, -1.0))
+    np.testing.assert_array_equal(moved[:, 1:], image[:, :-1])
+    assert (moved[:, 0] == GRAY).all()
+    moved = _np(augment.translate_y(image, 3.0))
+    np.testing.assert_array_equal(moved[:1], image[3:])
+    assert (moved[1:] == GRAY).all()
+
+
+def _shear_reference(image, level, axis):
+    """Nearest-neighbour shear with gray fill, in NumPy."""
+    height, width, _ = image.shape
+    out = np.full_like(image, GRAY)
+    for y in range(height):
+        for x in range(width):
+            src_x, src_y = (x + level * y, y) if axis == 'x' else (
+                x, y + level * x)
+            src_x, src_y = int(np.round(src_x)), int(np.round(src_y))
+            if 0 <= src_x < width and 0 <= src_y < height:
+                out[y, x] = image[src_y, src_x]
+    return out
+
+
+@pytest.mark.parametrize('level', [0.3, -0.3, 1.2])
+def test_shear_matches_reference(level):
+    # Levels and sizes avoid .5 ties in the rounding of source coordinates.
+    image = _image(5, 5, low=0, high=100)
+    np.testing.assert_array_equal(
+        _np(augment.shear_x(image, level)),
+        _shear_reference(image, level, 'x'))
+    np.testing.assert_array_equal(
+        _np(augment.shear_y(image, level)),
+        _shear_reference(image, level, 'y'))
+
+
+def test_fill_matches_official_wrap_unwrap():
+    """Constant fill == official trick: ones channel, fill 0, then gray."""
+    image = _image(11, 13)
+    image[3:6, 3:6] = 0  # Black content must stay black.
+    matrix = tf.constant([[0.9, -0.4, 3.0, 0.4, 0.9, -2.0, 0.0, 0.0]])
+    wrapped = tf.concat([image, np.ones((11, 13, 1), np.uint8)], -1)[None]
+    moved = tf.raw_ops.ImageProjectiveTransformV3(
+        images=wrapped, transforms=matrix, output_shape=[11, 13],
+        fill_value=0.0, interpolation='NEAREST', fill_mode='CONSTANT')[0]
+    moved = _np(moved)
+    expected = np.where(moved[..., 3:] == 0, GRAY, moved[..., :3])
+    np.testing.assert_array_equal(
+        _np(augment.transform(image, matrix[0])), expected)
+
+
+# ----------------------------------------------------------------------------
+# Pixel ops.
+# ----------------------------------------------------------------------------
+def _pixels(values):
+    return np.array(values, np.uint8).reshape(1, -1, 1).repeat(3, axis=2)
+
+
+def test_posterize_known_pixels():
+    image = _pixels([0, 15, 16, 200, 255])
+    np.testing.assert_array_equal(
+        _np(augment.posterize(image, 4))[0, :, 0], [0, 0, 16, 192, 240])
+    np.testing.assert_array_equal(
+        _np(augment.posterize(image, 8))[0, :, 0], [0, 15, 16, 200, 255])
+    # 0 bits: TF clamps the uint8 shift of 8 to 7 (keeps the top bit).
+    np.testing.assert_array_equal(
+        _np(augment.posterize(image, 0))[0, :, 0], [0, 0, 0, 128, 128])
+
+
+def test_solarize_and_solarize_add_known_pixels():
+    image = _pixels([0, 100, 127, 128, 200, 255])
+    np.testing.assert_array_equal(
+        _np(augment.solarize(image, 128))[0, :, 0], [0, 100, 127, 127, 55, 0])
+    np.testing.assert_array_equal(
+        _np(augment.solarize(image, 256))[0, :, 0], image[0, :, 0])
+    np.testing.assert_array_equal(
+        _np(augment.solarize_add(image, 110))[0, :, 0],
+        [110, 210, 237, 128, 200, 255])
+    np.testing.assert_array_equal(
+        _np(augment.solarize_add(image, 200))[0, :, 0],
+        [200, 255, 255, 128, 200, 255])
+
+
+def test_invert():
+    image = _image(3, 4)
+    np.testing.assert_array_equal(_np(augment.invert(image)), 255 - image)
+
+
+def test_autocontrast_known_pixels():
+    image = np.zeros((1, 3, 3), np.uint8)
+    image[0, :, 0] = [50, 100, 150]
+    image[0, :, 1] = [7, 7, 7]  # Constant channel: unchanged.
+    image[0, :, 2] = [0, 128, 255]  # Already full range: unchanged.
+    out = _np(augment.autocontrast(image))
+    np.testing.assert_array_equal(out[0, :, 0], [0, 127, 255])
+    np.testing.assert_array_equal(out[0, :, 1], [7, 7, 7])
+    np.testing.assert_array_equal(out[0, :, 2], [0, 128, 255])
+
+
+def _equalize_reference(channel):
+    """PIL's ImageOps.equalize for one channel, written from its algorithm."""
+    histogram = np.bincount(channel.ravel(), minlength=256)
+    used = histogram[histogram > 0]
+    step = (used.sum() - used[-1]) // 255
+    if step == 0:
+        return channel
+    lut, total = [], step // 2
+    for count in histogram:
+        lut.append(min(total // step, 255))
+        total += count
+    return np.array(lut, np.uint8)[channel]
+
+
+def test_equalize_matches_pil_algorithm():
+    image = _image(17, 19, seed=3, low=40, high=120)
+    image[..., 2] = 9  # Constant channel: step 0, unchanged.
+    expected = np.stack(
+        [_equalize_reference(image[..., c]) for c in range(3)], -1)
+    np.testing.assert_array_equal(_np(augment.equalize(image)), expected)
+
+
+def test_blend_semantics():
+    first = _pixels([10, 100, 200])
+    second = _pixels([15, 200, 100])
+    np.testing.assert_array_equal(_np(augment.blend(first, second, 0.0)),
+                                  first)
+    np.testing.assert_array_equal(_np(augment.blend(first, second, 1.0)),
+                                  second)
+    # Interpolation truncates: 12.5 -> 12, 150 -> 150, 150 -> 150.
+    np.testing.assert_array_equal(
+        _np(augment.blend(first, second, 0.5))[0, :, 0], [12, 150, 150])
+    # Extrapolation clips: 10 + 2 * 5 = 20, 100 + 200 -> 255, 200 - 200 = 0.
+    np.testing.assert_array_equal(
+        _np(augment.blend(first, second, 2.0))[0, :, 0], [20, 255, 0])
+
+
+def test_color_brightness_contrast_degenerate_images():
+    image = _image(16, 16)
+    gray = _np(tf.image.rgb_to_grayscale(image))
+    np.testing.assert_array_equal(_np(augment.color(image, 0.0)),
+                                  np.repeat(gray, 3, -1))
+    np.testing.assert_array_equal(_np(augment.brightness(image, 0.0)), 0)
+    np.testing.assert_array_equal(_np(augment.brightness(image, 0.5)),
+                                  image // 2)
+    # Official "mean" = num_pixels / 256: 1 for 16x16, clipped 255 for 256x256.
+    np.testing.assert_array_equal(_np(augment.contrast(image, 0.0)), 1)
+    big = np.full((256, 256, 3), 3, np.uint8)
+    np.testing.assert_array_equal(_np(augment.contrast(big, 0.0)), 255)
+
+
+def test_sharpness_zero_is_smoothed_interior_with_original_border():
+    image = _image(6, 7).astype(np.float64)
+    kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]]) / 13.0
+    expected = image.copy()
+    for y in range(1, 5):
+        for x in range(1, 6):
+            window = image[y - 1:y + 2, x - 1:x + 2]
+            expected[y, x] = np.einsum('ijc,ij->c', window, kernel)
+    out = _np(augment.sharpness(image.astype(np.uint8), 0.0))
+    # Float32 convolution may land on the other side of an integer.
+    np.testing.assert_allclose(out, np.floor(expected), atol=1)
+    np.testing.assert_array_equal(out[0], image[0])
+    np.testing.assert_array_equal(out[:, -1], image[:, -1])
+
+
+def test_cutout_fills_one_clipped_square():
+    image = _image(10, 12, low=0, high=100)
+    out = _np(augment.cutout(image, 2, seed=[1, 2]))
+    filled = (out != image).any(-1)
+    rows, cols = np.nonzero(filled)
+    assert filled.sum() > 0
+    assert rows.max() - rows.min() < 4 and cols.max() - cols.min() < 4
+    assert filled.sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)  # Rectangle.
+    assert (out[filled] == GRAY).all()
+
+
+# ----------------------------------------------------------------------------
+# Level mappings and policies.
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize('name,expected', [
+    ('Rotate', [15, 30, 45, 60]),
+    ('Posterize', [2, 4, 6, 8]),
+    ('Solarize', [128, 256, 384, 512]),
+    ('Color', [1.0, 1.9, 2.8, 3.7]),
+    ('ShearX', [0.15, 0.3, 0.45, 0.6]),
+    ('TranslateY', [50, 100, 150, 200]),
+    ('Cutout', [20, 40, 60, 80]),
+    ('SolarizeAdd', [55, 110, 165, 220]),
+])
+def test_level_to_arg_official_scale(name, expected):
+    got = [augment.level_to_arg(name, m) for m in (5, 10, 15, 20)]
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    assert augment.level_to_arg('Color', 5) == 1.0  # Exact identity factor.
+
+
+def test_level_to_arg_rejects_unknown_op():
+    with pytest.raises(ValueError, match='Rotate'):
+        augment.level_to_arg('Spin', 5)
+
+
+@pytest.mark.parametrize('name,magnitude', [
+    ('Rotate', 0), ('ShearX', 0), ('ShearY', 0), ('TranslateX', 0),
+    ('TranslateY', 0), ('Cutout', 0), ('SolarizeAdd', 0), ('Posterize', 20),
+    ('Solarize', 10), ('Color', 5), ('Contrast', 5), ('Brightness', 5),
+    ('Sharpness', 5),
+])
+def test_identity_magnitudes_through_apply_op(name, magnitude):
+    image = _image(9, 9)
+    arg = augment.level_to_arg(name, magnitude)
+    out = augment.apply_op(image, augment.op_index(name), arg, seed=[3, 4])
+    np.testing.assert_array_equal(_np(out), image)
+
+
+def test_apply_op_identity_index_and_random_sign():
+    image = _image(6, 6, low=0, high=100)
+    out = augment.apply_op(image, augment.IDENTITY, 0.0, seed=[0, 0])
+    np.testing.assert_array_equal(_np(out), image)
+    index = augment.op_index('TranslateX')
+    shifted = {_np(augment.apply_op(image, index, 2.0, seed=[s, 1])).tobytes()
+               for s in range(16)}
+    expected = {_np(augment.translate_x(image, p)).tobytes()
+                for p in (2.0, -2.0)}
+    assert shifted == expected  # Both signs occur and nothing else.
+
+
+def test_randaugment_is_seeded_and_changes_images():
+    image = _image(32, 32)
+    first = _np(augment.randaugment(image, 2, 15.0, seed=[5, 6]))
+    again = _np(augment.randaugment(image, 2, 15.0, seed=[5, 6]))
+    np.testing.assert_array_equal(first, again)
+    assert first.dtype == np.uint8 and first.shape == image.shape
+    outputs = {_np(augment.randaugment(image, 2, 15.0, seed=[s, 0])).tobytes()
+               for s in range(12)}
+    assert len(outputs) > 6
+    np.testing.assert_array_equal(
+        _np(augment.randaugment(image, 0, 15.0, seed=[1, 1])), image)
+
+
+def test_autoaugment_probabilities():
+    image = _image(8, 8)
+    always = ((('Invert', 1.0, 0), ('Invert', 0.0, 0)),)
+    np.testing.assert_array_equal(
+        _np(augment.autoaugment(image, [1, 2], policy=always)), 255 - image)
+    twice = ((('Invert', 1.0, 0), ('Invert', 1.0, 0)),)
+    np.testing.assert_array_equal(
+        _np(augment.autoaugment(image, [1, 2], policy=twice)), image)
+    half = ((('Invert', 0.5, 0), ('Invert', 0.0, 0)),)
+    inverted = sum(
+        int((_np(augment.autoaugment(image, [s, 9], policy=half)) !=
+             image).any()) for s in range(200))
+    assert 70 < inverted < 130
+
+
+def test_policy_v0_and_ra_aa_run_deterministically():
+    assert len(augment.POLICY_V0) == 25
+    image = _image(24, 24)
+    for policy in augment.POLICIES:
+        first = _np(augment.distort_image(image, policy, 2, 10.0, [7, 8]))
+        second = _np(augment.distort_image(image, policy, 2, 10.0, [7, 8]))
+        np.testing.assert_array_equal(first, second)
+    with pytest.raises(ValueError, match='randaug'):
+        augment.distort_image(image, 'mixaug')
