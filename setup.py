@@ -35,6 +35,7 @@ setup(
         'tensorflow-datasets>=4.9',
         'absl-py>=1.0',
         'PyYAML>=5.4',
+        'tensorboard',  # tf.summary needs it; TF 2.21 no longer installs it.
         'numpy',
         'scikit-learn>=1.0',  # Only for its bundled 'digits' images (the offline default data).
     ],

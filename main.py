@@ -1,0 +1,107 @@
+"""Command line for EfficientNet / EfficientNetV2: train, evaluate, export, infer.
+
+    python main.py                                    # digits demo: train + eval, offline
+    python main.py --mode=train --model_name=efficientnetv2-s --dataset_cfg=imagenet \
+        --data_dir=gs://bucket/imagenet --model_dir=gs://bucket/runs/v2s
+    python main.py --mode=eval --model_dir=...        # evaluates each new checkpoint
+    python main.py --hparam_str="train.epochs=10,data.ram=12" --config_file=configs/x.yaml
+
+Config override order: defaults -> model recipe -> dataset recipe -> --config_file ->
+--hparam_str. The resolved config is written to <model_dir>/config.yaml.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from efficientnetv2 import architectures
+from efficientnetv2 import distribute
+
+MODES = ('train', 'eval', 'traineval', 'export', 'infer')
+
+flags.DEFINE_enum('mode', 'traineval', MODES, 'What to do.')
+flags.DEFINE_string('model_name', 'efficientnetv2-b0',
+                    'Model: one of %s.' % ', '.join(architectures.list_models()))
+flags.DEFINE_string('dataset_cfg', 'digits',
+                    'Dataset config (case-insensitive), e.g. digits, imagenet, cifar10Ft, folder.')
+flags.DEFINE_string('data_dir', None, 'Dataset directory (TFRecords, TFDS data or an image '
+                    'folder); not needed for digits.')
+flags.DEFINE_string('model_dir', None, 'Checkpoints, summaries and config.yaml (local or gs://). '
+                    'Default: runs/<model_name>-<dataset_cfg>.')
+flags.DEFINE_string('hparam_str', '', 'Overrides, "a.b=1,c.d=x" (applied last).')
+flags.DEFINE_string('config_file', None, 'YAML overrides, e.g. configs/digits.yaml.')
+flags.DEFINE_enum('strategy', None, list(distribute.STRATEGIES),
+                  'Distribution strategy (default: runtime.strategy of the config, auto).')
+flags.DEFINE_string('tpu', None, "TPU name, or 'local' on a Cloud TPU VM.")
+flags.DEFINE_string('tpu_zone', None, 'GCE zone of the TPU.')
+flags.DEFINE_string('gcp_project', None, 'GCP project of the TPU.')
+flags.DEFINE_string('export_dir', None, '--mode=export: output directory '
+                    '(default <model_dir>/export).')
+flags.DEFINE_list('images', [], '--mode=infer: image files (JPEG/PNG).')
+
+FLAGS = flags.FLAGS
+
+
+def _model_name_valid(name):
+    try:
+        architectures.get_variant(name)
+    except ValueError as e:
+        raise flags.ValidationError(str(e))
+    return True
+
+
+flags.register_validator('model_name', _model_name_valid)
+
+
+def resolve_config(argv_flags=FLAGS):
+    """Builds the run config from the flags; errors become usage errors (nothing written)."""
+    from efficientnetv2 import config as config_lib
+    hparam_str = argv_flags.hparam_str
+    try:
+        config = config_lib.build_config(
+            model_name=argv_flags.model_name, dataset_cfg=argv_flags.dataset_cfg,
+            config_file=argv_flags.config_file, hparam_str=hparam_str,
+            data_dir=argv_flags.data_dir)
+        if argv_flags.strategy:
+            config.override({'runtime': {'strategy': argv_flags.strategy}})
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise app.UsageError(message) from e
+    return config
+
+
+def default_model_dir(model_name, dataset_cfg):
+    return os.path.join('runs', '%s-%s' % (model_name, dataset_cfg.lower()))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError('Unexpected arguments: %s' % ' '.join(argv[1:]))
+    config = resolve_config()
+    model_dir = FLAGS.model_dir or default_model_dir(FLAGS.model_name, FLAGS.dataset_cfg)
+
+    from efficientnetv2.train import trainer as trainer_lib
+    strategy = distribute.get_strategy(config.runtime.strategy, tpu=FLAGS.tpu,
+                                       tpu_zone=FLAGS.tpu_zone, gcp_project=FLAGS.gcp_project)
+    if FLAGS.mode in ('export', 'infer'):
+        from efficientnetv2 import cli_export
+        return cli_export.run(FLAGS.mode, config, model_dir, FLAGS.export_dir, FLAGS.images)
+    try:
+        trainer = trainer_lib.Trainer(config, model_dir, strategy)
+        if FLAGS.mode == 'train':
+            trainer.train()
+        elif FLAGS.mode == 'eval':
+            trainer.evaluate_checkpoints()
+        else:
+            trainer.train(evaluate_each_stage=True)
+    except trainer_lib.TrainingError as e:
+        logging.error('%s', e)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    app.run(main)

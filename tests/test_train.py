@@ -1,0 +1,157 @@
+"""The training engine on the digits set with a tiny model: stages, resume, faults, CLI."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnetv2 import config as config_lib
+from efficientnetv2.train import trainer as trainer_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ("model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
+        "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32")
+
+
+def tiny_config(overrides=''):
+    config = config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=TINY)
+    config.override('train.batch_size=32,train.steps_per_loop=4,train.ckpt_interval=1000,'
+                    'train.seed=1,eval.batch_size=90,train.image_size=24,'
+                    'train.min_image_size=12,train.lr_warmup_epochs=0.2')
+    return config.override(overrides)
+
+
+class RecordingTrainer(trainer_lib.Trainer):
+    """Records, at trace time, the image shape and dropout each stage's step sees."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.traced = []
+
+    def _step_fn(self, images, labels):
+        self.traced.append((tuple(images.shape), self.model.get_layer('top_dropout').rate))
+        return super()._step_fn(images, labels)
+
+
+def test_stages_change_image_size_and_dropout(tmp_path):
+    config = tiny_config('train.epochs=1,train.stages=3,train.ema_decay=0')
+    trainer = RecordingTrainer(config, str(tmp_path))
+    trainer.train()
+    sizes = [shape[1] for shape, _ in trainer.traced]
+    dropouts = [rate for _, rate in trainer.traced]
+    assert sizes == [12, 18, 24]
+    np.testing.assert_allclose(dropouts, [0.1, 0.15, 0.2])
+    assert all(shape[0] == 32 for shape, _ in trainer.traced)
+    assert int(trainer.global_step.numpy()) == trainer.total_steps == 1437 // 32
+    # Checkpoints at every stage end, and the resolved config beside them.
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-%d' % trainer.total_steps)
+    saved = config_lib.hparams.load_yaml(os.path.join(tmp_path, 'config.yaml'))
+    assert saved['train']['stages'] == 3
+
+
+def test_loss_falls_and_model_learns(tmp_path):
+    config = tiny_config('train.epochs=6,train.stages=2,train.lr_base=0.05')
+    trainer = trainer_lib.Trainer(config, str(tmp_path))
+    trainer.train()
+    result = trainer.evaluate()
+    losses = [entry['loss'] for entry in trainer.history]
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+    assert result['num_images'] == 360
+    assert result['top_1'] > 0.5  # 10 classes: chance is 0.1.
+    assert result['top_5'] >= result['top_1']
+    assert result['ema']
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    overrides = ('train.epochs=1,train.stages=2,runtime.deterministic=True,'
+                 'model.survival_prob=None,model.dropout_rate=0.0,train.min_dropout=0.0')
+    straight = trainer_lib.Trainer(tiny_config(overrides), str(tmp_path / 'a'))
+    straight.train()
+
+    first = trainer_lib.Trainer(tiny_config(overrides), str(tmp_path / 'b'))
+    original = first._make_train_loop
+
+    def stop_after_first_loop():
+        loop = original()
+
+        def wrapped(iterator, num_steps):
+            loop(iterator, num_steps)
+            if int(first.global_step.numpy()) >= 30:
+                first._request_stop(15, None)  # As SIGTERM would, mid-stage 2.
+        return wrapped
+
+    first._make_train_loop = stop_after_first_loop
+    first.train()
+    assert 30 <= int(first.global_step.numpy()) < straight.total_steps
+
+    resumed = trainer_lib.Trainer(tiny_config(overrides), str(tmp_path / 'b'))
+    resumed.train()
+    assert int(resumed.global_step.numpy()) == int(straight.global_step.numpy())
+    for a, b in zip(straight.model.weights, resumed.model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
+    for a, b in zip(straight.ema.shadow_variables, resumed.ema.shadow_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    trainer_lib.Trainer(tiny_config('train.epochs=1,train.stages=0'), str(tmp_path)).train()
+    good = tf.train.latest_checkpoint(str(tmp_path))
+    diverging = trainer_lib.Trainer(
+        tiny_config('train.epochs=3,train.stages=0,train.lr_base=1e30,train.optimizer=sgd'),
+        str(tmp_path))
+    with pytest.raises(trainer_lib.TrainingError, match=r'Non-finite loss at step \d+'):
+        diverging.train()
+    assert tf.train.latest_checkpoint(str(tmp_path)) == good
+
+
+def test_model_dir_of_another_model_is_refused(tmp_path):
+    trainer_lib.Trainer(tiny_config('train.epochs=1,train.stages=0,train.min_steps=4'),
+                        str(tmp_path)).train()
+    other = tiny_config('train.epochs=1,train.stages=0,model.width_coefficient=2.0')
+    with pytest.raises(trainer_lib.TrainingError, match='model.width_coefficient'):
+        trainer_lib.Trainer(other, str(tmp_path)).train()
+
+
+def test_eval_mode_evaluates_the_final_checkpoint(tmp_path):
+    config = tiny_config('train.epochs=1,train.stages=0,eval.timeout=1')
+    trainer_lib.Trainer(config, str(tmp_path)).train()
+    evaluator = trainer_lib.Trainer(config, str(tmp_path))
+    result = evaluator.evaluate_checkpoints()
+    assert result['step'] == evaluator.total_steps
+    assert os.path.exists(os.path.join(tmp_path, 'eval_results.json'))
+
+
+def _main(*args, cwd=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py')] + list(args),
+                          capture_output=True, text=True, env=env, cwd=cwd or ROOT,
+                          timeout=600)
+
+
+def test_default_main_path_runs_end_to_end(tmp_path):
+    # The flag-free path (digits, traineval, progressive), cut down: tiny blocks, 1 epoch.
+    done = _main('--model_dir=%s' % tmp_path,
+                 '--hparam_str=%s,train.epochs=1,train.stages=2,train.steps_per_loop=11' % TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'Eval at step 22' in done.stderr
+    assert os.path.exists(os.path.join(tmp_path, 'config.yaml'))
+    assert os.path.exists(os.path.join(tmp_path, 'eval_results.json'))
+    assert os.listdir(os.path.join(tmp_path, 'train'))  # TensorBoard events.
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--mode=bogus'], 'train|eval|traineval|export|infer'),
+    (['--model_name=efficientnetv2-q'], 'efficientnetv2-s'),
+    (['--dataset_cfg=imagenette'], 'imagenet'),
+    (['--hparam_str=train.epoch=3'], 'train.epochs'),
+    (['--hparam_str=train.optimizer=lamb'], 'rmsprop'),
+])
+def test_bad_flags_fail_clearly_and_write_nothing(tmp_path, args, message):
+    model_dir = tmp_path / 'run'
+    done = _main('--model_dir=%s' % model_dir, *args)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert not model_dir.exists()
