@@ -83,12 +83,21 @@ def main(argv):
     config = resolve_config()
     model_dir = FLAGS.model_dir or default_model_dir(FLAGS.model_name, FLAGS.dataset_cfg)
 
+    if FLAGS.mode in ('export', 'infer'):
+        from efficientnetv2 import predict
+        try:
+            if FLAGS.mode == 'export':
+                predict.export(config, model_dir, FLAGS.export_dir)
+            else:
+                predict.infer(config, model_dir, FLAGS.images)
+        except (FileNotFoundError, ValueError) as e:
+            logging.error('%s', e)
+            return 1
+        return 0
+
     from efficientnetv2.train import trainer as trainer_lib
     strategy = distribute.get_strategy(config.runtime.strategy, tpu=FLAGS.tpu,
                                        tpu_zone=FLAGS.tpu_zone, gcp_project=FLAGS.gcp_project)
-    if FLAGS.mode in ('export', 'infer'):
-        from efficientnetv2 import cli_export
-        return cli_export.run(FLAGS.mode, config, model_dir, FLAGS.export_dir, FLAGS.images)
     try:
         trainer = trainer_lib.Trainer(config, model_dir, strategy)
         if FLAGS.mode == 'train':

@@ -126,14 +126,14 @@ class EfficientNet(keras.Model):
                 prob = None
                 if survival_prob:
                     prob = 1.0 - (1.0 - survival_prob) * index / total_blocks
-                name = _block_name(stage_id, repeat)
+                block_name = _block_name(stage_id, repeat)
                 x = block_cls(
                     stage.input_filters if first else stage.output_filters,
                     stage.output_filters, kernel_size=stage.kernel_size,
                     strides=stage.strides if first else 1, expand_ratio=stage.expand_ratio,
                     se_ratio=stage.se_ratio, survival_prob=prob, act_fn=act_fn,
-                    conv_dropout=conv_dropout, name=name, **norm_args)(x)
-                block_specs.append((name, stage.strides if first else 1))
+                    conv_dropout=conv_dropout, name=block_name, **norm_args)(x)
+                block_specs.append((block_name, stage.strides if first else 1))
                 index += 1
 
         x = layers.ConvBNAct(width(feature_size), 1, 1, act_fn=act_fn, name='top', **norm_args)(x)

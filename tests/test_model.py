@@ -80,6 +80,7 @@ def test_parameter_counts_are_exact(name):
     trainable, non_trainable = summary.count_params(model)
     assert (trainable, trainable + non_trainable) == PARAMS[name]
     assert model.output_shape == (None, 1000)
+    assert model.name == name
 
 
 def test_list_models_names_every_variant():

@@ -155,3 +155,70 @@ def test_bad_flags_fail_clearly_and_write_nothing(tmp_path, args, message):
     assert done.returncode != 0
     assert message in done.stderr
     assert not model_dir.exists()
+
+
+def test_checkpoints_load_as_weights_preferring_ema(tmp_path):
+    from efficientnetv2 import model as model_lib
+    from efficientnetv2 import weights as weights_lib
+    trainer = trainer_lib.Trainer(tiny_config('train.epochs=1,train.stages=0'), str(tmp_path))
+    trainer.train()
+    args = {k: v for k, v in trainer.config.model.as_dict().items()}
+    model = model_lib.EfficientNet(**args)
+    weights_lib.load_weights(model, str(tmp_path))
+    shadows = {v.path: s for v, s in trainer.ema.pairs()}
+    for variable in model.weights:
+        np.testing.assert_allclose(variable.numpy(), shadows[variable.path].numpy(),
+                                   err_msg=variable.path)
+    raw = model_lib.EfficientNet(**args)
+    weights_lib.load_weights(raw, str(tmp_path), prefer_ema=False)
+    np.testing.assert_allclose(raw.get_layer('top').bn.gamma.numpy(),
+                               trainer.model.get_layer('top').bn.gamma.numpy())
+
+    # Fine-tuning on another head: everything but the classifier comes from the checkpoint.
+    finetune = tiny_config('train.epochs=1,train.stages=0,train.min_steps=1,'
+                           'train.ft_init_ckpt=%s' % tmp_path)
+    finetune.model.num_classes = 7
+    tuned = trainer_lib.Trainer(finetune, str(tmp_path / 'ft'))
+    tuned._init_from_pretrained()
+    np.testing.assert_allclose(tuned.model.get_layer('stem').conv.kernel.numpy(),
+                               trainer.ema.shadow_for(
+                                   trainer.model.get_layer('stem').conv.kernel).numpy())
+    assert tuned.model.get_layer('predictions').kernel.shape[-1] == 7
+
+
+def test_export_and_infer_modes(tmp_path):
+    # Train a cut-down digits run, export it, then classify two digit images written here.
+    from sklearn import datasets as sk_datasets
+    model_dir = tmp_path / 'run'
+    hparams = '--hparam_str=%s,train.epochs=3,train.stages=0,train.image_size=16,' \
+              'eval.image_size=16,train.lr_base=0.05' % TINY
+    done = _main('--mode=train', '--model_dir=%s' % model_dir, hparams)
+    assert done.returncode == 0, done.stderr[-2000:]
+    digits = sk_datasets.load_digits()
+    paths = []
+    for index in (0, 1):
+        pixels = (digits.images[index] * 255 / 16).astype(np.uint8)
+        png = tf.io.encode_png(np.repeat(pixels[..., None], 3, axis=-1)).numpy()
+        path = tmp_path / ('digit%d.png' % digits.target[index])
+        path.write_bytes(png)
+        paths.append(str(path))
+    done = _main('--mode=infer', '--model_dir=%s' % model_dir, hparams,
+                 '--images=%s' % ','.join(paths))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(str(tmp_path))]
+    assert len(lines) == 2
+    for line in lines:
+        assert line.count('(') == 5  # Top-5 names with probabilities.
+    missing = _main('--mode=infer', '--model_dir=%s' % model_dir, hparams,
+                    '--images=%s' % (tmp_path / 'nope.png'))
+    assert missing.returncode != 0 and 'nope.png' in missing.stderr
+
+    export_dir = tmp_path / 'export'
+    done = _main('--mode=export', '--model_dir=%s' % model_dir, hparams,
+                 '--export_dir=%s' % export_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = tf.saved_model.load(str(export_dir / 'saved_model'))
+    image = tf.io.decode_png(open(paths[0], 'rb').read(), channels=3)
+    out = loaded.signatures['serving_default'](images=tf.cast(image[None], tf.float32))
+    assert out['probabilities'].shape == (1, 10)
+    assert (export_dir / 'model.tflite').exists()

@@ -189,8 +189,7 @@ class Trainer(object):
             return
         from efficientnetv2 import weights as weights_lib
         logging.info('Fine-tuning: initialising from %s (classifier head skipped).', path)
-        weights_lib.load_weights(self.model, path, skip_mismatch=True,
-                                 prefer_ema=self.config.train.ft_init_ema)
+        weights_lib.load_weights(self.model, path, prefer_ema=self.config.train.ft_init_ema)
         if self.ema is not None:
             self.ema.reset_from_model()
 

@@ -1,0 +1,103 @@
+"""`--mode=export` and `--mode=infer`: a trained model directory to serving files or predictions.
+
+Both rebuild the network from the run config, load the latest checkpoint of the model
+directory with its EMA weights, and use the run's eval preprocessing (image size, crop and
+pixel scaling of the model family).
+"""
+
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from efficientnetv2 import data
+from efficientnetv2 import export as export_lib
+from efficientnetv2 import model as model_lib
+from efficientnetv2 import weights as weights_lib
+
+
+def imagenet_class_names():
+    """ImageNet-1k WordNet ids in label order, from the list tensorflow-datasets ships offline.
+
+    tensorflow-datasets carries the synset ids but no human-readable names (keras downloads
+    those at run time), so ids such as 'n01440764' are what an offline install can print.
+    """
+    import tensorflow_datasets
+    path = os.path.join(os.path.dirname(tensorflow_datasets.__file__), 'datasets',
+                        'imagenet2012', 'labels.txt')
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        names = [line.strip() for line in f if line.strip()]
+    return names if len(names) == 1000 else None
+
+
+def class_names(info):
+    """Class names for a dataset: its own, ImageNet's synset ids, or None."""
+    if info.class_names:
+        return list(info.class_names)
+    if info.num_classes == 1000 and 'imagenet' in info.name.lower():
+        return imagenet_class_names()
+    return None
+
+
+def preprocess_family(config, info):
+    return data.resolve_family(config.data.preprocess, config.data.augname, info.preprocess)
+
+
+def load_trained_model(config, model_dir):
+    """The run's network with the latest checkpoint of `model_dir` (EMA weights preferred)."""
+    if not tf.train.latest_checkpoint(model_dir):
+        raise FileNotFoundError('No checkpoint in model_dir %s: train first '
+                                '(python main.py --mode=train --model_dir=%s).'
+                                % (model_dir, model_dir))
+    args = config.model.as_dict()
+    args['sync_bn'] = False
+    model = model_lib.EfficientNet(**args)
+    weights_lib.load_weights(model, model_dir)
+    return model
+
+
+def export(config, model_dir, export_dir=None):
+    """Writes SavedModel (classifier and feature vector), TFLite and .keras files."""
+    info = data.get_dataset_info(config.data.dataset, data_dir=config.data.data_dir)
+    model = load_trained_model(config, model_dir)
+    export_dir = export_dir or os.path.join(model_dir, 'export')
+    paths = export_lib.export_all(model, export_dir, image_size=config.eval.image_size,
+                                  preprocess=preprocess_family(config, info),
+                                  class_names=class_names(info))
+    for kind, path in paths.items():
+        logging.info('Exported %s: %s', kind, path)
+    return paths
+
+
+def infer(config, model_dir, image_paths, top_k=5):
+    """Top-k classes per image, printed and returned as [(path, [(name, prob), ...])]."""
+    if not image_paths:
+        raise ValueError('--mode=infer needs --images=a.jpg,b.png.')
+    missing = [p for p in image_paths if not tf.io.gfile.exists(p)]
+    if missing:
+        raise FileNotFoundError('Image file(s) not found: %s' % ', '.join(missing))
+    info = data.get_dataset_info(config.data.dataset, data_dir=config.data.data_dir)
+    names = class_names(info)
+    family = preprocess_family(config, info)
+    model = load_trained_model(config, model_dir)
+    results = []
+    for path in image_paths:
+        with tf.io.gfile.GFile(path, 'rb') as f:
+            encoded = f.read()
+        try:
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        except tf.errors.InvalidArgumentError as e:
+            raise ValueError('Cannot decode image %s: %s' % (path, e.message)) from None
+        image = data.preprocess_image(image, config.eval.image_size, is_training=False,
+                                      family=family,
+                                      center_crop=getattr(info, 'eval_center_crop', True))
+        logits = model(image[tf.newaxis], training=False)
+        probs = tf.nn.softmax(tf.cast(logits, tf.float32))[0].numpy()
+        top = np.argsort(-probs)[:min(top_k, len(probs))]
+        row = [(names[i] if names else str(i), float(probs[i])) for i in top]
+        results.append((path, row))
+        print('%s: %s' % (path, ', '.join('%s (%.3f)' % item for item in row)))
+    return results

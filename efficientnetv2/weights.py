@@ -1,0 +1,564 @@
+"""Loading weights into an `EfficientNet`: every format the project reads.
+
+`load_weights(model, weights)` accepts:
+
+- a `.keras` file (a whole saved model; its weights are copied by variable path),
+- a `.weights.h5` file (Keras weights of the same architecture),
+- a TensorFlow checkpoint prefix or a directory holding checkpoints, either
+  - an **official** TF1 name-based checkpoint of google/automl `efficientnetv2` or
+    tensorflow/tpu `efficientnet` (variables like `efficientnetv2-s/blocks_3/conv2d/kernel`), or
+  - this project's object-based training checkpoint (`tf.train.Checkpoint(model=...)`),
+- `'imagenet'`: keras.applications' ImageNet weights, converted (needs internet once).
+
+Whatever the format, a classifier of another width (or a model without one) skips the head and
+loads everything else. Any other mismatch (a missing or unused tensor, a wrong shape, a
+checkpoint of another model) raises one `ValueError` naming the file and the tensor, and the
+model is left untouched, unless `skip_mismatch=True`, which loads what fits and logs the rest.
+
+Official checkpoint names (SPEC §8.1) are derived from the model's structure, not from Keras
+auto-naming: inside each block, convolutions are `conv2d`, `conv2d_1`, ... and batch norms
+`tpu_batch_normalization`, `tpu_batch_normalization_1`, ... in creation order; the depthwise
+kernel is `depthwise_conv2d/depthwise_kernel`; SE convs are `se/conv2d` and `se/conv2d_1`;
+blocks are `blocks_<n>` with n the global block index; the classifier is `head/dense`.
+A `<name>/ExponentialMovingAverage` copy is preferred to the plain variable when both exist.
+"""
+
+import os
+import re
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from efficientnetv2 import layers as layers_lib
+
+EMA_SUFFIX = '/ExponentialMovingAverage'
+# Per-variable extras of a training checkpoint that are not model weights.
+_OPTIMIZER_SLOT_RE = re.compile(r'/(RMSProp|Momentum|Adam|Adagrad)(_\d+)?$')
+_STEM_KERNEL = '/stem/conv2d/kernel'
+_BN_VARIABLES = ('gamma', 'beta', 'moving_mean', 'moving_variance')
+_HEAD_PREFIX = 'predictions/'
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry point.
+
+
+def load_weights(model, weights, skip_mismatch=False, prefer_ema=True):
+    """Loads `weights` into `model` in place.
+
+    Args:
+        model: an `EfficientNet` (any head: another `num_classes` or `include_top=False` loads
+            everything but the classifier).
+        weights: a path (`.keras`, `.weights.h5`, TF checkpoint prefix or directory), or
+            'imagenet'. None does nothing.
+        skip_mismatch: load what fits and log what does not (missing, unused or mis-shaped
+            tensors) instead of raising.
+        prefer_ema: for checkpoints, use the moving-average weights when present.
+
+    Returns:
+        The model.
+
+    Raises:
+        ValueError: the file is missing or unreadable, holds another model, or a tensor does
+            not fit; the message names the file and the first offending tensor. Nothing is
+            loaded in that case.
+    """
+    if weights is None:
+        return model
+    if isinstance(weights, str) and weights.strip().lower() == 'imagenet':
+        _load_imagenet(model, skip_mismatch)
+        return model
+    try:
+        path = os.fspath(weights)
+    except TypeError:
+        raise ValueError("weights must be None, 'imagenet' or a path to a .keras, .weights.h5 or "
+                         'TF checkpoint. Received: weights=%r' % (weights,)) from None
+    if path.endswith('.keras'):
+        _require_file(path)
+        _load_keras_file(model, path, skip_mismatch)
+    elif path.endswith('.h5'):
+        _require_file(path)
+        _load_h5(model, path, skip_mismatch)
+    else:
+        prefix = resolve_checkpoint(path)
+        if is_official_checkpoint(prefix):
+            load_official_checkpoint(model, prefix, skip_mismatch=skip_mismatch)
+        else:
+            _with_rollback(model, lambda: _load_project_checkpoint(
+                model, prefix, prefer_ema=prefer_ema, skip_mismatch=skip_mismatch))
+            logging.info('Loaded project checkpoint %s.', prefix)
+    return model
+
+
+def _require_file(path):
+    if not os.path.isfile(path):
+        raise ValueError('weights must name an existing file. Received: weights=%r '
+                         '(no such file).' % (path,))
+
+
+def resolve_checkpoint(path):
+    """Turns a checkpoint directory or prefix into a prefix that `tf.train` can read.
+
+    A directory resolves to its latest checkpoint (the `checkpoint` state file), else to the only
+    `*.index` file in it (official archives ship `model.ckpt.*` without a state file).
+
+    Raises:
+        ValueError: nothing readable at `path` (or several candidates in a directory).
+    """
+    if os.path.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest:
+            return latest
+        indexes = sorted(f[:-len('.index')] for f in os.listdir(path) if f.endswith('.index'))
+        if len(indexes) == 1:
+            return os.path.join(path, indexes[0])
+        if os.path.exists(os.path.join(path, 'saved_model.pb')):
+            raise ValueError('weights=%r is a SavedModel directory, not weights; load it with '
+                             'tf.saved_model.load.' % (path,))
+        raise ValueError('weights=%r is a directory without a unique checkpoint (found %s). Pass '
+                         'a checkpoint prefix such as %r.'
+                         % (path, indexes or 'none', os.path.join(path, 'model.ckpt')))
+    if path.endswith('.index') and os.path.isfile(path):
+        path = path[:-len('.index')]
+    if os.path.isfile(path + '.index'):
+        return path
+    raise ValueError('weights must be an existing .keras / .weights.h5 file, checkpoint prefix or '
+                     'checkpoint directory. Received: weights=%r (no such file).' % (path,))
+
+
+def _with_rollback(model, load_fn):
+    """Runs `load_fn`; if it fails, restores every model weight to its previous value."""
+    backup = [v.numpy() for v in model.weights]
+    try:
+        load_fn()
+    except Exception:
+        for variable, value in zip(model.weights, backup):
+            variable.assign(value)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+# This project's object-based checkpoints.
+
+
+def _load_project_checkpoint(model, path, prefer_ema=True, skip_mismatch=False):
+    """Restores this project's training checkpoint, preferring its EMA weights.
+
+    Training checkpoints are `tf.train.Checkpoint(model=..., optimizer=..., ema=..., step=...)`
+    (see `efficientnetv2.train.trainer`). The network is rebuilt as the checkpoint's run
+    built it (from `config.yaml` beside the checkpoint when present, else like `model` with
+    a full head), restored, its EMA shadows copied in when `prefer_ema` and present, and the
+    weights copied into `model` by variable path: a classifier of another width (or none) is
+    skipped, everything else must fit.
+
+    Raises:
+        ValueError: the checkpoint does not hold this architecture, naming the file.
+    """
+    from efficientnetv2 import model as model_lib
+    from efficientnetv2.train import ema as ema_lib
+
+    source = _source_model_for(model, path, model_lib)
+    keys = [name for name, _ in tf.train.list_variables(path)]
+    has_ema = any(key.startswith('ema/') for key in keys)
+    tracked = dict(model=source)
+    ema = None
+    if prefer_ema and has_ema:
+        ema = ema_lib.ExponentialMovingAverage(ema_lib.ema_variables(source))
+        tracked['ema'] = ema
+    try:
+        status = tf.train.Checkpoint(**tracked).read(path)
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise ValueError('Cannot load checkpoint %r into model %r (a checkpoint of another model '
+                         'or head?): %s' % (path, _model_label(model), _first_line(error))
+                         ) from None
+    if ema is not None:
+        ema.copy_to_model()
+    copy_weights(source, model, origin='checkpoint %s%s' % (path, ' (EMA)' if ema else ''),
+                 skip_mismatch=skip_mismatch)
+
+
+def _source_model_for(model, path, model_lib):
+    """The network a project checkpoint was trained as (its config.yaml), with a full head."""
+    from efficientnetv2 import hparams
+    config_path = os.path.join(os.path.dirname(path), 'config.yaml')
+    if tf.io.gfile.exists(config_path):
+        args = dict(hparams.load_yaml(config_path).get('model', {}))
+    else:
+        args = {k: v for k, v in model.get_config().items()
+                if k in model_lib.DEFAULT_MODEL_HPARAMS}
+        if not model.include_top:
+            args.pop('num_classes', None)
+    args.update(include_top=True, sync_bn=False)
+    known = set(model_lib.DEFAULT_MODEL_HPARAMS)
+    return model_lib.EfficientNet(**{k: v for k, v in args.items()
+                                     if k in known or k == 'include_top'})
+
+
+# ------------------------------------------------------------------------------------------------
+# Official TF1 name-based checkpoints (SPEC §8).
+
+
+def is_official_checkpoint(prefix):
+    """Whether the checkpoint at `prefix` has official TF1 names (`<model>/stem/conv2d/...`)."""
+    return any(n.endswith(_STEM_KERNEL) for n in _checkpoint_reader(prefix)[1])
+
+
+def _checkpoint_reader(prefix):
+    """(reader, {name: shape}) of a TF checkpoint; unreadable files raise ValueError."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        return reader, reader.get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError) as error:
+        raise ValueError('Cannot read checkpoint %r: %s' % (prefix, _first_line(error))) from None
+
+
+def _numbered(base, index):
+    return base if index == 0 else '%s_%d' % (base, index)
+
+
+class _ScopeNames:
+    """Hands out `conv2d`, `conv2d_1`, ... and `tpu_batch_normalization`, ... in creation order."""
+
+    def __init__(self):
+        self.convs = 0
+        self.norms = 0
+
+    def conv(self):
+        self.convs += 1
+        return _numbered('conv2d', self.convs - 1)
+
+    def norm(self):
+        self.norms += 1
+        return _numbered('tpu_batch_normalization', self.norms - 1)
+
+
+def _conv_entries(scope, conv, with_bias=False):
+    entries = [(scope + '/kernel', conv.kernel)]
+    if with_bias:
+        entries.append((scope + '/bias', conv.bias))
+    return entries
+
+
+def _norm_entries(scope, norm):
+    return [('%s/%s' % (scope, attr), getattr(norm, attr)) for attr in _BN_VARIABLES]
+
+
+def _block_entries(scope, block):
+    """Official names of one MBConv / Fused-MBConv block, in the official creation order."""
+    names = _ScopeNames()
+    entries = []
+    if block.expand_conv is not None:
+        entries += _conv_entries('%s/%s' % (scope, names.conv()), block.expand_conv)
+        entries += _norm_entries('%s/%s' % (scope, names.norm()), block.expand_bn)
+    if isinstance(block, layers_lib.MBConvBlock):
+        entries.append((scope + '/depthwise_conv2d/depthwise_kernel', block.dwconv.kernel))
+        entries += _norm_entries('%s/%s' % (scope, names.norm()), block.bn)
+    if block.se is not None:
+        entries += _conv_entries(scope + '/se/conv2d', block.se.reduce, with_bias=True)
+        entries += _conv_entries(scope + '/se/conv2d_1', block.se.expand, with_bias=True)
+    entries += _conv_entries('%s/%s' % (scope, names.conv()), block.project_conv)
+    entries += _norm_entries('%s/%s' % (scope, names.norm()), block.project_bn)
+    return entries
+
+
+def _blocks(model):
+    blocks = [layer for layer in model.layers
+              if isinstance(layer, (layers_lib.MBConvBlock, layers_lib.FusedMBConvBlock))]
+    stages = getattr(model, 'stages', None)
+    if stages is not None and len(blocks) != sum(s.num_repeat for s in stages):
+        raise ValueError('Model %r has %d blocks but its stages list %d; cannot map names.'
+                         % (_model_label(model), len(blocks), sum(s.num_repeat for s in stages)))
+    return blocks
+
+
+def official_variable_map(model, scope):
+    """Maps official TF1 variable names to the model's variables.
+
+    Args:
+        model: an `EfficientNet`.
+        scope: the checkpoint's top-level scope, e.g. 'efficientnetv2-s'.
+
+    Returns:
+        A list of `(name, variable, is_head)` in the official creation order; `is_head` marks
+        the classifier (`<scope>/head/dense/*`), present only if the model has one.
+    """
+    stem = model.get_layer('stem')
+    entries = [(n, v, False) for n, v in _conv_entries(scope + '/stem/conv2d', stem.conv)
+               + _norm_entries(scope + '/stem/tpu_batch_normalization', stem.bn)]
+    for index, block in enumerate(_blocks(model)):
+        block_scope = '%s/blocks_%d' % (scope, index)
+        entries += [(n, v, False) for n, v in _block_entries(block_scope, block)]
+    top = model.get_layer('top')
+    entries += [(n, v, False) for n, v in _conv_entries(scope + '/head/conv2d', top.conv)
+                + _norm_entries(scope + '/head/tpu_batch_normalization', top.bn)]
+    if getattr(model, 'include_top', False):
+        dense = model.get_layer('predictions')
+        entries += [(scope + '/head/dense/kernel', dense.kernel, True),
+                    (scope + '/head/dense/bias', dense.bias, True)]
+    return entries
+
+
+def _checkpoint_scope(shapes, path):
+    scopes = sorted({n[:-len(_STEM_KERNEL)] for n in shapes if n.endswith(_STEM_KERNEL)})
+    if len(scopes) != 1:
+        raise ValueError('Checkpoint %r: expected one model scope with %r, found %s.'
+                         % (path, _STEM_KERNEL.lstrip('/'), scopes or 'none'))
+    return scopes[0]
+
+
+def load_official_checkpoint(model, path, skip_mismatch=False):
+    """Loads an official google/automl or tensorflow/tpu EfficientNet(V2) TF1 checkpoint.
+
+    Every body tensor must be present with the right shape, and every model tensor of the
+    checkpoint (optimizer slots and variables outside the model scope, like `global_step`,
+    aside) must be used. EMA copies are preferred per tensor. The classifier is skipped when
+    the model has none, when its width differs, or when the checkpoint has none.
+
+    Args:
+        model: an `EfficientNet` built with the checkpoint's architecture.
+        path: checkpoint prefix (or directory).
+        skip_mismatch: load what fits, log the rest, instead of raising.
+
+    Returns:
+        A dict with counts: 'loaded', 'from_ema', 'skipped' (names), 'head_loaded'.
+
+    Raises:
+        ValueError: see `load_weights`; nothing is assigned when it raises.
+    """
+    prefix = resolve_checkpoint(os.fspath(path))
+    reader, shapes = _checkpoint_reader(prefix)
+    scope = _checkpoint_scope(shapes, prefix)
+    problems = []
+    model_name = getattr(model, 'model_name', None)
+    if model_name and model_name != scope:
+        problems.append('the checkpoint holds model %r but the model is %r' % (scope, model_name))
+        if not skip_mismatch:
+            raise ValueError('Cannot load official checkpoint %r into model %r: %s.'
+                             % (prefix, model_name, problems[0]))
+
+    entries = official_variable_map(model, scope)
+    head_loaded = _head_fits(entries, shapes, prefix, scope)
+    assignments, used, from_ema = [], set(), 0
+    for name, variable, is_head in entries:
+        if is_head and not head_loaded:
+            continue
+        source = name + EMA_SUFFIX if name + EMA_SUFFIX in shapes else name
+        if source not in shapes:
+            problems.append('tensor %r is missing' % name)
+            continue
+        if list(shapes[source]) != list(variable.shape):
+            problems.append('tensor %r has shape %s but model variable %r needs %s'
+                            % (source, list(shapes[source]), variable.path, list(variable.shape)))
+            continue
+        used.add(name)
+        from_ema += source != name
+        assignments.append((variable, source))
+
+    problems += ['tensor %r is not used by the model' % n
+                 for n in _unused_names(shapes, scope, used, head_skipped=not head_loaded)]
+    if problems and not skip_mismatch:
+        raise ValueError('Cannot load official checkpoint %r into model %r: %s%s.'
+                         % (prefix, _model_label(model), problems[0],
+                            ' (and %d more problems)' % (len(problems) - 1)
+                            if len(problems) > 1 else ''))
+    for problem in problems:
+        logging.warning('Official checkpoint %s: skipped: %s.', prefix, problem)
+    for variable, source in assignments:
+        variable.assign(reader.get_tensor(source).astype(variable.dtype))
+    logging.info('Loaded %d tensors (%d from ExponentialMovingAverage) from official checkpoint '
+                 '%s (scope %r); classifier %s.', len(assignments), from_ema, prefix, scope,
+                 'loaded' if head_loaded else 'skipped')
+    return dict(loaded=len(assignments), from_ema=from_ema, skipped=problems,
+                head_loaded=head_loaded)
+
+
+def _head_fits(entries, shapes, prefix, scope):
+    """Whether the classifier loads: the model has one, and the checkpoint's has its width."""
+    head = {n: v for n, v, is_head in entries if is_head}
+    kernel_name = scope + '/head/dense/kernel'
+    if kernel_name not in head:
+        return False
+    if kernel_name not in shapes and kernel_name + EMA_SUFFIX not in shapes:
+        logging.warning('Checkpoint %s has no classifier; the head keeps its initial values.',
+                        prefix)
+        return False
+    source = kernel_name + EMA_SUFFIX if kernel_name + EMA_SUFFIX in shapes else kernel_name
+    ckpt_classes = shapes[source][-1]
+    model_classes = head[kernel_name].shape[-1]
+    if ckpt_classes != model_classes:
+        logging.info('Checkpoint %s has %d classes, the model %d: classifier skipped.',
+                     prefix, ckpt_classes, model_classes)
+        return False
+    return True
+
+
+def _unused_names(shapes, scope, used, head_skipped):
+    """Model tensors of the checkpoint that no model variable took."""
+    unused = []
+    for name in sorted(shapes):
+        if not name.startswith(scope + '/'):
+            continue  # global_step and other non-model state.
+        base = name[:-len(EMA_SUFFIX)] if name.endswith(EMA_SUFFIX) else name
+        if base in used or _OPTIMIZER_SLOT_RE.search(base):
+            continue
+        if head_skipped and base.startswith(scope + '/head/dense/'):
+            continue
+        unused.append(name)
+    return unused
+
+
+# ------------------------------------------------------------------------------------------------
+# Keras files and keras.applications.
+
+
+def _model_label(model):
+    return getattr(model, 'model_name', None) or model.name
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def copy_weights(source, model, origin='source model', skip_mismatch=False):
+    """Copies weights from `source` into `model` by Keras variable path (e.g. 'block1a/bn/gamma').
+
+    The classifier (`predictions/*`) is skipped when either model lacks it or the widths
+    differ; every other variable must match in name and shape, and every source variable must
+    be used.
+
+    Args:
+        source: a Keras model of the same architecture.
+        model: the model to fill.
+        origin: how to name the source in messages (e.g. the file).
+        skip_mismatch: copy what fits and log the rest instead of raising.
+
+    Raises:
+        ValueError: a mismatch (see `load_weights`); nothing is assigned when it raises.
+    """
+    source_vars = {v.path: v for v in source.weights}
+    target_vars = {v.path: v for v in model.weights}
+    head_ok = _keras_head_fits(source_vars, target_vars, origin)
+    problems, assignments = [], []
+    for path, variable in target_vars.items():
+        if path.startswith(_HEAD_PREFIX) and not head_ok:
+            continue
+        if path not in source_vars:
+            problems.append('tensor %r is missing' % path)
+        elif tuple(source_vars[path].shape) != tuple(variable.shape):
+            problems.append('tensor %r has shape %s, the model needs %s'
+                            % (path, list(source_vars[path].shape), list(variable.shape)))
+        else:
+            assignments.append((variable, source_vars[path]))
+    for path in source_vars:
+        if path not in target_vars and not (path.startswith(_HEAD_PREFIX) and not head_ok):
+            problems.append('tensor %r is not used by the model' % path)
+    if problems and not skip_mismatch:
+        raise ValueError('Cannot load %s into model %r: %s%s.'
+                         % (origin, _model_label(model), problems[0],
+                            ' (and %d more problems)' % (len(problems) - 1)
+                            if len(problems) > 1 else ''))
+    for problem in problems:
+        logging.warning('%s: skipped: %s.', origin, problem)
+    for variable, value in assignments:
+        variable.assign(value.value)
+    logging.info('Copied %d variables from %s; classifier %s.', len(assignments), origin,
+                 'loaded' if head_ok else 'skipped')
+
+
+def _keras_head_fits(source_vars, target_vars, origin):
+    kernel = _HEAD_PREFIX + 'kernel'
+    if kernel not in target_vars or kernel not in source_vars:
+        if kernel in target_vars:
+            logging.warning('%s has no classifier; the head keeps its initial values.', origin)
+        return False
+    if tuple(source_vars[kernel].shape) != tuple(target_vars[kernel].shape):
+        logging.info('%s has classifier shape %s, the model %s: classifier skipped.', origin,
+                     tuple(source_vars[kernel].shape), tuple(target_vars[kernel].shape))
+        return False
+    return True
+
+
+def _load_keras_file(model, path, skip_mismatch):
+    try:
+        source = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for unreadable files.
+        raise ValueError('Cannot read the .keras file %r: %s'
+                         % (path, _first_line(error))) from None
+    if _looks_like_keras_applications(source):
+        source = _convert_keras_applications(source)
+    copy_weights(source, model, origin='.keras file %r' % path, skip_mismatch=skip_mismatch)
+
+
+def _looks_like_keras_applications(source):
+    return any(layer.name == 'stem_conv' for layer in source.layers)
+
+
+def _convert_keras_applications(keras_model):
+    from efficientnetv2 import convert  # Late import: convert builds on model and this module.
+    return convert.from_keras_applications(keras_model)
+
+
+def _load_h5(model, path, skip_mismatch):
+    """Loads a `.weights.h5` file; a file with another classifier goes through a twin model."""
+    file_head = _h5_head_shape(path)
+    model_head = None
+    if getattr(model, 'include_top', False):
+        model_head = tuple(model.get_layer('predictions').kernel.shape)
+    origin = 'weights file %r' % path
+    from efficientnetv2 import model as model_lib  # Late import: model imports this lazily.
+    if file_head == model_head or not isinstance(model, model_lib.EfficientNet):
+        _with_rollback(model, lambda: _keras_load_weights(model, path, origin, skip_mismatch))
+        return
+    # Another head: load into a twin with the file's head, then copy everything else.
+    config = dict(model.get_config())
+    config.update(include_top=file_head is not None,
+                  num_classes=file_head[-1] if file_head else config.get('num_classes'),
+                  classifier_activation=None)
+    twin = type(model).from_config(config)
+    _keras_load_weights(twin, path, origin, skip_mismatch)
+    copy_weights(twin, model, origin=origin, skip_mismatch=skip_mismatch)
+
+
+def _h5_head_shape(path):
+    """The classifier kernel shape stored in a `.weights.h5` file, or None."""
+    import h5py  # A Keras dependency.
+    try:
+        with h5py.File(path, 'r') as f:
+            kernel = f.get('layers/dense/vars/0')
+            return tuple(kernel.shape) if kernel is not None else None
+    except OSError as error:
+        raise ValueError('Cannot read the weights file %r: %s'
+                         % (path, _first_line(error))) from None
+
+
+def _keras_load_weights(model, path, origin, skip_mismatch):
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='Skipping nested container')
+            model.load_weights(path, skip_mismatch=skip_mismatch)
+    except Exception as error:  # Keras raises ValueError and others with long messages.
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        detail = ' '.join(lines[:3])
+        raise ValueError('Cannot load %s into model %r: %s' % (origin, _model_label(model),
+                                                               detail[:600])) from None
+
+
+def _load_imagenet(model, skip_mismatch):
+    """Converts keras.applications' ImageNet weights (downloaded by Keras on first use)."""
+    from efficientnetv2 import architectures
+    name = getattr(model, 'model_name', None)
+    variant = architectures.get_variant(name) if name else None
+    if variant is None or not variant.keras_name:
+        raise ValueError("weights='imagenet' needs a variant that keras.applications ships "
+                         '(EfficientNetV2 B0-B3/S/M/L, EfficientNet B0-B7). Received model %r.'
+                         % (_model_label(model),))
+    constructor = getattr(keras.applications, variant.keras_name)
+    source = constructor(include_top=True, weights='imagenet', classifier_activation=None)
+    converted = _convert_keras_applications(source)
+    copy_weights(converted, model, origin='keras.applications.%s ImageNet weights'
+                 % variant.keras_name, skip_mismatch=skip_mismatch)

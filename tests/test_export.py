@@ -1,0 +1,240 @@
+"""Export: serving SavedModel (fresh process, TF1 loader), feature vector, TFLite, .keras."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import efficientnetv2
+from efficientnetv2 import export
+
+SIZE = 64  # Evaluation size of the exported classifier (< 320: centre crop).
+TINY = ['r1_k3_s1_e1_i16_o8_c1', 'r1_k3_s2_e4_i8_o16_c1', 'r2_k3_s2_e4_i16_o24_se0.25',
+        'r1_k3_s2_e6_i24_o32_se0.25']
+CLASSES = ['cat', 'dog', 'fox', 'owl', 'eel', 'ant']
+
+
+def tiny_model(**kwargs):
+    keras.utils.set_random_seed(0)
+    model = efficientnetv2.EfficientNet(blocks=TINY, feature_size=48, num_classes=len(CLASSES),
+                                        model_name='tiny', **kwargs)
+    rng = np.random.RandomState(0)
+    for v in model.weights:  # Non-trivial batch-norm statistics and a spread of logits.
+        if 'moving' in v.path or 'gamma' in v.path:
+            v.assign(rng.uniform(0.5, 1.5, v.shape))
+        elif 'predictions/kernel' in v.path:
+            v.assign(rng.normal(0, 1.0, v.shape))
+    return model
+
+
+def pixels(shape, seed):
+    return np.random.RandomState(seed).randint(0, 256, shape).astype(np.float32)
+
+
+def reference_v2(image, size=SIZE):
+    """SPEC §5.3 by hand: centre crop int(S/(S+32)*min(h,w)), bilinear resize, (x-128)/128."""
+    h, w = image.shape[:2]
+    side = int(size / (size + 32) * min(h, w))
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = image[top:top + side, left:left + side]
+    return (tf.image.resize(crop[None], [size, size]).numpy()[0] - 128.0) / 128.0
+
+
+@pytest.fixture(scope='module')
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope='module')
+def saved_model(model, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp('export') / 'classifier')
+    export.export_saved_model(model, path, SIZE, 'v2', class_names=CLASSES)
+    return path
+
+
+@pytest.fixture(scope='module')
+def encoded():
+    """Two PNGs and one JPEG of different sizes, with their decoded pixels."""
+    files, decoded = [], []
+    for seed, (h, w), fmt in [(1, (80, 100), 'png'), (2, (120, 90), 'png'), (3, (70, 70), 'jpeg')]:
+        image = tf.constant(pixels((h, w, 3), seed), tf.uint8)
+        data = (tf.io.encode_png(image) if fmt == 'png' else tf.io.encode_jpeg(image)).numpy()
+        files.append(data)
+        decoded.append(tf.io.decode_image(data, channels=3).numpy().astype(np.float32))
+    return files, decoded
+
+
+FRESH_PROCESS = textwrap.dedent('''
+    import sys
+    import numpy as np
+    import tensorflow as tf
+
+    path, data_path, out_path = sys.argv[1:4]
+    data = np.load(data_path, allow_pickle=False)
+    loaded = tf.saved_model.load(path)
+    images = loaded.signatures['serving_default'](images=tf.constant(data['images']))
+    files = loaded.signatures['serving_bytes'](image_bytes=tf.constant(list(data['files'])))
+    # The TF1 / C++ style loader (as TF Serving) must find every variable too.
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        graph_def = tf.compat.v1.saved_model.loader.load(sess, ['serve'], path)
+        sig = graph_def.signature_def['serving_default']
+        session_logits = sess.run(sig.outputs['logits'].name,
+                                  {sig.inputs['images'].name: data['images']})
+    assert 'efficientnetv2' not in sys.modules
+    np.savez(out_path, logits=images['logits'].numpy(),
+             probabilities=images['probabilities'].numpy(),
+             top_k_indices=images['top_k_indices'].numpy(),
+             top_k_names=images['top_k_names'].numpy().astype(str),
+             bytes_logits=files['logits'].numpy(), session_logits=session_logits)
+''')
+
+
+def test_saved_model_reproduces_keras_in_a_fresh_process(model, saved_model, encoded, tmp_path):
+    images = pixels((3, 80, 100, 3), seed=0)
+    data_path, out_path = str(tmp_path / 'in.npz'), str(tmp_path / 'out.npz')
+    np.savez(data_path, images=images, files=np.array(encoded[0], dtype=object).astype(bytes))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH='')
+    result = subprocess.run([sys.executable, '-c', FRESH_PROCESS, saved_model, data_path,
+                             out_path], capture_output=True, text=True, env=env,
+                            cwd=str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = np.load(out_path)
+
+    expected = model(np.stack([reference_v2(i) for i in images])).numpy()
+    np.testing.assert_allclose(out['logits'], expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out['session_logits'], expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out['probabilities'], tf.nn.softmax(expected).numpy(), atol=1e-6)
+    top = np.argsort(-expected, axis=-1)[:, :5]
+    np.testing.assert_array_equal(out['top_k_indices'], top)
+    np.testing.assert_array_equal(out['top_k_names'], np.array(CLASSES)[top])
+    bytes_expected = model(np.stack([reference_v2(i) for i in encoded[1]])).numpy()
+    np.testing.assert_allclose(out['bytes_logits'], bytes_expected, rtol=0, atol=1e-5)
+
+
+def test_bytes_signature_equals_feeding_the_decoded_images(saved_model, encoded):
+    loaded = tf.saved_model.load(saved_model)
+    from_files = loaded.signatures['serving_bytes'](image_bytes=tf.constant(encoded[0]))
+    for i, image in enumerate(encoded[1]):
+        from_pixels = loaded.signatures['serving_default'](images=tf.constant(image[None]))
+        for key in ('logits', 'probabilities', 'top_k_indices'):
+            np.testing.assert_array_equal(from_files[key][i].numpy(), from_pixels[key][0].numpy())
+    assert int(loaded.image_size.numpy()) == SIZE
+    assert loaded.preprocess.numpy() == b'v2'
+
+
+def test_eval_crop_and_resize_geometry():
+    image = pixels((1, 80, 100, 3), seed=4)
+    np.testing.assert_allclose(export.preprocess_eval(image, SIZE, 'v2').numpy()[0],
+                               reference_v2(image[0]), atol=1e-6)
+    # From 320 px on the V2 transform resizes the whole image (no crop).
+    np.testing.assert_allclose(export.crop_and_resize(image, 320, 'v2').numpy(),
+                               tf.image.resize(image, [320, 320]).numpy(), atol=1e-4)
+    # Legacy: crop side 53 at offset ((80-53+1)//2, (100-53+1)//2) = (14, 24), TF1 bicubic.
+    crop = image[:, 14:14 + 53, 24:24 + 53]
+    legacy = tf.compat.v1.image.resize_bicubic(crop, [SIZE, SIZE], align_corners=False,
+                                               half_pixel_centers=False).numpy()
+    np.testing.assert_allclose(export.crop_and_resize(image, SIZE, 'legacy').numpy(), legacy,
+                               atol=1e-4)
+    mean = np.array(export.MEAN_RGB, np.float32)
+    np.testing.assert_allclose(export.scale_pixels(mean, 'legacy').numpy(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(export.scale_pixels([0.0, 128.0, 255.0], 'v2').numpy(),
+                               [-1.0, 0.0, 127.0 / 128.0])
+    np.testing.assert_allclose(export.scale_pixels([0.0, 255.0], 'ft').numpy(), [-1, 1])
+    np.testing.assert_allclose(export.crop_and_resize(image, SIZE, 'ft').numpy(),
+                               tf.image.resize(image, [SIZE, SIZE]).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize('family', ['v2', 'legacy', 'ft'])
+def test_in_graph_preprocessing_equals_the_data_pipeline_eval_transform(family, encoded):
+    from efficientnetv2.data import preprocessing
+    files, _ = encoded
+    ours = export.scale_pixels(export.decode_images(tf.constant(files), SIZE, family),
+                               family).numpy()
+    for i, data in enumerate(files):
+        theirs = preprocessing.preprocess_image(tf.constant(data), SIZE, is_training=False,
+                                                family=family).numpy()
+        np.testing.assert_allclose(ours[i], theirs, rtol=0, atol=1e-5)
+
+
+def test_feature_vector_loads_as_tfsm_layer_and_fine_tunes(model, tmp_path):
+    path = str(tmp_path / 'feature_vector')
+    export.export_feature_vector(model, path)
+    layer = keras.layers.TFSMLayer(path, call_endpoint='serve',
+                                   call_training_endpoint='serve_training')
+    x = np.random.RandomState(5).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+    pooled = keras.Model(model.input, model.get_layer('avg_pool').output)
+    np.testing.assert_allclose(layer(x).numpy(), pooled(x).numpy(), rtol=0, atol=1e-5)
+    backbone = len(model.trainable_weights) - 2  # All but the classifier kernel and bias.
+    assert len(layer.trainable_weights) == backbone
+
+    loaded = tf.saved_model.load(path)
+    signature = loaded.signatures['serving_default'](images=tf.constant(x))
+    np.testing.assert_allclose(signature['feature_vector'].numpy(), pooled(x).numpy(), atol=1e-5)
+    assert len(loaded.trainable_variables) == backbone
+    assert list(loaded.regularization_losses) == []
+
+    classifier = keras.Sequential([keras.Input((32, 32, 3)), layer, keras.layers.Dense(3)])
+    classifier.compile(optimizer=keras.optimizers.SGD(0.1),
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = [w.numpy() for w in layer.trainable_weights]
+    classifier.fit(x, np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)
+    changed = sum(not np.array_equal(b, w.numpy())
+                  for b, w in zip(before, layer.trainable_weights))
+    assert changed > len(before) // 2  # The backbone itself was fine-tuned.
+
+
+def test_feature_vector_pools_a_headless_model():
+    model = efficientnetv2.EfficientNet(blocks=TINY, feature_size=48, include_top=False)
+    x = np.random.RandomState(9).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    pooled = export._pooled_features_model(model)(x).numpy()
+    np.testing.assert_allclose(pooled, model(x).numpy().mean(axis=(1, 2)), atol=1e-6)
+
+
+def test_tflite_float_and_dynamic_range(model, tmp_path):
+    x = pixels((16, 32, 32, 3), seed=6)
+    scaled = export.scale_pixels(x, 'legacy').numpy()
+    expected = model(scaled).numpy()
+    # Float32, with the pixel scaling inside the graph and a static batch of 16.
+    float_path, dynamic_path = str(tmp_path / 'float.tflite'), str(tmp_path / 'dynamic.tflite')
+    float_size = export.export_tflite(model, float_path, 32, preprocess='legacy', batch_size=16)
+    np.testing.assert_allclose(export.tflite_predict(float_path, x), expected, rtol=0, atol=1e-4)
+    # Dynamic-range quantised, on already scaled input (batch 1, run in chunks).
+    dynamic_size = export.export_tflite(model, dynamic_path, 32, quantize='dynamic')
+    assert dynamic_size < 0.6 * float_size
+    quantized = export.tflite_predict(dynamic_path, scaled)
+    agreement = np.mean(quantized.argmax(-1) == expected.argmax(-1))
+    assert agreement >= 0.75, agreement
+    assert np.abs(quantized - expected).max() < 0.1 * np.abs(expected).max()
+
+
+def test_keras_file_round_trip(model, tmp_path):
+    path = export.export_keras(model, tmp_path / 'model.keras')
+    restored = keras.saving.load_model(path)
+    x = np.random.RandomState(8).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(restored(x).numpy(), model(x).numpy(), rtol=0, atol=1e-6)
+    assert isinstance(restored, efficientnetv2.EfficientNet)
+    with pytest.raises(ValueError, match=r"path must end in '\.keras'"):
+        export.export_keras(model, tmp_path / 'model.h5')
+
+
+def test_bad_arguments_are_explained(model, tmp_path):
+    with pytest.raises(ValueError, match=r"preprocess must be one of .*'v2'.*Received.*'v3'"):
+        export.export_saved_model(model, str(tmp_path / 'a'), SIZE, 'v3')
+    with pytest.raises(ValueError, match='class_names must have one name per class'):
+        export.export_saved_model(model, str(tmp_path / 'b'), SIZE, class_names=['a'])
+    with pytest.raises(ValueError, match='image_size must be a positive integer'):
+        export.export_saved_model(model, str(tmp_path / 'c'), 0)
+    with pytest.raises(ValueError, match="quantize must be one of .*'int8'"):
+        export.export_tflite(model, str(tmp_path / 'd.tflite'), 32, quantize='int8')
+    features = efficientnetv2.EfficientNet(blocks=TINY, feature_size=48, include_top=False,
+                                           pooling='avg')
+    with pytest.raises(ValueError, match='needs a classifier'):
+        export.export_saved_model(features, str(tmp_path / 'e'), SIZE)
+    softmax = tiny_model(classifier_activation='softmax')
+    with pytest.raises(ValueError, match='classifier_activation=None'):
+        export.export_saved_model(softmax, str(tmp_path / 'f'), SIZE)
