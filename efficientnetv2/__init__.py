@@ -6,6 +6,8 @@
     efficientnetv2.list_models()
 """
 
+from efficientnetv2 import convert
+from efficientnetv2 import summary
 from efficientnetv2.architectures import list_models
 from efficientnetv2.model import EfficientNet
 from efficientnetv2.model import get_feature_extractor

@@ -264,13 +264,7 @@ class _Block(keras.layers.Layer):
         return x + inputs
 
     def compute_output_shape(self, input_shape):
-        shape = list(input_shape)
-        spatial = [2, 3] if self.data_format == 'channels_first' else [1, 2]
-        for axis in spatial:
-            if shape[axis] is not None:
-                shape[axis] = -(-shape[axis] // self.strides)
-        shape[1 if self.data_format == 'channels_first' else -1] = self.output_filters
-        return tuple(shape)
+        return _strided_shape(input_shape, self.output_filters, self.strides, self.data_format)
 
     def get_config(self):
         config = super().get_config()
@@ -402,13 +396,7 @@ class ConvBNAct(keras.layers.Layer):
         return self._act(self.bn(self.conv(inputs), training=training))
 
     def compute_output_shape(self, input_shape):
-        shape = list(input_shape)
-        spatial = [2, 3] if self.data_format == 'channels_first' else [1, 2]
-        for axis in spatial:
-            if shape[axis] is not None:
-                shape[axis] = -(-shape[axis] // self.strides)
-        shape[1 if self.data_format == 'channels_first' else -1] = self.filters
-        return tuple(shape)
+        return _strided_shape(input_shape, self.filters, self.strides, self.data_format)
 
     def get_config(self):
         config = super().get_config()
@@ -417,6 +405,15 @@ class ConvBNAct(keras.layers.Layer):
                       bn_epsilon=self.bn_epsilon, sync_bn=self.sync_bn, fused_bn=self.fused_bn,
                       data_format=self.data_format)
         return config
+
+
+def _strided_shape(input_shape, channels, strides, data_format):
+    """Output shape of a 'same'-padded strided op: spatial dims ceil-divided, new channels."""
+    shape = list(input_shape)
+    for axis in ([2, 3] if data_format == 'channels_first' else [1, 2]):
+        if shape[axis] is not None:
+            shape[axis] = -(-shape[axis] // strides)
+    return _channels(shape, channels, data_format)
 
 
 def _channels(shape, channels, data_format):
