@@ -96,8 +96,13 @@ def main(argv):
         return 0
 
     from efficientnetv2.train import trainer as trainer_lib
-    strategy = distribute.get_strategy(config.runtime.strategy, tpu=FLAGS.tpu,
-                                       tpu_zone=FLAGS.tpu_zone, gcp_project=FLAGS.gcp_project)
+    try:
+        strategy = distribute.get_strategy(config.runtime.strategy, tpu=FLAGS.tpu,
+                                           tpu_zone=FLAGS.tpu_zone,
+                                           gcp_project=FLAGS.gcp_project)
+    except (ValueError, distribute.TPUConnectionError) as e:
+        logging.error('%s', e)
+        return 1
     try:
         trainer = trainer_lib.Trainer(config, model_dir, strategy)
         if FLAGS.mode == 'train':

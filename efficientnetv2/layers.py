@@ -60,6 +60,13 @@ class BatchNorm(keras.layers.BatchNormalization):
         super().__init__(**kwargs)
         self.fused = fused
 
+    def add_weight(self, *args, **kwargs):
+        # Replicas update the moving statistics from their own batches; averaging the updates
+        # keeps every replica's copy equal (and the checkpointed copy representative).
+        if kwargs.get('name') in ('moving_mean', 'moving_variance'):
+            kwargs.setdefault('aggregation', 'mean')
+        return super().add_weight(*args, **kwargs)
+
     def _can_fuse(self, inputs):
         return (self.fused and not self.synchronized and not self.renorm
                 and self.scale and self.center and len(inputs.shape) == 4

@@ -97,9 +97,7 @@ class Trainer(object):
         self.info = data.get_dataset_info(config.data.dataset, data_dir=config.data.data_dir)
         self.num_replicas = self.strategy.num_replicas_in_sync
         self.global_batch = int(config.train.batch_size)
-        if self.global_batch % self.num_replicas:
-            raise ValueError('train.batch_size (%d) must be divisible by the number of replicas '
-                             '(%d).' % (self.global_batch, self.num_replicas))
+        distribute.batch_plan(self.strategy, self.global_batch, config.train.lr_base)
         num_images = self.info.get_split(config.data.train_split).num_images
         self.steps_per_epoch = num_images / self.global_batch
         self.total_steps = max(int(config.train.min_steps or 0),
@@ -126,7 +124,7 @@ class Trainer(object):
                 decay_epochs=config.train.lr_decay_epochs)
             optimizer = optimizers.build_optimizer(config.train.optimizer, self.schedule)
             if self.precision == 'mixed_float16':
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+                optimizer = distribute.loss_scale_optimizer(optimizer)
             self.optimizer = optimizer
             self.optimizer.build(self.model.trainable_variables)
             self.ema = None
@@ -146,7 +144,8 @@ class Trainer(object):
             tracked['ema'] = self.ema
         self.checkpoint = tf.train.Checkpoint(**tracked)
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self._write_dir(), max_to_keep=config.train.keep_ckpt_max,
+            self.checkpoint, self._write_dir(),
+            max_to_keep=config.train.keep_ckpt_max if self.is_chief else 1,
             step_counter=self.global_step)
         self._summary = None
         self._eval_step = None
@@ -282,6 +281,11 @@ class Trainer(object):
 
     # -- training ---------------------------------------------------------------------------
 
+    def _stop_agreed(self):
+        """Whether any worker was asked to stop (all workers must stop at the same step)."""
+        self._stop_requested = distribute.any_worker(self.strategy, self._stop_requested)
+        return self._stop_requested
+
     def _request_stop(self, signum, frame):
         del frame
         logging.warning('Signal %d received: saving a checkpoint and stopping.', signum)
@@ -340,7 +344,7 @@ class Trainer(object):
         progbar.update(step - stage.start_step)
         last_save = step
         writer = self._summary_writer('train')
-        while step < stage.end_step and not self._stop_requested:
+        while step < stage.end_step and not self._stop_agreed():
             num = min(config.steps_per_loop, stage.end_step - step)
             self._loss_sum.assign(0.0)
             start = time.time()

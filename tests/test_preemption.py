@@ -1,0 +1,129 @@
+"""Preemption: `main.py` stopped by SIGTERM or killed by SIGKILL mid-run resumes to the end.
+
+Each run is a `main.py --mode=train` subprocess on the tiny digits config with deterministic
+ops, so a resumed run must end at the same step with the same weights as an uninterrupted one.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL_STEPS = 160
+HPARAMS = ("model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
+           "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32,"
+           'train.batch_size=32,train.steps_per_loop=4,train.ckpt_interval=8,train.seed=1,'
+           'train.image_size=24,train.min_image_size=12,train.stages=2,train.epochs=0.1,'
+           'train.min_steps=%d,runtime.deterministic=True,model.survival_prob=None,'
+           'model.dropout_rate=0.0,train.min_dropout=0.0' % TOTAL_STEPS)
+RUN_TIMEOUT_S = 150
+
+
+def _start(model_dir):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    env.pop('TF_CONFIG', None)
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, 'main.py'), '--mode=train', '--strategy=cpu',
+         '--model_dir=%s' % model_dir, '--hparam_str=%s' % HPARAMS],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(process, timeout=RUN_TIMEOUT_S):
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, out
+
+
+def _latest_step(model_dir):
+    latest = tf.train.latest_checkpoint(str(model_dir))
+    return int(re.search(r'ckpt-(\d+)$', latest).group(1)) if latest else None
+
+
+def _interrupt_after_first_checkpoint(model_dir, sig):
+    """Starts a run, sends `sig` once a checkpoint exists; returns (returncode, output)."""
+    process = _start(model_dir)
+    try:
+        deadline = time.time() + RUN_TIMEOUT_S
+        while _latest_step(model_dir) is None:
+            assert process.poll() is None, 'the run ended before its first checkpoint'
+            assert time.time() < deadline, 'no checkpoint within %d s' % RUN_TIMEOUT_S
+            time.sleep(0.05)
+        process.send_signal(sig)
+        return _wait(process, timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def _weights(model_dir):
+    reader = tf.train.load_checkpoint(str(model_dir))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if not name.startswith('_CHECKPOINTABLE')}
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+    """An uninterrupted run, started at once and awaited when first needed."""
+    model_dir = tmp_path_factory.mktemp('reference')
+    process = _start(model_dir)
+    result = {}
+
+    def get():
+        if not result:
+            code, out = _wait(process)
+            assert code == 0, out[-3000:]
+            result.update(step=_latest_step(model_dir), weights=_weights(model_dir))
+        return result
+
+    yield get
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+def _assert_same_weights(model_dir, expected):
+    weights = _weights(model_dir)
+    assert sorted(weights) == sorted(expected)
+    assert any(name.startswith('ema/') for name in weights)
+    for name, value in expected.items():
+        np.testing.assert_allclose(weights[name], value, atol=1e-6, err_msg=name)
+
+
+def test_sigterm_saves_and_a_restart_finishes_the_run(tmp_path, reference):
+    code, out = _interrupt_after_first_checkpoint(tmp_path, signal.SIGTERM)
+    assert code == 0, out[-3000:]
+    stopped = _latest_step(tmp_path)
+    assert 'Signal %d received' % signal.SIGTERM in out
+    assert 'Stopped at step %d on request' % stopped in out
+    assert 8 <= stopped < TOTAL_STEPS
+
+    code, out = _wait(_start(tmp_path))
+    assert code == 0, out[-3000:]
+    assert re.search(r'Restored \S+ckpt-%d at step %d' % (stopped, stopped), out)
+    assert _latest_step(tmp_path) == TOTAL_STEPS == reference()['step']
+    _assert_same_weights(tmp_path, reference()['weights'])
+
+
+def test_sigkill_mid_run_then_restart_reaches_the_same_final_step(tmp_path, reference):
+    code, out = _interrupt_after_first_checkpoint(tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    killed_at = _latest_step(tmp_path)
+    assert 8 <= killed_at < TOTAL_STEPS
+
+    code, out = _wait(_start(tmp_path))
+    assert code == 0, out[-3000:]
+    assert re.search(r'Restored \S+ckpt-%d at step %d' % (killed_at, killed_at), out)
+    assert _latest_step(tmp_path) == TOTAL_STEPS == reference()['step']
+    _assert_same_weights(tmp_path, reference()['weights'])
