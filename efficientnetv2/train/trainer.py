@@ -177,7 +177,7 @@ class Trainer(object):
         """Restores the latest checkpoint of model_dir; returns True if there was one."""
         latest = tf.train.latest_checkpoint(self.model_dir)
         if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            self.checkpoint.restore(latest).assert_existing_objects_matched().expect_partial()
             logging.info('Restored %s at step %d.', latest, int(self.global_step.numpy()))
             return True
         return False
