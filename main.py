@@ -11,7 +11,6 @@ Config override order: defaults -> model recipe -> dataset recipe -> --config_fi
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags

@@ -136,12 +136,6 @@ DATASET_RECIPES = {
 }
 
 
-def dataset_names():
-    """Dataset config names accepted by `--dataset_cfg`."""
-    from efficientnetv2 import data
-    return data.dataset_names()
-
-
 def build_config(model_name='efficientnetv2-s', dataset_cfg='imagenet', config_file=None,
                  hparam_str=None, data_dir=None):
     """The run config in override order: defaults, model, dataset, YAML file, hparam string.

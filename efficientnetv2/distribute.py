@@ -79,7 +79,7 @@ def get_strategy(name='auto', tpu=None, tpu_zone=None, gcp_project=None,
         if not os.environ.get('TF_CONFIG'):
             raise ValueError('strategy=multi_worker needs the TF_CONFIG environment variable '
                              '(the cluster and the task of this process). Received: TF_CONFIG '
-                             'unset; set it, or choose one of %s.' % ['auto', 'cpu', 'gpus'])
+                             'unset; set it, or choose auto, cpu or gpus.')
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     elif name == 'gpus':
         if not gpus:

@@ -13,7 +13,6 @@ Values given as text are parsed without `eval`: `ast.literal_eval` for Python li
 import ast
 import copy
 import difflib
-import os
 
 import yaml
 
@@ -297,8 +296,3 @@ def load_yaml(path):
         raise ValueError('Config file %s must hold a mapping at the top level; found %s.'
                          % (path, type(values).__name__))
     return values
-
-
-def config_dir():
-    """The `configs/` folder shipped next to the package (a source checkout)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')

@@ -1,21 +1,16 @@
 """Tests for efficientnetv2.train.ema."""
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
+import script_runner
 import pytest
 import tensorflow as tf
 
 from efficientnetv2.train.ema import (
     ExponentialMovingAverage, effective_decay, ema_variables)
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -236,17 +231,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
 
 
 def test_mirrored_strategy_apply_in_replica_context():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    completed = subprocess.run(
-        [sys.executable, "-c", _MIRRORED_SCRIPT], cwd=REPO_ROOT, env=env,
-        capture_output=True, text=True, timeout=300, check=False)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    line = next(text for text in completed.stdout.splitlines()
-                if text.startswith("RESULT"))
-    result = json.loads(line[len("RESULT"):])
+    result = script_runner.run_script(_MIRRORED_SCRIPT)
     assert result["num_copies"] == 2
     assert result["shadow_diff"] <= 1e-6
     assert result["averaged_diff"] <= 1e-6

@@ -1,21 +1,16 @@
 """Tests for efficientnetv2.train.optimizers."""
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
+import script_runner
 import pytest
 import tensorflow as tf
 
 from efficientnetv2.train import optimizers
 from efficientnetv2.train.optimizers import RMSPropTF1, build_optimizer
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 25
 
 
@@ -297,17 +292,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
 
 
 def test_mirrored_strategy_two_cpus_matches_tf1():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    completed = subprocess.run(
-        [sys.executable, "-c", _MIRRORED_SCRIPT], cwd=REPO_ROOT, env=env,
-        capture_output=True, text=True, timeout=300, check=False)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    line = next(text for text in completed.stdout.splitlines()
-                if text.startswith("RESULT"))
-    result = json.loads(line[len("RESULT"):])
+    result = script_runner.run_script(_MIRRORED_SCRIPT)
     assert result["replicas"] == 2
     assert result["iterations"] == 20
     assert result["moved"] > 1e-2
