@@ -41,10 +41,18 @@ def main():
     parser.add_argument('--epochs', type=int, default=30)
     parser.add_argument('--stages', type=int, default=4)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--image_size', type=int, default=None,
+                        help='final train and eval size (default: the digits recipe, 32)')
+    parser.add_argument('--min_image_size', type=int, default=None,
+                        help='first-stage size (default: the digits recipe, 16)')
     parser.add_argument('--extra', default='', help='more hparam overrides for both runs')
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
     common = 'train.epochs=%d,train.seed=%d' % (args.epochs, args.seed)
+    if args.image_size:
+        common += ',train.image_size=%d,eval.image_size=%d' % (args.image_size, args.image_size)
+    if args.min_image_size:
+        common += ',train.min_image_size=%d' % args.min_image_size
     if args.extra:
         common += ',' + args.extra
     runs = {}
