@@ -122,6 +122,10 @@ def test_eval_mode_evaluates_the_final_checkpoint(tmp_path):
     result = evaluator.evaluate_checkpoints()
     assert result['step'] == evaluator.total_steps
     assert os.path.exists(os.path.join(tmp_path, 'eval_results.json'))
+    # traineval on a finished run trains nothing and still reports the evaluation.
+    again = trainer_lib.Trainer(config, str(tmp_path)).train(evaluate_each_stage=True)
+    assert again['step'] == evaluator.total_steps
+    assert again['top_1'] == pytest.approx(result['top_1'])
 
 
 def _main(*args, cwd=None):

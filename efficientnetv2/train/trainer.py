@@ -321,6 +321,8 @@ class Trainer(object):
                     return None
                 if evaluate_each_stage:
                     result = self.evaluate()
+            if evaluate_each_stage and result is None:  # The run had already finished.
+                result = self.evaluate()
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
