@@ -359,13 +359,7 @@ def load_official_checkpoint(model, path, skip_mismatch=False):
 
     problems += ['tensor %r is not used by the model' % n
                  for n in _unused_names(shapes, scope, used, head_skipped=not head_loaded)]
-    if problems and not skip_mismatch:
-        raise ValueError('Cannot load official checkpoint %r into model %r: %s%s.'
-                         % (prefix, _model_label(model), problems[0],
-                            ' (and %d more problems)' % (len(problems) - 1)
-                            if len(problems) > 1 else ''))
-    for problem in problems:
-        logging.warning('Official checkpoint %s: skipped: %s.', prefix, problem)
+    _raise_or_log(problems, 'official checkpoint %r' % prefix, model, skip_mismatch)
     for variable, source in assignments:
         variable.assign(reader.get_tensor(source).astype(variable.dtype))
     logging.info('Loaded %d tensors (%d from ExponentialMovingAverage) from official checkpoint '
@@ -423,6 +417,17 @@ def _first_line(error):
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _raise_or_log(problems, origin, model, skip_mismatch):
+    """Raises on the first mismatch (counting the rest), or logs them all when skipping."""
+    if problems and not skip_mismatch:
+        raise ValueError('Cannot load %s into model %r: %s%s.'
+                         % (origin, _model_label(model), problems[0],
+                            ' (and %d more problems)' % (len(problems) - 1)
+                            if len(problems) > 1 else ''))
+    for problem in problems:
+        logging.warning('%s: skipped: %s.', origin, problem)
+
+
 def copy_weights(source, model, origin='source model', skip_mismatch=False):
     """Copies weights from `source` into `model` by Keras variable path (e.g. 'block1a/bn/gamma').
 
@@ -456,13 +461,7 @@ def copy_weights(source, model, origin='source model', skip_mismatch=False):
     for path in source_vars:
         if path not in target_vars and not (path.startswith(_HEAD_PREFIX) and not head_ok):
             problems.append('tensor %r is not used by the model' % path)
-    if problems and not skip_mismatch:
-        raise ValueError('Cannot load %s into model %r: %s%s.'
-                         % (origin, _model_label(model), problems[0],
-                            ' (and %d more problems)' % (len(problems) - 1)
-                            if len(problems) > 1 else ''))
-    for problem in problems:
-        logging.warning('%s: skipped: %s.', origin, problem)
+    _raise_or_log(problems, origin, model, skip_mismatch)
     for variable, value in assignments:
         variable.assign(value.value)
     logging.info('Copied %d variables from %s; classifier %s.', len(assignments), origin,
