@@ -147,7 +147,7 @@ class Trainer(object):
             self.checkpoint, self._write_dir(),
             max_to_keep=config.train.keep_ckpt_max if self.is_chief else 1,
             step_counter=self.global_step)
-        self._summary = None
+        self._summary = {}  # Summary writers by sub-directory name.
         self._eval_step = None
         self._stop_requested = False
         self.history = []  # One entry per compiled call: step, stage, loss, lr, throughput.
@@ -158,16 +158,12 @@ class Trainer(object):
         """Chief writes into model_dir; other multi-worker workers into throw-away dirs."""
         if self.is_chief:
             return self.model_dir
-        task = json.loads(os.environ.get('TF_CONFIG', '{}')).get('task', {})
-        return os.path.join(self.model_dir, '.worker_tmp', '%s_%s' % (
-            task.get('type', 'worker'), task.get('index', 0)))
+        return os.path.join(self.model_dir, '.worker_tmp', '%s_%d' % distribute.task_info())
 
     def _summary_writer(self, name):
-        if self._summary is None:
-            self._summary = {}
         if name not in self._summary:
-            root = self.model_dir if self.is_chief else self._write_dir()
-            self._summary[name] = tf.summary.create_file_writer(os.path.join(root, name))
+            self._summary[name] = tf.summary.create_file_writer(
+                os.path.join(self._write_dir(), name))
         return self._summary[name]
 
     def _image_dtype(self):
