@@ -14,6 +14,7 @@ reproduce the official code's choices where they differ (see README).
 from efficientnetv2 import architectures
 from efficientnetv2 import hparams
 from efficientnetv2 import model as model_lib
+from efficientnetv2.data import registry as data_registry
 
 
 def default_config():
@@ -66,6 +67,7 @@ def default_config():
             augname='randaug',          # randaug, autoaug, ra_aa, effnetv1_autoaug, ft, None.
             ram=15.0,                   # Final RandAugment magnitude.
             ra_num_layers=2,
+            solarize_wrap=True,         # Solarize wraps mod 256 as released; False clamps.
             mixup_alpha=0.0,            # Final mixup alpha.
             cutmix_alpha=0.0,           # Final CutMix alpha.
             cache=None,                 # None: cache splits small enough to fit in memory.
@@ -104,7 +106,8 @@ _FINETUNE = dict(
                epochs=15, min_steps=10000, weight_decay=1e-5, ema_decay=0.9996,
                label_smoothing=0.1, stages=0, image_size=1.0),
     model=dict(dropout_rate=1e-6, survival_prob=0.8),
-    data=dict(augname='ft', preprocess='ft', mixup_alpha=0.0, cutmix_alpha=0.0),
+    data=dict(augname=data_registry.FINETUNE_AUGNAME, preprocess=data_registry.FINETUNE_PREPROCESS,
+              mixup_alpha=0.0, cutmix_alpha=0.0),
 )
 
 # The offline demo: 8x8 digits upscaled; progressive from 16 to 32 px in 4 stages.
@@ -127,8 +130,7 @@ DATASET_RECIPES = {
         eval=dict(image_size=224, batch_size=128),
         model=dict(dropout_rate=1e-6, survival_prob=1.0),
         data=dict(augname=None, mixup_alpha=0.0, cutmix_alpha=0.0)),
-    'imagenetft': _FINETUNE, 'cifar10ft': _FINETUNE, 'cifar100ft': _FINETUNE,
-    'flowersft': _FINETUNE, 'carsft': _FINETUNE, 'tfflowersft': _FINETUNE,
+    **{name.lower(): _FINETUNE for name in data_registry.FINETUNE_BASES},
     'cifar10': {}, 'cifar100': {}, 'flowers': {}, 'cars': {}, 'tfflowers': {},
     'digits': _DIGITS,
     'folder': dict(train=dict(batch_size=64, epochs=30, steps_per_loop=20, ckpt_interval=200),

@@ -115,13 +115,48 @@ def test_solarize_and_solarize_add_known_pixels():
     np.testing.assert_array_equal(
         _np(augment.solarize(image, 128))[0, :, 0], [0, 100, 127, 127, 55, 0])
     np.testing.assert_array_equal(
-        _np(augment.solarize(image, 256))[0, :, 0], image[0, :, 0])
+        _np(augment.solarize(image, 256, wrap=False))[0, :, 0],
+        image[0, :, 0])
     np.testing.assert_array_equal(
         _np(augment.solarize_add(image, 110))[0, :, 0],
         [110, 210, 237, 128, 200, 255])
     np.testing.assert_array_equal(
         _np(augment.solarize_add(image, 200))[0, :, 0],
         [200, 255, 255, 128, 200, 255])
+
+
+def test_solarize_threshold_wraps_like_the_released_code():
+    # The released code compares uint8 pixels with int(M / 10 * 256), which
+    # TF converts to uint8 modulo 256.
+    image = _pixels([0, 1, 41, 42, 100, 127, 128, 200, 255])
+    values = image[0, :, 0].astype(np.int64)
+    everything_inverted = 255 - values
+    for magnitude in (10, 20):  # Thresholds 256 and 512 -> 0.
+        threshold = augment.level_to_arg('Solarize', magnitude)
+        np.testing.assert_array_equal(
+            _np(augment.solarize(image, threshold))[0, :, 0],
+            everything_inverted)
+    # M=15: 384 -> 128.
+    np.testing.assert_array_equal(
+        _np(augment.solarize(image, augment.level_to_arg('Solarize', 15)))
+        [0, :, 0], [0, 1, 41, 42, 100, 127, 127, 55, 0])
+    # 298 (M = 11.67) -> 42.
+    np.testing.assert_array_equal(
+        _np(augment.solarize(image, 298))[0, :, 0],
+        [0, 1, 41, 213, 155, 128, 127, 55, 0])
+    # Thresholds below 256 are the same either way.
+    for threshold in (0, 42, 128, 255):
+        np.testing.assert_array_equal(
+            _np(augment.solarize(image, threshold)),
+            _np(augment.solarize(image, threshold, wrap=False)))
+
+
+def test_solarize_clamped_option_keeps_large_thresholds_a_no_op():
+    image = _image(5, 7)
+    for magnitude in (10, 15, 20):
+        threshold = augment.level_to_arg('Solarize', magnitude)
+        np.testing.assert_array_equal(
+            _np(augment.solarize(image, threshold, wrap=False)), image)
 
 
 def test_invert():
@@ -244,14 +279,37 @@ def test_level_to_arg_rejects_unknown_op():
 @pytest.mark.parametrize('name,magnitude', [
     ('Rotate', 0), ('ShearX', 0), ('ShearY', 0), ('TranslateX', 0),
     ('TranslateY', 0), ('Cutout', 0), ('SolarizeAdd', 0), ('Posterize', 20),
-    ('Solarize', 10), ('Color', 5), ('Contrast', 5), ('Brightness', 5),
-    ('Sharpness', 5),
+    ('Color', 5), ('Contrast', 5), ('Brightness', 5), ('Sharpness', 5),
 ])
 def test_identity_magnitudes_through_apply_op(name, magnitude):
     image = _image(9, 9)
     arg = augment.level_to_arg(name, magnitude)
     out = augment.apply_op(image, augment.op_index(name), arg, seed=[3, 4])
     np.testing.assert_array_equal(_np(out), image)
+
+
+@pytest.mark.parametrize('magnitude', [10, 15, 20])
+def test_solarize_through_apply_op_and_randaugment(magnitude):
+    image = _image(9, 9)
+    index = augment.op_index('Solarize')
+    arg = augment.level_to_arg('Solarize', magnitude)
+    wrapped = augment.solarize(image, arg % 256, wrap=False)
+    np.testing.assert_array_equal(
+        _np(augment.apply_op(image, index, arg, seed=[3, 4])), wrapped)
+    np.testing.assert_array_equal(
+        _np(augment.apply_op(image, index, arg, seed=[3, 4],
+                             solarize_wrap=False)), image)
+    # RandAugment: find seeds whose one layer picks Solarize.
+    picks_solarize = []
+    for s in range(64):
+        clamped = _np(augment.randaugment(image, 1, magnitude, seed=[s, 0],
+                                          solarize_wrap=False))
+        default = _np(augment.randaugment(image, 1, magnitude, seed=[s, 0]))
+        if not np.array_equal(clamped, default):
+            picks_solarize.append(s)
+            np.testing.assert_array_equal(clamped, image)
+            np.testing.assert_array_equal(default, wrapped)
+    assert 0 < len(picks_solarize) < 16  # About 64 / 16 = 4 expected.
 
 
 def test_apply_op_identity_index_and_random_sign():
@@ -294,6 +352,27 @@ def test_autoaugment_probabilities():
     assert 70 < inverted < 130
 
 
+def test_autoaugment_v0_solarize_level_10_is_a_random_invert():
+    # Sub-policy 23 of v0: Posterize(0.8, 2) then Solarize(0.6, 10).
+    sub_policy = augment.POLICY_V0[22]
+    assert sub_policy[1] == ('Solarize', 0.6, 10)
+    image = _image(8, 8)
+    posterized = _np(augment.posterize(image, 0))
+    outcomes = {'plain': 0, 'inverted': 0}
+    for s in range(100):
+        out = _np(augment.autoaugment(image, [s, 3], policy=(sub_policy,)))
+        if any(np.array_equal(out, x) for x in (image, posterized)):
+            outcomes['plain'] += 1
+        else:
+            assert any(np.array_equal(out, 255 - x)
+                       for x in (image, posterized))
+            outcomes['inverted'] += 1
+        clamped = _np(augment.autoaugment(image, [s, 3], policy=(sub_policy,),
+                                          solarize_wrap=False))
+        assert any(np.array_equal(clamped, x) for x in (image, posterized))
+    assert 45 < outcomes['inverted'] < 75  # p = 0.6.
+
+
 def test_policy_v0_and_ra_aa_run_deterministically():
     assert len(augment.POLICY_V0) == 25
     image = _image(24, 24)
@@ -301,5 +380,8 @@ def test_policy_v0_and_ra_aa_run_deterministically():
         first = _np(augment.distort_image(image, policy, 2, 10.0, [7, 8]))
         second = _np(augment.distort_image(image, policy, 2, 10.0, [7, 8]))
         np.testing.assert_array_equal(first, second)
+        clamped = augment.distort_image(image, policy, 2, 10.0, [7, 8],
+                                        solarize_wrap=False)
+        assert _np(clamped).shape == image.shape
     with pytest.raises(ValueError, match='randaug'):
         augment.distort_image(image, 'mixaug')

@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from efficientnetv2 import config as config_lib
 from efficientnetv2 import data
-from efficientnetv2.data import datasets
+from efficientnetv2.data import sources
 
 SIZE = 16
 
@@ -125,6 +126,14 @@ def test_registry_lookup_and_facts():
         'cifar10Ft', 'cifar10', 'ft')
     assert finetune.splits == data.get_dataset_info('cifar10').splits
     assert data.get_dataset_info('imagenetFt').tfds_name == 'imagenet2012'
+    # The fine-tune facts live in the registry; config.py builds its *Ft
+    # recipes from them.
+    for name, base in data.registry.FINETUNE_BASES.items():
+        info = data.get_dataset_info(name)
+        assert (info.base_name, info.augname) == (base, 'ft')
+        recipe = config_lib.DATASET_RECIPES[name.lower()]
+        assert (recipe['data']['augname'], recipe['data']['preprocess']) == (
+            info.augname, info.preprocess)
     for name in ('carsFt', 'flowersFt', 'tfflowersFt', 'cifar100Ft',
                  'imagenettfds', 'flowers', 'cars', 'tfflowers'):
         assert data.get_dataset_info(name).source == 'tfds'
@@ -173,6 +182,23 @@ def test_digits_training_stage_arguments():
         np.testing.assert_allclose(labels.numpy().sum(1), 1.0, rtol=1e-5)
         outputs[ram] = images.numpy().astype(np.float32)
     assert np.abs(outputs[5.0] - outputs[15.0]).max() > 0.1
+
+
+def test_solarize_wrap_reaches_randaugment():
+    # One RandAugment op at M=10: the images whose op is Solarize are
+    # inverted by default (threshold 256 wraps to 0) and left as they are
+    # when clamped; every other image is the same in both pipelines.
+    pixels = {}
+    for wrap in (True, False):
+        dataset = data.build_dataset(
+            'digits', image_size=8, batch_size=64, seed=3, augname='randaug',
+            ra_num_layers=1, ram=10.0, solarize_wrap=wrap)
+        images, _ = next(iter(dataset))
+        pixels[wrap] = data.preprocessing.denormalize(images, 'v2').numpy()
+    differs = np.abs(pixels[True] - pixels[False]).max(axis=(1, 2, 3)) > 0.5
+    assert 0 < differs.sum() < 16  # About 64 / 16 = 4 pick Solarize.
+    np.testing.assert_allclose(pixels[True][differs],
+                               255.0 - pixels[False][differs], atol=1e-3)
 
 
 # ----------------------------------------------------------------------------
@@ -357,7 +383,7 @@ def test_folder_split_labels_and_class_names(folder_dir):
     assert not found['train'] & found['eval']
     assert found['train'] | found['eval'] == set(range(15))
     # The split does not move between listings.
-    again = datasets._split_by_hash(folder_dir, info.class_names, 0.2)
+    again = sources._split_by_hash(folder_dir, info.class_names, 0.2)
     assert len(again['eval'][0]) == 3
     # Legacy transform on mixed PNG/JPEG files (JPEG-window decode or not).
     legacy = data.build_dataset('folder', data_dir=folder_dir,

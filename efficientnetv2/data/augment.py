@@ -11,6 +11,13 @@ Reproduces the augmentation of the official EfficientNetV2 code (google/automl
   sub-policies per image, each op applied with its own probability.
 * Cutout (DeVries & Taylor 2017): a square of side up to `2 * pad_size`.
 
+Solarize's threshold wraps modulo 256 by default, as in the released code
+(which compares uint8 pixels with a Python int that TF converts to uint8): so
+RandAugment M=10 and M=20 invert the whole image, M=15 solarizes at 128, and
+AutoAugment v0's `Solarize(0.6, 10)` is an Invert with probability 0.6. The
+published models were trained with that; `solarize_wrap=False` (config key
+`data.solarize_wrap`) clamps instead, so thresholds of 256 and up do nothing.
+
 All ops take and return a uint8 `[height, width, 3]` tensor. Geometric ops use
 `tf.raw_ops.ImageProjectiveTransformV3` with nearest-neighbour sampling; pixels
 that map outside the input are set to the fill value (gray 128), which is what
@@ -135,14 +142,25 @@ def invert(image: tf.Tensor) -> tf.Tensor:
     return 255 - tf.convert_to_tensor(image)
 
 
-def solarize(image: tf.Tensor, threshold=128) -> tf.Tensor:
+def solarize(image: tf.Tensor, threshold=128, wrap: bool = True
+             ) -> tf.Tensor:
     """Inverts the pixels whose value is at least `threshold`.
 
-    A threshold of 256 or more leaves the image unchanged (the comparison is
-    done in int32, so large thresholds do not wrap around).
+    Args:
+        image: uint8 image.
+        threshold: int or scalar tensor, e.g. `int(M / 10 * 256)`.
+        wrap: take the threshold modulo 256, as the released code does by
+            comparing uint8 pixels with a Python int (256 and 512 invert
+            every pixel, 384 thresholds at 128). False compares in int32, so
+            a threshold of 256 or more leaves the image unchanged.
+
+    Returns:
+        The solarized uint8 image.
     """
     wide = tf.cast(image, tf.int32)
     threshold = tf.cast(threshold, tf.int32)
+    if wrap:
+        threshold = tf.math.floormod(threshold, 256)
     return tf.cast(tf.where(wide < threshold, wide, 255 - wide), tf.uint8)
 
 
@@ -365,7 +383,8 @@ def level_to_arg(name: str, level: float,
     """Returns an op's (unsigned) argument for a level on the 0-10 scale.
 
     Follows the official mappings: Rotate `level/10*30` degrees; Posterize
-    `int(level/10*4)` bits; Solarize threshold `int(level/10*256)`; SolarizeAdd
+    `int(level/10*4)` bits; Solarize threshold `int(level/10*256)` (which
+    `solarize` wraps modulo 256 by default); SolarizeAdd
     `int(level/10*110)`; Color/Contrast/Brightness/Sharpness factor
     `level/10*1.8 + 0.1`; Shear `level/10*0.3`; Translate
     `level/10*translate_const` pixels; Cutout pad `int(level/10*cutout_const)`.
@@ -410,7 +429,7 @@ def level_to_arg(name: str, level: float,
     return mapping[name]()
 
 
-def _branch_table(fill_value: int):
+def _branch_table(fill_value: int, solarize_wrap: bool):
     """name -> fn(image, arg, seed) for the 16 ops (arg already signed)."""
     return {
         'AutoContrast': lambda image, arg, seed: autocontrast(image),
@@ -418,7 +437,8 @@ def _branch_table(fill_value: int):
         'Invert': lambda image, arg, seed: invert(image),
         'Rotate': lambda image, arg, seed: rotate(image, arg, fill_value),
         'Posterize': lambda image, arg, seed: posterize(image, arg),
-        'Solarize': lambda image, arg, seed: solarize(image, arg),
+        'Solarize': lambda image, arg, seed: solarize(image, arg,
+                                                      solarize_wrap),
         'Color': lambda image, arg, seed: color(image, arg),
         'Contrast': lambda image, arg, seed: contrast(image, arg),
         'Brightness': lambda image, arg, seed: brightness(image, arg),
@@ -450,7 +470,8 @@ def op_index(name: str) -> int:
 
 
 def apply_op(image: tf.Tensor, index, arg, seed: SeedLike = None,
-             fill_value: int = FILL_VALUE) -> tf.Tensor:
+             fill_value: int = FILL_VALUE, solarize_wrap: bool = True
+             ) -> tf.Tensor:
     """Applies op number `index` (or nothing when `index == IDENTITY`).
 
     One `tf.switch_case` over the 16 ops serves RandAugment and AutoAugment,
@@ -463,6 +484,8 @@ def apply_op(image: tf.Tensor, index, arg, seed: SeedLike = None,
             negated with probability 1/2 for Rotate, Shear* and Translate*.
         seed: shape-[2] seed (sign and cutout position), or None.
         fill_value: gray value for geometric ops and cutout.
+        solarize_wrap: Solarize's threshold wraps modulo 256 (see
+            `solarize`).
 
     Returns:
         The augmented uint8 image.
@@ -474,7 +497,7 @@ def apply_op(image: tf.Tensor, index, arg, seed: SeedLike = None,
         index)
     arg = tf.cast(arg, tf.float32)
     arg = tf.where(signed, _randomly_negate(arg, sign_seed), arg)
-    table = _branch_table(fill_value)
+    table = _branch_table(fill_value, solarize_wrap)
     branches = [functools.partial(table[name], image, arg, op_seed)
                 for name in RANDAUGMENT_OPS]
     branches.append(lambda: tf.identity(image))
@@ -490,7 +513,8 @@ def _arg_or_zero(name, level, constants):
 # Policies.
 # ----------------------------------------------------------------------------
 def randaugment(image: tf.Tensor, num_layers: int = 2,
-                magnitude: float = 10.0, seed: SeedLike = None) -> tf.Tensor:
+                magnitude: float = 10.0, seed: SeedLike = None,
+                solarize_wrap: bool = True) -> tf.Tensor:
     """Applies RandAugment: `num_layers` uniformly chosen ops, each always.
 
     Args:
@@ -498,6 +522,8 @@ def randaugment(image: tf.Tensor, num_layers: int = 2,
         num_layers: number of ops applied in sequence (N).
         magnitude: shared magnitude (M), float, official scale (5-20 typical).
         seed: shape-[2] seed, or None.
+        solarize_wrap: Solarize's threshold wraps modulo 256 (see
+            `solarize`).
 
     Returns:
         The augmented uint8 image.
@@ -509,12 +535,13 @@ def randaugment(image: tf.Tensor, num_layers: int = 2,
     for layer in range(int(num_layers)):
         pick_seed, op_seed = tf.unstack(split_seed(layer_seeds[layer], 2))
         index = _uniform(pick_seed, 0, len(RANDAUGMENT_OPS), tf.int32)
-        image = apply_op(image, index, tf.gather(args, index), op_seed)
+        image = apply_op(image, index, tf.gather(args, index), op_seed,
+                         solarize_wrap=solarize_wrap)
     return image
 
 
 def autoaugment(image: tf.Tensor, seed: SeedLike = None,
-                policy=POLICY_V0) -> tf.Tensor:
+                policy=POLICY_V0, solarize_wrap: bool = True) -> tf.Tensor:
     """Applies an AutoAugment policy (default v0) to one image.
 
     One sub-policy is chosen uniformly; each of its ops is applied with its
@@ -526,6 +553,8 @@ def autoaugment(image: tf.Tensor, seed: SeedLike = None,
         seed: shape-[2] seed, or None.
         policy: sequence of sub-policies, each a sequence of
             `(op_name, probability, level)` of the same length.
+        solarize_wrap: Solarize's threshold wraps modulo 256 (see
+            `solarize`), which makes v0's `Solarize(0.6, 10)` an Invert.
 
     Returns:
         The augmented uint8 image.
@@ -543,13 +572,14 @@ def autoaugment(image: tf.Tensor, seed: SeedLike = None,
         apply_seed, op_seed = tf.unstack(split_seed(step_seeds[step], 2))
         apply = tf.floor(_uniform(apply_seed) + probs[chosen, step]) > 0
         index = tf.where(apply, ops[chosen, step], IDENTITY)
-        image = apply_op(image, index, args[chosen, step], op_seed)
+        image = apply_op(image, index, args[chosen, step], op_seed,
+                         solarize_wrap=solarize_wrap)
     return image
 
 
 def distort_image(image: tf.Tensor, policy: str, ra_num_layers: int = 2,
-                  ra_magnitude: float = 10.0, seed: SeedLike = None
-                  ) -> tf.Tensor:
+                  ra_magnitude: float = 10.0, seed: SeedLike = None,
+                  solarize_wrap: bool = True) -> tf.Tensor:
     """Applies 'randaug', 'autoaug' (v0) or 'ra_aa' (either, p = 1/2 each).
 
     Args:
@@ -558,6 +588,8 @@ def distort_image(image: tf.Tensor, policy: str, ra_num_layers: int = 2,
         ra_num_layers: RandAugment N.
         ra_magnitude: RandAugment M.
         seed: shape-[2] seed, or None.
+        solarize_wrap: Solarize's threshold wraps modulo 256 (see
+            `solarize`).
 
     Returns:
         The augmented uint8 image.
@@ -565,16 +597,19 @@ def distort_image(image: tf.Tensor, policy: str, ra_num_layers: int = 2,
     Raises:
         ValueError: for an unknown policy.
     """
+    run_randaug = functools.partial(
+        randaugment, num_layers=ra_num_layers, magnitude=ra_magnitude,
+        solarize_wrap=solarize_wrap)
+    run_autoaug = functools.partial(autoaugment, solarize_wrap=solarize_wrap)
     if policy == 'randaug':
-        return randaugment(image, ra_num_layers, ra_magnitude, seed)
+        return run_randaug(image, seed=seed)
     if policy == 'autoaug':
-        return autoaugment(image, seed)
+        return run_autoaug(image, seed=seed)
     if policy == 'ra_aa':
         pick_seed, aug_seed = tf.unstack(split_seed(seed, 2))
         use_autoaug = _uniform(pick_seed, 0, 2, tf.int32) == 0
-        return tf.cond(
-            use_autoaug, lambda: autoaugment(image, aug_seed),
-            lambda: randaugment(image, ra_num_layers, ra_magnitude, aug_seed))
+        return tf.cond(use_autoaug, lambda: run_autoaug(image, seed=aug_seed),
+                       lambda: run_randaug(image, seed=aug_seed))
     raise ValueError(
         f'Argument `policy` must be one of {POLICIES}; received '
         f'policy={policy!r}.')

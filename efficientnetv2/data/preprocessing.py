@@ -327,11 +327,13 @@ def decode_and_crop(payload: tf.Tensor, family: str, is_training: bool,
 # ----------------------------------------------------------------------------
 # Stage 2: resize, flip, augment, normalise.
 # ----------------------------------------------------------------------------
-def _apply_policies(image_uint8, spec, ra_num_layers, ra_magnitude, seed):
+def _apply_policies(image_uint8, spec, ra_num_layers, ra_magnitude, seed,
+                    solarize_wrap=True):
     seeds = augment.split_seed(seed, max(len(spec.policies), 1))
     for i, policy in enumerate(spec.policies):
         image_uint8 = augment.distort_image(
-            image_uint8, policy, ra_num_layers, ra_magnitude, seeds[i])
+            image_uint8, policy, ra_num_layers, ra_magnitude, seeds[i],
+            solarize_wrap=solarize_wrap)
     return image_uint8
 
 
@@ -343,7 +345,8 @@ def _to_uint8(image: tf.Tensor) -> tf.Tensor:
 def finish(image: tf.Tensor, family: str, is_training: bool, image_size: int,
            augname: Optional[str] = None, ra_num_layers: int = 2,
            ra_magnitude: float = 15.0, random_flip: bool = True,
-           seed: augment.SeedLike = None) -> tf.Tensor:
+           seed: augment.SeedLike = None, solarize_wrap: bool = True
+           ) -> tf.Tensor:
     """Stage 2: resizes, flips, augments and normalises a uint8 crop.
 
     Args:
@@ -357,6 +360,8 @@ def finish(image: tf.Tensor, family: str, is_training: bool, image_size: int,
         ra_magnitude: RandAugment M (official scale).
         random_flip: horizontal flip with p = 1/2 in training.
         seed: shape-[2] seed, or None.
+        solarize_wrap: Solarize's threshold wraps modulo 256 as in the
+            released code (see `augment.solarize`); False clamps it.
 
     Returns:
         float32 `[image_size, image_size, 3]`, normalised for the family.
@@ -365,7 +370,7 @@ def finish(image: tf.Tensor, family: str, is_training: bool, image_size: int,
     seeds = augment.split_seed(seed, 3) if is_training else [None] * 3
     if family == 'ft':
         return _finish_ft(image, is_training, image_size, spec, ra_num_layers,
-                          ra_magnitude, random_flip, seeds)
+                          ra_magnitude, random_flip, seeds, solarize_wrap)
     if family == 'legacy':
         image = resize_bicubic_legacy(image, image_size)
     elif family == 'v2':
@@ -378,7 +383,7 @@ def finish(image: tf.Tensor, family: str, is_training: bool, image_size: int,
         image = tf.image.stateless_random_flip_left_right(image, seeds[0])
     if spec.policies:
         augmented = _apply_policies(_to_uint8(image), spec, ra_num_layers,
-                                    ra_magnitude, seeds[1])
+                                    ra_magnitude, seeds[1], solarize_wrap)
         image = tf.cast(augmented, tf.float32)
     image = normalize(image, family)
     image.set_shape([image_size, image_size, 3])
@@ -386,14 +391,15 @@ def finish(image: tf.Tensor, family: str, is_training: bool, image_size: int,
 
 
 def _finish_ft(image, is_training, image_size, spec, ra_num_layers,
-               ra_magnitude, random_flip, seeds):
+               ra_magnitude, random_flip, seeds, solarize_wrap=True):
     """Fine-tune family: normalise, resize whole image, flip, policy, cutout."""
     image = resize_bilinear(normalize(image, 'ft'), image_size)
     if is_training and random_flip:
         image = tf.image.stateless_random_flip_left_right(image, seeds[0])
     if spec.policies:
         augmented = _apply_policies(_to_uint8(denormalize(image, 'ft')), spec,
-                                    ra_num_layers, ra_magnitude, seeds[1])
+                                    ra_num_layers, ra_magnitude, seeds[1],
+                                    solarize_wrap)
         image = normalize(augmented, 'ft')
     if spec.noise_cutout:
         cutout_seed, noise_seed = tf.unstack(augment.split_seed(seeds[2], 2))
@@ -411,8 +417,8 @@ def preprocess_image(image: tf.Tensor, image_size: int,
                      image_dtype: tf.DType = tf.float32,
                      seed: augment.SeedLike = None,
                      area_range: Optional[Sequence[float]] = None,
-                     center_crop: bool = True, random_flip: bool = True
-                     ) -> tf.Tensor:
+                     center_crop: bool = True, random_flip: bool = True,
+                     solarize_wrap: bool = True) -> tf.Tensor:
     """Full single-image transform (both stages), e.g. for inference.
 
     Args:
@@ -428,6 +434,7 @@ def preprocess_image(image: tf.Tensor, image_size: int,
         area_range: overrides the Inception-crop area range.
         center_crop: eval centre crop on (see `decode_and_crop`).
         random_flip: training flip on.
+        solarize_wrap: Solarize's threshold wraps modulo 256 (see `finish`).
 
     Returns:
         `[image_size, image_size, 3]` normalised image of `image_dtype`.
@@ -438,5 +445,6 @@ def preprocess_image(image: tf.Tensor, image_size: int,
     image = decode_and_crop(image, family, is_training, image_size, crop_seed,
                             area_range, center_crop)
     image = finish(image, family, is_training, image_size, augname,
-                   ra_num_layers, ra_magnitude, random_flip, finish_seed)
+                   ra_num_layers, ra_magnitude, random_flip, finish_seed,
+                   solarize_wrap)
     return tf.cast(image, image_dtype)
