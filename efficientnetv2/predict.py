@@ -95,15 +95,10 @@ def infer(config, model_dir, image_paths, top_k=5):
     info = data.get_dataset_info(config.data.dataset, data_dir=config.data.data_dir)
     names = class_names(info)
     transform = eval_transform(config, info)
+    images = load_images(image_paths, transform)
     model = load_trained_model(config, model_dir)
     results = []
-    for path in image_paths:
-        with tf.io.gfile.GFile(path, 'rb') as f:
-            encoded = tf.constant(f.read())
-        try:
-            image = data.preprocessing.preprocess_for_eval(encoded, **transform)
-        except tf.errors.InvalidArgumentError as e:
-            raise ValueError('Cannot decode image %s: %s' % (path, e.message)) from None
+    for path, image in zip(image_paths, images):
         logits = model(image[tf.newaxis], training=False)
         probs = tf.nn.softmax(tf.cast(logits, tf.float32))[0].numpy()
         top = np.argsort(-probs)[:min(top_k, len(probs))]
@@ -111,3 +106,20 @@ def infer(config, model_dir, image_paths, top_k=5):
         results.append((path, row))
         print('%s: %s' % (path, ', '.join('%s (%.3f)' % item for item in row)))
     return results
+
+
+def load_images(image_paths, transform):
+    """Reads image files and applies the eval transform (`eval_transform`'s arguments).
+
+    Returns:
+        A list of float32 `[S, S, 3]` tensors.
+    """
+    images = []
+    for path in image_paths:
+        with tf.io.gfile.GFile(path, 'rb') as f:
+            encoded = tf.constant(f.read())
+        try:
+            images.append(data.preprocessing.preprocess_for_eval(encoded, **transform))
+        except tf.errors.InvalidArgumentError as e:
+            raise ValueError('Cannot decode image %s: %s' % (path, e.message)) from None
+    return images
