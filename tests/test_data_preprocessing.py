@@ -255,4 +255,4 @@ def test_builtin_ops_bicubic_equals_the_tf1_kernel():
         kernel = preprocessing.resize_bicubic_legacy(image, size).numpy()
         matmul = preprocessing.resize_bicubic_legacy(image, size,
                                                      builtin_ops_only=True).numpy()
-        np.testing.assert_allclose(matmul, kernel, rtol=0, atol=2e-3)
+        np.testing.assert_allclose(matmul, kernel, rtol=0, atol=1e-3)
