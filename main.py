@@ -7,7 +7,8 @@
     python main.py --hparam_str="train.epochs=10,data.ram=12" --config_file=configs/x.yaml
 
 Config override order: defaults -> model recipe -> dataset recipe -> --config_file ->
---hparam_str. The resolved config is written to <model_dir>/config.yaml.
+--hparam_str. The resolved config is written to <model_dir>/config.yaml; --mode=eval, export
+and infer read it back from there (--config_file / --hparam_str override the keys they name).
 """
 
 import os
@@ -72,6 +73,66 @@ def resolve_config(argv_flags=FLAGS):
     return config
 
 
+RUN_MODES = ('eval', 'export', 'infer')  # Modes that read an existing run's config.yaml.
+
+
+def resolve_run_config(model_dir, argv_flags=FLAGS):
+    """The config of the run in `model_dir` (its config.yaml) for eval / export / infer.
+
+    The run's saved config decides the model, dataset, eval size and preprocessing; only what
+    the command line names explicitly overrides it: keys of --config_file / --hparam_str, and
+    --data_dir / --strategy. --model_name or --dataset_cfg that differ from the run's are an
+    error. Logs the config file used and the overridden keys.
+
+    Raises:
+        app.UsageError: no config.yaml in `model_dir`, or bad overrides.
+    """
+    import tensorflow as tf
+    from efficientnetv2 import config as config_lib
+    from efficientnetv2 import hparams
+    path = os.path.join(model_dir, 'config.yaml')
+    if not tf.io.gfile.exists(path):
+        raise app.UsageError(
+            'No run config %s: --mode=%s reads the configuration of a trained run from its '
+            'model directory. Train first (python main.py --mode=train --model_dir=%s ...) or '
+            'pass the --model_dir of a run.' % (path, argv_flags.mode, model_dir))
+    overrides = hparams.Config()
+    try:
+        config = config_lib.default_config().override(hparams.load_yaml(path))
+        for flag, key in (('model_name', 'model.model_name'), ('dataset_cfg', 'data.dataset')):
+            if argv_flags[flag].present:
+                section, name = key.split('.')
+                if str(argv_flags[flag].value).lower() != str(config[section][name]).lower():
+                    raise ValueError(
+                        '--%s=%s, but the run in %s is %s=%s; drop the flag (the run config '
+                        'decides) or pass another --model_dir.'
+                        % (flag, argv_flags[flag].value, model_dir, key, config[section][name]))
+        if argv_flags.config_file:
+            overrides.override(argv_flags.config_file, allow_new=True)
+        if argv_flags.hparam_str:
+            overrides.override(argv_flags.hparam_str, allow_new=True)
+        if argv_flags['data_dir'].present:
+            overrides.override({'data': {'data_dir': argv_flags.data_dir}}, allow_new=True)
+        if argv_flags.strategy:
+            overrides.override({'runtime': {'strategy': argv_flags.strategy}}, allow_new=True)
+        config.override(overrides)
+        config_lib.validate(config)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise app.UsageError(message) from e
+    logging.info('Using the run config %s (model %s, dataset %s, eval size %s); overridden on '
+                 'the command line: %s.', path, config.model.model_name, config.data.dataset,
+                 config.eval.image_size, ', '.join(
+                     '%s=%r' % (k, _get(config, k)) for k in overrides.flat_keys()) or 'none')
+    return config
+
+
+def _get(config, dotted):
+    for part in dotted.split('.'):
+        config = config[part]
+    return config
+
+
 def default_model_dir(model_name, dataset_cfg):
     return os.path.join('runs', '%s-%s' % (model_name, dataset_cfg.lower()))
 
@@ -79,8 +140,11 @@ def default_model_dir(model_name, dataset_cfg):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError('Unexpected arguments: %s' % ' '.join(argv[1:]))
-    config = resolve_config()
     model_dir = FLAGS.model_dir or default_model_dir(FLAGS.model_name, FLAGS.dataset_cfg)
+    if FLAGS.mode in RUN_MODES:
+        config = resolve_run_config(model_dir)
+    else:
+        config = resolve_config()
 
     if FLAGS.mode in ('export', 'infer'):
         from efficientnetv2 import predict

@@ -19,15 +19,10 @@ before calling these functions).
 - `export_tflite`: float32 or dynamic-range quantised TFLite flatbuffer at a fixed size.
 - `export_keras`: the whole Keras model as a `.keras` file.
 
-Evaluation preprocessing (`preprocess_eval`, SPEC §5.3-§5.5):
-- 'v2' (V2-S/M/L/XL): below 320 px a centre crop of side `int(S / (S + 32) * min(h, w))` at
-  offset `((h - c) // 2, (w - c) // 2)`, then a bilinear resize to S x S; from 320 px on the
-  whole image is resized (no crop). Pixels `(x - 128) / 128`.
-- 'legacy' (V1, V2-B0..B3): always the same centre crop, offset `((h - c + 1) // 2, ...)`,
-  TF1 bicubic resize (`ResizeBicubic`, no half-pixel centres), ImageNet mean / std. Encoded
-  JPEGs are cropped while decoding (`decode_and_crop_jpeg`, as the official code), which can
-  differ from feeding the fully decoded pixels by a few levels at the crop border.
-- 'ft': whole-image bilinear resize, `(x / 255 - 0.5) / 0.5`.
+Evaluation preprocessing: the serving signatures and TFLite run
+`efficientnetv2.data.preprocessing.preprocess_for_eval`, the same function as the eval input
+pipeline and `--mode=infer` (crop rule, resize and pixel scaling of the family 'v2', 'legacy' or
+'ft'; `center_crop=False` for models evaluated without a crop, such as digits).
 """
 
 import os
@@ -38,16 +33,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-PREPROCESS = ('v2', 'legacy', 'ft')
-CROP_PADDING = 32
-MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+from efficientnetv2.data import preprocessing
+
+PREPROCESS = preprocessing.FAMILIES
 TOP_K = 5
 QUANTIZE = (None, 'dynamic')
-
-
-# ------------------------------------------------------------------------------------------------
-# In-graph preprocessing.
 
 
 def _check_preprocess(preprocess, allow_none=False):
@@ -61,113 +51,6 @@ def _check_image_size(image_size):
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ValueError('image_size must be a positive integer. Received: image_size=%r'
                          % (image_size,))
-
-
-def scale_pixels(images, preprocess):
-    """Maps 0..255 RGB pixels to the model's input range for a preprocessing family.
-
-    Args:
-        images: float tensor [..., 3] in 0..255.
-        preprocess: 'v2' ((x - 128) / 128), 'legacy' (ImageNet mean / std) or 'ft'
-            ((x / 255 - 0.5) / 0.5).
-
-    Returns:
-        A float32 tensor of the same shape.
-    """
-    _check_preprocess(preprocess)
-    images = tf.cast(images, tf.float32)
-    if preprocess == 'v2':
-        return (images - 128.0) / 128.0
-    if preprocess == 'legacy':
-        return (images - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)
-    return (images / 255.0 - 0.5) / 0.5
-
-
-def _center_window(height, width, image_size, round_up):
-    """(top, left, side) of the eval centre crop: side int(S / (S + 32) * min(h, w))."""
-    # As the official code: the ratio is a Python float, the product is float32.
-    side = tf.cast(image_size / (image_size + CROP_PADDING)
-                   * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
-    extra = 1 if round_up else 0
-    return (height - side + extra) // 2, (width - side + extra) // 2, side
-
-
-def _center_crop(images, image_size, round_up):
-    """The eval centre crop of a [N, H, W, C] batch."""
-    shape = tf.shape(images)
-    top, left, side = _center_window(shape[1], shape[2], image_size, round_up)
-    return images[:, top:top + side, left:left + side, :]
-
-
-def crop_and_resize(images, image_size, preprocess):
-    """The evaluation crop and resize (no pixel scaling) of a batch of same-sized images.
-
-    Args:
-        images: float [N, H, W, 3] in 0..255 (any H, W).
-        image_size: output side S.
-        preprocess: 'v2', 'legacy' or 'ft' (see the module docstring).
-
-    Returns:
-        float32 [N, S, S, 3] in about 0..255 (bicubic may overshoot slightly).
-    """
-    _check_preprocess(preprocess)
-    images = tf.cast(images, tf.float32)
-    size = [image_size, image_size]
-    if preprocess == 'legacy':
-        images = _center_crop(images, image_size, round_up=True)
-        return tf.raw_ops.ResizeBicubic(images=images, size=size, align_corners=False,
-                                        half_pixel_centers=False)
-    if preprocess == 'v2' and image_size < 320:
-        images = _center_crop(images, image_size, round_up=False)
-    return tf.image.resize(images, size, method='bilinear')
-
-
-def preprocess_eval(images, image_size, preprocess):
-    """Crop, resize and scale a batch of 0..255 images exactly as the exported signatures do."""
-    return scale_pixels(crop_and_resize(images, image_size, preprocess), preprocess)
-
-
-def _decode_legacy_crop(data, image_size):
-    """Legacy eval crop of one encoded image; JPEGs are cropped while decoding.
-
-    The official legacy pipeline uses `decode_and_crop_jpeg`, whose chroma upsampling at the
-    window border differs slightly from decoding the whole JPEG and slicing it.
-    """
-    def jpeg():
-        shape = tf.image.extract_jpeg_shape(data)
-        top, left, side = _center_window(shape[0], shape[1], image_size, round_up=True)
-        return tf.image.decode_and_crop_jpeg(data, tf.stack([top, left, side, side]),
-                                             channels=3)
-
-    def other():
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        return _center_crop(image[tf.newaxis], image_size, round_up=True)[0]
-
-    return tf.cond(tf.io.is_jpeg(data), jpeg, other)
-
-
-def decode_images(image_bytes, image_size, preprocess):
-    """Decodes a [N] string batch of encoded images and applies the eval crop and resize.
-
-    Equals `crop_and_resize` on the decoded pixels, except that legacy JPEGs are cropped while
-    decoding, as the official legacy pipeline does.
-
-    Returns:
-        float32 [N, S, S, 3], 0..255 range (not yet scaled).
-    """
-    _check_preprocess(preprocess)
-
-    def one(data):
-        if preprocess == 'legacy':
-            crop = tf.cast(_decode_legacy_crop(data, image_size), tf.float32)[tf.newaxis]
-            return tf.raw_ops.ResizeBicubic(images=crop, size=[image_size, image_size],
-                                            align_corners=False, half_pixel_centers=False)[0]
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image = tf.cast(image, tf.float32)[tf.newaxis]
-        return crop_and_resize(image, image_size, preprocess)[0]
-
-    return tf.map_fn(one, image_bytes,
-                     fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,7 +100,7 @@ def _get_layer(model, name):
 
 
 def export_saved_model(model, export_dir, image_size, preprocess='v2', class_names=None,
-                       top_k=TOP_K):
+                       top_k=TOP_K, center_crop=True):
     """Writes a serving SavedModel with in-graph evaluation preprocessing.
 
     Args:
@@ -225,10 +108,11 @@ def export_saved_model(model, export_dir, image_size, preprocess='v2', class_nam
         export_dir: output directory (created; an existing SavedModel is overwritten).
         image_size: evaluation size S (e.g. the variant's `eval_size`).
         preprocess: 'v2', 'legacy' or 'ft': the family the model was trained with
-            (`architectures.get_variant(name).preprocess`; 'ft' for models fine-tuned
-            with the official fine-tune transform).
+            (`preprocessing.resolve_family` of the run config).
         class_names: optional list of K class names; adds the `top_k_names` output.
         top_k: classes in the top-k outputs (capped at K).
+        center_crop: False: the eval transform resizes the whole image (as the run's
+            eval pipeline does for datasets without an eval crop, e.g. digits).
 
     Returns:
         `export_dir`.
@@ -248,10 +132,12 @@ def export_saved_model(model, export_dir, image_size, preprocess='v2', class_nam
                              % (num_classes, len(class_names)))
     k = min(int(top_k), num_classes)
 
+    def eval_transform(images):
+        return preprocessing.preprocess_for_eval(images, image_size, preprocess, center_crop)
+
     @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
-    def classify(images):  # 0..255 images, already cropped and resized; traced once.
-        images = _model_input(scale_pixels(images, preprocess), model)
-        logits = tf.cast(model(images, training=False), tf.float32)
+    def classify(images):  # Preprocessed images; traced once for both signatures.
+        logits = tf.cast(model(_model_input(images, model), training=False), tf.float32)
         probabilities = tf.nn.softmax(logits, axis=-1)
         top_probabilities, top_indices = tf.math.top_k(probabilities, k=k)
         result = dict(logits=logits, probabilities=probabilities, top_k_indices=top_indices,
@@ -263,22 +149,24 @@ def export_saved_model(model, export_dir, image_size, preprocess='v2', class_nam
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
                                                 name='images')])
     def serve_images(images):
-        return classify(crop_and_resize(images, image_size, preprocess))
+        return classify(eval_transform(images))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='image_bytes')])
     def serve_bytes(image_bytes):
-        return classify(decode_images(image_bytes, image_size, preprocess))
+        return classify(eval_transform(image_bytes))
 
     root = _export_root(model)
     root.serve_images = serve_images
     root.serve_bytes = serve_bytes
     root.image_size = tf.Variable(image_size, trainable=False, name='image_size')
     root.preprocess = tf.Variable(preprocess, trainable=False, name='preprocess')
+    root.center_crop = tf.Variable(bool(center_crop), trainable=False, name='center_crop')
     signatures = {'serving_default': serve_images.get_concrete_function(),
                   'serving_bytes': serve_bytes.get_concrete_function()}
     tf.saved_model.save(root, os.fspath(export_dir), signatures=signatures)
-    logging.info('Wrote SavedModel %s (%d classes, %d px, %s preprocessing).', export_dir,
-                 num_classes, image_size, preprocess)
+    logging.info('Wrote SavedModel %s (%d classes, %d px, %s preprocessing, centre crop %s).',
+                 export_dir, num_classes, image_size, preprocess,
+                 'on' if center_crop else 'off')
     return export_dir
 
 
@@ -306,7 +194,7 @@ def export_feature_vector(model, export_dir, preprocess=None):
     def run(images, training):
         images = tf.cast(images, tf.float32)
         if preprocess is not None:
-            images = scale_pixels(images * 255.0, preprocess)
+            images = preprocessing.normalize(images * 255.0, preprocess)
         return tf.cast(features(_model_input(images, model), training=training), tf.float32)
 
     spec = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
@@ -352,19 +240,23 @@ def _pooled_features_model(model):
 # TFLite and .keras.
 
 
-def export_tflite(model, path, image_size, quantize=None, preprocess=None, batch_size=1):
+def export_tflite(model, path, image_size, quantize=None, preprocess=None, batch_size=1,
+                  center_crop=True, input_size=None):
     """Converts the model to a TFLite flatbuffer with a fixed input shape.
 
     Args:
         model: an `EfficientNet` (its output, usually logits, is the TFLite output).
         path: output `.tflite` file.
-        image_size: input side S; the input is `[batch_size, S, S, 3]` float32.
+        image_size: the model's input side S.
         quantize: None (float32) or 'dynamic' (dynamic-range: int8 weights, float
             activations; no calibration data needed).
-        preprocess: None: the input is already scaled for the model; 'v2' / 'legacy' /
-            'ft': the input is 0..255 RGB (already cropped / resized) and the pixel
-            scaling runs inside.
+        preprocess: None: the input is `[batch_size, S, S, 3]`, already preprocessed for the
+            model. 'v2' / 'legacy' / 'ft': the input is `[batch_size, H, W, 3]` RGB pixels in
+            0..255 and the whole evaluation transform (crop, resize, scaling:
+            `preprocessing.preprocess_for_eval`) runs inside, with TFLite builtin ops only.
         batch_size: static batch size of the input.
+        center_crop: with `preprocess`: False resizes the whole image (no eval crop).
+        input_size: with `preprocess`: the input's (H, W); default (S, S).
 
     Returns:
         The flatbuffer size in bytes.
@@ -374,13 +266,20 @@ def export_tflite(model, path, image_size, quantize=None, preprocess=None, batch
     if quantize not in QUANTIZE:
         raise ValueError('quantize must be one of %s. Received: quantize=%r'
                          % (QUANTIZE, quantize))
+    if preprocess is None and input_size is not None:
+        raise ValueError('input_size needs preprocess (the input is then resized inside). '
+                         'Received: input_size=%r, preprocess=None' % (input_size,))
+    height, width = (image_size, image_size) if input_size is None else input_size
+    for side in (height, width):
+        _check_image_size(side)
 
     def forward(images):
         if preprocess is not None:
-            images = scale_pixels(images, preprocess)
+            images = preprocessing.preprocess_for_eval(
+                images, image_size, preprocess, center_crop, builtin_ops_only=True)
         return tf.cast(model(_model_input(images, model), training=False), tf.float32)
 
-    spec = tf.TensorSpec([batch_size, image_size, image_size, 3], tf.float32, name='images')
+    spec = tf.TensorSpec([batch_size, height, width, 3], tf.float32, name='images')
     function = tf.function(forward, input_signature=[spec])
     root = _export_root(model)
     root.forward = function
@@ -401,7 +300,7 @@ def tflite_predict(path, images):
 
     Args:
         path: the `.tflite` file.
-        images: float32 array [N, S, S, 3] in the model's input range.
+        images: float32 array [N, ...] of the model's input shape and range.
 
     Returns:
         float32 array [N, ...] of outputs.
@@ -439,11 +338,14 @@ def export_keras(model, path):
     return path
 
 
-def export_all(model, export_dir, image_size, preprocess='v2', class_names=None):
+def export_all(model, export_dir, image_size, preprocess='v2', class_names=None,
+               center_crop=True):
     """Writes every format under `export_dir`, as `main.py --mode=export` does.
 
     Layout: `saved_model/`, `feature_vector/`, `model.tflite` (float32),
-    `model_dynamic.tflite` (dynamic-range quantised), `model.keras`.
+    `model_dynamic.tflite` (dynamic-range quantised), `model.keras`. The SavedModel and both
+    TFLite files run the evaluation transform (`preprocess`, `center_crop`) inside; the TFLite
+    input is `[1, S, S, 3]` pixels in 0..255.
 
     Returns:
         A dict from format name to path.
@@ -454,9 +356,11 @@ def export_all(model, export_dir, image_size, preprocess='v2', class_names=None)
                  tflite=os.path.join(export_dir, 'model.tflite'),
                  tflite_dynamic=os.path.join(export_dir, 'model_dynamic.tflite'),
                  keras=os.path.join(export_dir, 'model.keras'))
-    export_saved_model(model, paths['saved_model'], image_size, preprocess, class_names)
+    export_saved_model(model, paths['saved_model'], image_size, preprocess, class_names,
+                       center_crop=center_crop)
     export_feature_vector(model, paths['feature_vector'])
-    export_tflite(model, paths['tflite'], image_size)
-    export_tflite(model, paths['tflite_dynamic'], image_size, quantize='dynamic')
+    for key, quantize in (('tflite', None), ('tflite_dynamic', 'dynamic')):
+        export_tflite(model, paths[key], image_size, quantize=quantize, preprocess=preprocess,
+                      center_crop=center_crop)
     export_keras(model, paths['keras'])
     return paths

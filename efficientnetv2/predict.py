@@ -1,8 +1,9 @@
 """`--mode=export` and `--mode=infer`: a trained model directory to serving files or predictions.
 
-Both rebuild the network from the run config, load the latest checkpoint of the model
-directory with its EMA weights, and use the run's eval preprocessing (image size, crop and
-pixel scaling of the model family).
+Both rebuild the network from the run config (main.py reads it from `<model_dir>/config.yaml`),
+load the latest checkpoint of the model directory with its EMA weights, and use the run's eval
+preprocessing (image size, crop or not, family), through the one implementation that the eval
+pipeline also uses: `data.preprocessing.preprocess_for_eval`.
 """
 
 import os
@@ -43,7 +44,14 @@ def class_names(info):
 
 
 def preprocess_family(config, info):
+    """The run's transform family, resolved as its input pipeline resolves it."""
     return data.resolve_family(config.data.preprocess, config.data.augname, info.preprocess)
+
+
+def eval_transform(config, info):
+    """Keyword arguments of `preprocess_for_eval` for the run's eval pipeline."""
+    return dict(image_size=int(config.eval.image_size), family=preprocess_family(config, info),
+                center_crop=bool(info.eval_center_crop))
 
 
 def load_trained_model(config, model_dir):
@@ -64,9 +72,14 @@ def export(config, model_dir, export_dir=None):
     info = data.get_dataset_info(config.data.dataset, data_dir=config.data.data_dir)
     model = load_trained_model(config, model_dir)
     export_dir = export_dir or os.path.join(model_dir, 'export')
-    paths = export_lib.export_all(model, export_dir, image_size=config.eval.image_size,
-                                  preprocess=preprocess_family(config, info),
-                                  class_names=class_names(info))
+    transform = eval_transform(config, info)
+    logging.info('Export: %s, %d px, %s preprocessing, centre crop %s.',
+                 config.model.model_name, transform['image_size'], transform['family'],
+                 'on' if transform['center_crop'] else 'off')
+    paths = export_lib.export_all(model, export_dir, image_size=transform['image_size'],
+                                  preprocess=transform['family'],
+                                  class_names=class_names(info),
+                                  center_crop=transform['center_crop'])
     for kind, path in paths.items():
         logging.info('Exported %s: %s', kind, path)
     return paths
@@ -81,19 +94,11 @@ def infer(config, model_dir, image_paths, top_k=5):
         raise FileNotFoundError('Image file(s) not found: %s' % ', '.join(missing))
     info = data.get_dataset_info(config.data.dataset, data_dir=config.data.data_dir)
     names = class_names(info)
-    family = preprocess_family(config, info)
+    transform = eval_transform(config, info)
+    images = load_images(image_paths, transform)
     model = load_trained_model(config, model_dir)
     results = []
-    for path in image_paths:
-        with tf.io.gfile.GFile(path, 'rb') as f:
-            encoded = f.read()
-        try:
-            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        except tf.errors.InvalidArgumentError as e:
-            raise ValueError('Cannot decode image %s: %s' % (path, e.message)) from None
-        image = data.preprocess_image(image, config.eval.image_size, is_training=False,
-                                      family=family,
-                                      center_crop=getattr(info, 'eval_center_crop', True))
+    for path, image in zip(image_paths, images):
         logits = model(image[tf.newaxis], training=False)
         probs = tf.nn.softmax(tf.cast(logits, tf.float32))[0].numpy()
         top = np.argsort(-probs)[:min(top_k, len(probs))]
@@ -101,3 +106,20 @@ def infer(config, model_dir, image_paths, top_k=5):
         results.append((path, row))
         print('%s: %s' % (path, ', '.join('%s (%.3f)' % item for item in row)))
     return results
+
+
+def load_images(image_paths, transform):
+    """Reads image files and applies the eval transform (`eval_transform`'s arguments).
+
+    Returns:
+        A list of float32 `[S, S, 3]` tensors.
+    """
+    images = []
+    for path in image_paths:
+        with tf.io.gfile.GFile(path, 'rb') as f:
+            encoded = tf.constant(f.read())
+        try:
+            images.append(data.preprocessing.preprocess_for_eval(encoded, **transform))
+        except tf.errors.InvalidArgumentError as e:
+            raise ValueError('Cannot decode image %s: %s' % (path, e.message)) from None
+    return images

@@ -183,9 +183,76 @@ def test_resolve_family_and_errors():
     assert preprocessing.resolve_family(None, None, 'ft') == 'ft'
     assert preprocessing.resolve_family(None, 'effnetv1_randaug') == 'legacy'
     assert preprocessing.resolve_family('legacy', 'autoaug') == 'legacy'
+    assert preprocessing.resolve_family('legacy', None) == 'v2'  # Released code.
     with pytest.raises(ValueError, match='implies'):
         preprocessing.resolve_family('v2', 'effnetv1_autoaug')
     with pytest.raises(ValueError, match='randaug'):
         preprocessing.parse_augname('mixaug')
     with pytest.raises(ValueError, match="'v2'"):
         preprocessing.resolve_family('caffe', None)
+
+
+@pytest.mark.parametrize('model_name,dataset,family', [
+    ('efficientnetv2-b0', 'imagenet', 'legacy'),
+    ('efficientnetv2-b3', 'imagenet21k', 'v2'),
+    ('efficientnet-b0', 'imagenet21k', 'v2'),
+    ('efficientnetv2-s', 'imagenet21k', 'v2'),
+    ('efficientnetv2-b0', 'cifar10Ft', 'ft'),
+])
+def test_family_of_recipes_follows_the_released_code(model_name, dataset, family):
+    # The released code picks the transform from augname alone: ImageNet-21k sets
+    # augname=None, so V1 and V2-B0..B3 take the V2 path there ((x-128)/128, bilinear).
+    from efficientnetv2 import config as config_lib
+    from efficientnetv2 import data
+    config = config_lib.build_config(model_name, dataset)
+    info = data.get_dataset_info(dataset)
+    assert preprocessing.resolve_family(config.data.preprocess, config.data.augname,
+                                        info.preprocess) == family
+
+
+def test_preprocess_for_eval_geometry_and_inputs():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (50, 70, 3)).astype(np.uint8)
+    # V2 below 320: centre crop side int(24 / 56 * 50) = 21 at ((50-21)//2, (70-21)//2).
+    ours = preprocessing.preprocess_for_eval(image, 24, 'v2').numpy()
+    crop = image[14:35, 24:45].astype(np.float32)
+    expected = (tf.image.resize(crop, [24, 24]).numpy() - 128) / 128
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    # From 320 px, and with center_crop=False, the whole image is resized.
+    whole = preprocessing.preprocess_for_eval(image, 320, 'v2').numpy()
+    np.testing.assert_allclose(
+        whole, (tf.image.resize(image, [320, 320]).numpy() - 128) / 128, atol=1e-5)
+    no_crop = preprocessing.preprocess_for_eval(image, 24, 'v2', center_crop=False)
+    np.testing.assert_allclose(
+        no_crop.numpy(), (tf.image.resize(image, [24, 24]).numpy() - 128) / 128, atol=1e-5)
+    # Legacy: offsets ((50-21+1)//2, (70-21+1)//2) = (15, 25), TF1 bicubic, mean/std.
+    legacy = preprocessing.preprocess_for_eval(image, 24, 'legacy').numpy()
+    bicubic = tf.compat.v1.image.resize_bicubic(
+        image[None, 15:36, 25:46], [24, 24], align_corners=False,
+        half_pixel_centers=False)[0]
+    np.testing.assert_allclose(
+        legacy, preprocessing.normalize(bicubic, 'legacy').numpy(), atol=1e-5)
+    # A float batch, encoded bytes (one and a batch) and grayscale give the same values.
+    batch = preprocessing.preprocess_for_eval(
+        np.stack([image, image[::-1]]).astype(np.float32), 24, 'legacy').numpy()
+    np.testing.assert_allclose(batch[0], legacy, atol=1e-5)
+    png = tf.io.encode_png(image)
+    np.testing.assert_allclose(
+        preprocessing.preprocess_for_eval(png, 24, 'legacy').numpy(), legacy, atol=1e-5)
+    both = preprocessing.preprocess_for_eval(tf.stack([png, png]), 24, 'ft')
+    assert both.shape == (2, 24, 24, 3)
+    gray = preprocessing.preprocess_for_eval(image[..., :1], 24, 'v2').numpy()
+    np.testing.assert_allclose(
+        gray, preprocessing.preprocess_for_eval(np.repeat(image[..., :1], 3, -1), 24,
+                                                'v2').numpy())
+    with pytest.raises(ValueError, match="'legacy'"):
+        preprocessing.preprocess_for_eval(image, 24, 'caffe')
+
+
+def test_builtin_ops_bicubic_equals_the_tf1_kernel():
+    image = np.random.default_rng(4).integers(0, 256, (2, 37, 23, 3)).astype(np.float32)
+    for size in (7, 16, 50):
+        kernel = preprocessing.resize_bicubic_legacy(image, size).numpy()
+        matmul = preprocessing.resize_bicubic_legacy(image, size,
+                                                     builtin_ops_only=True).numpy()
+        np.testing.assert_allclose(matmul, kernel, rtol=0, atol=1e-3)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -12,6 +13,7 @@ import tensorflow as tf
 
 import efficientnetv2
 from efficientnetv2 import export
+from efficientnetv2.data import preprocessing
 
 SIZE = 64  # Evaluation size of the exported classifier (< 320: centre crop).
 TINY = ['r1_k3_s1_e1_i16_o8_c1', 'r1_k3_s2_e4_i8_o16_c1', 'r2_k3_s2_e4_i16_o24_se0.25',
@@ -127,38 +129,88 @@ def test_bytes_signature_equals_feeding_the_decoded_images(saved_model, encoded)
     assert loaded.preprocess.numpy() == b'v2'
 
 
-def test_eval_crop_and_resize_geometry():
-    image = pixels((1, 80, 100, 3), seed=4)
-    np.testing.assert_allclose(export.preprocess_eval(image, SIZE, 'v2').numpy()[0],
-                               reference_v2(image[0]), atol=1e-6)
-    # From 320 px on the V2 transform resizes the whole image (no crop).
-    np.testing.assert_allclose(export.crop_and_resize(image, 320, 'v2').numpy(),
-                               tf.image.resize(image, [320, 320]).numpy(), atol=1e-4)
-    # Legacy: crop side 53 at offset ((80-53+1)//2, (100-53+1)//2) = (14, 24), TF1 bicubic.
-    crop = image[:, 14:14 + 53, 24:24 + 53]
-    legacy = tf.compat.v1.image.resize_bicubic(crop, [SIZE, SIZE], align_corners=False,
-                                               half_pixel_centers=False).numpy()
-    np.testing.assert_allclose(export.crop_and_resize(image, SIZE, 'legacy').numpy(), legacy,
-                               atol=1e-4)
-    mean = np.array(export.MEAN_RGB, np.float32)
-    np.testing.assert_allclose(export.scale_pixels(mean, 'legacy').numpy(), 0.0, atol=1e-6)
-    np.testing.assert_allclose(export.scale_pixels([0.0, 128.0, 255.0], 'v2').numpy(),
-                               [-1.0, 0.0, 127.0 / 128.0])
-    np.testing.assert_allclose(export.scale_pixels([0.0, 255.0], 'ft').numpy(), [-1, 1])
-    np.testing.assert_allclose(export.crop_and_resize(image, SIZE, 'ft').numpy(),
-                               tf.image.resize(image, [SIZE, SIZE]).numpy(), atol=1e-4)
+# Four paths, one transform: the eval input pipeline (data.build_dataset), --mode=infer
+# (predict.load_images), the SavedModel signatures and TFLite, on non-square images that need a
+# resize. 'digits' is the no-crop case (as the digits dataset evaluates).
+PARITY_SIZE = 24
+PARITY_SHAPE = (45, 61)  # Non-square, larger than the eval size: crop (or not) and resize.
+PARITY_CASES = {'v2': ('v2', None, True), 'legacy': ('legacy', 'effnetv1_autoaug', True),
+                'ft': ('ft', 'ft', True), 'digits': ('v2', None, False)}
 
 
-@pytest.mark.parametrize('family', ['v2', 'legacy', 'ft'])
-def test_in_graph_preprocessing_equals_the_data_pipeline_eval_transform(family, encoded):
-    from efficientnetv2.data import preprocessing
-    files, _ = encoded
-    ours = export.scale_pixels(export.decode_images(tf.constant(files), SIZE, family),
-                               family).numpy()
-    for i, data in enumerate(files):
-        theirs = preprocessing.preprocess_image(tf.constant(data), SIZE, is_training=False,
-                                                family=family).numpy()
-        np.testing.assert_allclose(ours[i], theirs, rtol=0, atol=1e-5)
+@pytest.fixture(scope='module')
+def parity_folder(tmp_path_factory):
+    """An image folder with train/ and val/, one PNG per class in val (label = image index)."""
+    root = tmp_path_factory.mktemp('parity')
+    images = []
+    for index in range(3):
+        image = pixels(PARITY_SHAPE + (3,), seed=20 + index).astype(np.uint8)
+        for split in ('train', 'val'):
+            directory = root / split / ('c%d' % index)
+            directory.mkdir(parents=True)
+            (directory / 'a.png').write_bytes(tf.io.encode_png(image).numpy())
+        images.append(image)
+    return root, np.stack(images).astype(np.float32)
+
+
+@pytest.mark.parametrize('case', sorted(PARITY_CASES))
+def test_eval_pipeline_infer_saved_model_and_tflite_agree(case, model, parity_folder, tmp_path):
+    import dataclasses
+    from efficientnetv2 import data
+    from efficientnetv2 import predict
+    family, augname, center_crop = PARITY_CASES[case]
+    root, images = parity_folder
+    info = dataclasses.replace(data.folder_dataset_info(str(root)), eval_center_crop=center_crop)
+    # 1. The eval input pipeline, as the trainer builds it (the family resolved from the config).
+    batch, labels = next(iter(data.build_dataset(
+        info, split='eval', image_size=PARITY_SIZE, batch_size=3, is_training=False,
+        preprocess=family, augname=augname)))
+    pipeline = batch.numpy()[np.argsort(np.argmax(labels.numpy(), -1))]
+    # The transform by hand: the crop rule of the family, then resize and scaling.
+    if center_crop and family != 'ft':
+        side = int(PARITY_SIZE / (PARITY_SIZE + 32) * min(PARITY_SHAPE))  # 18
+        extra = 1 if family == 'legacy' else 0
+        top, left = (45 - side + extra) // 2, (61 - side + extra) // 2
+        crops = images[:, top:top + side, left:left + side]
+    else:
+        crops = images
+    if family == 'legacy':
+        resized = tf.compat.v1.image.resize_bicubic(crops, [PARITY_SIZE] * 2, align_corners=False,
+                                                    half_pixel_centers=False)
+    else:
+        resized = tf.image.resize(crops, [PARITY_SIZE] * 2)
+    expected = preprocessing.normalize(resized, family).numpy()
+    np.testing.assert_allclose(pipeline, expected, rtol=0, atol=1e-4)
+    # 2. --mode=infer's preprocessing of the same files.
+    files = [str(root / 'val' / ('c%d' % i) / 'a.png') for i in range(3)]
+    transform = predict.eval_transform(SimpleConfig(PARITY_SIZE, family, augname), info)
+    assert transform == dict(image_size=PARITY_SIZE, family=family, center_crop=center_crop)
+    inferred = np.stack([t.numpy() for t in predict.load_images(files, transform)])
+    np.testing.assert_allclose(inferred, pipeline, rtol=0, atol=1e-5)
+    logits = model(pipeline).numpy()
+    # 3. The SavedModel, both signatures.
+    path = str(tmp_path / 'saved_model')
+    export.export_saved_model(model, path, PARITY_SIZE, family, center_crop=center_crop)
+    loaded = tf.saved_model.load(path)
+    served = loaded.signatures['serving_default'](images=tf.constant(images))['logits']
+    np.testing.assert_allclose(served.numpy(), logits, rtol=0, atol=1e-4)
+    encoded = [open(f, 'rb').read() for f in files]
+    served = loaded.signatures['serving_bytes'](image_bytes=tf.constant(encoded))['logits']
+    np.testing.assert_allclose(served.numpy(), logits, rtol=0, atol=1e-4)
+    assert bool(loaded.center_crop.numpy()) == center_crop
+    # 4. TFLite (builtin ops only: the legacy bicubic as matrix products).
+    tflite = str(tmp_path / 'model.tflite')
+    export.export_tflite(model, tflite, PARITY_SIZE, preprocess=family, center_crop=center_crop,
+                         input_size=PARITY_SHAPE)
+    np.testing.assert_allclose(export.tflite_predict(tflite, images), logits, rtol=0, atol=1e-3)
+
+
+class SimpleConfig(object):
+    """The few config keys `predict.eval_transform` reads."""
+
+    def __init__(self, size, preprocess, augname):
+        self.eval = SimpleNamespace(image_size=size)
+        self.data = SimpleNamespace(preprocess=preprocess, augname=augname)
 
 
 def test_feature_vector_loads_as_tfsm_layer_and_fine_tunes(model, tmp_path):
@@ -197,13 +249,13 @@ def test_feature_vector_pools_a_headless_model():
 
 def test_tflite_float_and_dynamic_range(model, tmp_path):
     x = pixels((16, 32, 32, 3), seed=6)
-    scaled = export.scale_pixels(x, 'legacy').numpy()
+    scaled = preprocessing.preprocess_for_eval(x, 32, 'legacy').numpy()
     expected = model(scaled).numpy()
-    # Float32, with the pixel scaling inside the graph and a static batch of 16.
+    # Float32, with the eval transform inside the graph and a static batch of 16.
     float_path, dynamic_path = str(tmp_path / 'float.tflite'), str(tmp_path / 'dynamic.tflite')
     float_size = export.export_tflite(model, float_path, 32, preprocess='legacy', batch_size=16)
     np.testing.assert_allclose(export.tflite_predict(float_path, x), expected, rtol=0, atol=1e-4)
-    # Dynamic-range quantised, on already scaled input (batch 1, run in chunks).
+    # Dynamic-range quantised, on already preprocessed input (batch 1, run in chunks).
     dynamic_size = export.export_tflite(model, dynamic_path, 32, quantize='dynamic')
     assert dynamic_size < 0.6 * float_size
     quantized = export.tflite_predict(dynamic_path, scaled)
@@ -229,6 +281,8 @@ def test_bad_arguments_are_explained(model, tmp_path):
         export.export_saved_model(model, str(tmp_path / 'b'), SIZE, class_names=['a'])
     with pytest.raises(ValueError, match='image_size must be a positive integer'):
         export.export_saved_model(model, str(tmp_path / 'c'), 0)
+    with pytest.raises(ValueError, match='input_size needs preprocess'):
+        export.export_tflite(model, str(tmp_path / 'g.tflite'), 32, input_size=(40, 50))
     with pytest.raises(ValueError, match="quantize must be one of .*'int8'"):
         export.export_tflite(model, str(tmp_path / 'd.tflite'), 32, quantize='int8')
     features = efficientnetv2.EfficientNet(blocks=TINY, feature_size=48, include_top=False,

@@ -25,12 +25,21 @@ fail to decode without also hiding bugs in later ops:
 `decode_and_crop` (decode + crop, uint8, variable size) and `finish` (resize,
 flip, augment, normalise, fixed size float32). `preprocess_image` runs both.
 
+The evaluation transform has one implementation, used by the eval input
+pipeline, `--mode=infer`, the exported SavedModel signatures and TFLite:
+`eval_window` (the crop rule: centre crop or not, the V2 no-crop size, the
+legacy rounding) and `eval_resize_and_normalize` (resize and pixel scaling).
+`decode_and_crop`/`finish` call them when `is_training` is False, and
+`preprocess_for_eval` applies them to one image or a batch (encoded bytes, or
+uint8/float pixels of any size) in eager code or inside a graph.
+
 All randomness is stateless and driven by a shape-[2] `seed`.
 """
 
 import dataclasses
 from typing import Optional, Sequence, Tuple
 
+from absl import logging
 import tensorflow as tf
 
 from efficientnetv2.data import augment
@@ -108,8 +117,18 @@ def resolve_family(preprocess: Optional[str], augname: Optional[str],
                    default: Optional[str] = None) -> str:
     """Chooses the transform family from explicit and implied choices.
 
-    Order: the explicit `preprocess`, then the family the augname implies, then
-    `default` (e.g. a dataset's hint), then 'v2'.
+    Order: the explicit `preprocess`, then the family the augname implies,
+    then `default` (e.g. a dataset's hint), then 'v2'.
+
+    The released code picks the family from `augname` alone: the legacy
+    transform only for the `effnetv1_*` names, the V2 transform for None and
+    the V2 policies. The model recipes of V1 and V2-B0..B3 set
+    `preprocess='legacy'` next to `augname='effnetv1_autoaug'`; a config that
+    then sets `augname=None` (the ImageNet-21k recipe) trains and evaluates
+    on the V2 path in the released code, so `preprocess='legacy'` with no
+    augname resolves to 'v2' here too (logged). A legacy transform without
+    augmentation is not a released-code path; `preprocess='legacy'` with a
+    V2 policy name ('randaug', 'autoaug', 'ra_aa') keeps the legacy transform.
 
     Raises:
         ValueError: for an unknown family, or when `preprocess` contradicts
@@ -126,6 +145,12 @@ def resolve_family(preprocess: Optional[str], augname: Optional[str],
                 f'Argument `preprocess` must agree with augname={augname!r}, '
                 f'which implies the {implied!r} family; received '
                 f'preprocess={preprocess!r}.')
+        if preprocess == 'legacy' and not parse_augname(augname).policies:
+            logging.info(
+                "preprocess='legacy' with augname=%r: the V2 transform, as "
+                "the released code does without an 'effnetv1_*' augname.",
+                augname)
+            return 'v2'
         return preprocess
     family = implied or default or 'v2'
     if family not in FAMILIES:
@@ -174,16 +199,63 @@ def denormalize(image: tf.Tensor, family: str) -> tf.Tensor:
         f'family={family!r}.')
 
 
-def resize_bicubic_legacy(image: tf.Tensor, size: int) -> tf.Tensor:
+def resize_bicubic_legacy(image: tf.Tensor, size: int,
+                          builtin_ops_only: bool = False) -> tf.Tensor:
     """TF1 `resize_bicubic` (align_corners=False, half_pixel_centers=False).
 
     Cubic coefficient -0.75 and the asymmetric mapping `src = dst * in / out`;
     this differs from TF2 `tf.image.resize(method='bicubic')`. Output float32,
     possibly outside [0, 255].
+
+    Args:
+        image: `[h, w, c]` or `[n, h, w, c]`, any real dtype.
+        size: output side.
+        builtin_ops_only: compute it as two matrix products instead of the
+            `ResizeBicubic` kernel (which TFLite has only as a Select TF op);
+            equal to the kernel up to float rounding.
     """
-    return tf.raw_ops.ResizeBicubic(
-        images=image[None], size=[size, size], align_corners=False,
-        half_pixel_centers=False)[0]
+    image = tf.convert_to_tensor(image)
+    batched = image.shape.rank == 4
+    images = image if batched else image[None]
+    if builtin_ops_only:
+        images = tf.cast(images, tf.float32)
+        shape = tf.shape(images)
+        rows = _legacy_bicubic_matrix(shape[1], size)
+        cols = _legacy_bicubic_matrix(shape[2], size)
+        out = tf.einsum('ay,nyxc,bx->nabc', rows, images, cols)
+    else:
+        out = tf.raw_ops.ResizeBicubic(
+            images=images, size=[size, size], align_corners=False,
+            half_pixel_centers=False)
+    return out if batched else out[0]
+
+
+def _legacy_bicubic_matrix(in_size: tf.Tensor, out_size: int) -> tf.Tensor:
+    """`[out_size, in_size]` interpolation weights of the TF1 bicubic kernel.
+
+    As the kernel: `src = dst * (in / out)` in float32, the fractional part
+    rounded to a 1/1024 step (its weight table), coefficient -0.75, taps
+    clamped at the border.
+    """
+    scale = tf.cast(in_size, tf.float32) / float(out_size)
+    src = tf.range(out_size, dtype=tf.float32) * scale
+    base = tf.floor(src)
+    t = tf.round((src - base) * 1024.0) / 1024.0
+    a = -0.75
+
+    def near(x):  # |x| <= 1
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+
+    weights = tf.stack([far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)],
+                       axis=1)
+    taps = tf.cast(base, tf.int32)[:, None] + tf.range(-1, 3)[None, :]
+    taps = tf.clip_by_value(taps, 0, in_size - 1)
+    return tf.reduce_sum(
+        tf.one_hot(taps, in_size, dtype=tf.float32) * weights[..., None],
+        axis=1)
 
 
 def resize_bilinear(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -225,6 +297,60 @@ def _center_window(shape: tf.Tensor, image_size: int, legacy: bool
 
 def _whole_window(shape: tf.Tensor) -> tf.Tensor:
     return tf.stack([0, 0, shape[0], shape[1]])
+
+
+def _check_family(family):
+    if family not in FAMILIES:
+        raise ValueError(
+            f'Argument `family` must be one of {FAMILIES}; received '
+            f'family={family!r}.')
+
+
+def eval_window(shape: tf.Tensor, image_size: int, family: str,
+                center_crop: bool = True) -> tf.Tensor:
+    """The evaluation crop `[top, left, height, width]` of an image.
+
+    'v2': centre square of side `int(S / (S + 32) * min(h, w))` at
+    `((h - c) // 2, (w - c) // 2)` for S below 320, the whole image from 320
+    on; 'legacy': the same square at `((h - c + 1) // 2, ...)` at any size;
+    'ft', and any family with `center_crop=False`: the whole image.
+
+    Args:
+        shape: `[height, width]` int32 tensor.
+        image_size: output side S of the transform.
+        family: 'v2', 'legacy' or 'ft'.
+        center_crop: False keeps the whole image (digits).
+    """
+    _check_family(family)
+    if (family == 'ft' or not center_crop
+            or (family == 'v2' and image_size >= V2_NO_CROP_SIZE)):
+        return _whole_window(shape)
+    return _center_window(shape, image_size, family == 'legacy')
+
+
+def eval_resize_and_normalize(image: tf.Tensor, image_size: int,
+                              family: str, builtin_ops_only: bool = False
+                              ) -> tf.Tensor:
+    """Second half of the evaluation transform: resize a crop and scale it.
+
+    'v2' and 'ft': bilinear (for 'ft' after the scaling, as the fine-tune
+    code does); 'legacy': TF1 bicubic. Works on `[h, w, 3]` and
+    `[n, h, w, 3]` pixels (uint8 or float, 0..255).
+
+    Args:
+        builtin_ops_only: see `resize_bicubic_legacy` (for TFLite).
+
+    Returns:
+        float32 `[..., image_size, image_size, 3]`.
+    """
+    _check_family(family)
+    if family == 'ft':
+        return resize_bilinear(normalize(image, 'ft'), image_size)
+    if family == 'legacy':
+        image = resize_bicubic_legacy(image, image_size, builtin_ops_only)
+    else:
+        image = resize_bilinear(image, image_size)
+    return normalize(image, family)
 
 
 def _v2_random_window(shape, seed, area_range):
@@ -316,11 +442,9 @@ def decode_and_crop(payload: tf.Tensor, family: str, is_training: bool,
             area = tuple(area_range or V2_AREA_RANGE)
             window_fn = lambda shape: _v2_random_window(  # noqa: E731
                 shape, seed, area)
-    elif not center_crop or (not legacy and image_size >= V2_NO_CROP_SIZE):
-        window_fn = _whole_window
     else:
-        window_fn = lambda shape: _center_window(  # noqa: E731
-            shape, image_size, legacy)
+        window_fn = lambda shape: eval_window(  # noqa: E731
+            shape, image_size, family, center_crop)
     return _crop_with_window_fn(payload, window_fn, jpeg_window_decode=legacy)
 
 
@@ -366,8 +490,12 @@ def finish(image: tf.Tensor, family: str, is_training: bool, image_size: int,
     Returns:
         float32 `[image_size, image_size, 3]`, normalised for the family.
     """
-    spec = parse_augname(augname) if is_training else AugmentSpec()
-    seeds = augment.split_seed(seed, 3) if is_training else [None] * 3
+    if not is_training:
+        image = eval_resize_and_normalize(image, image_size, family)
+        image.set_shape([image_size, image_size, 3])
+        return image
+    spec = parse_augname(augname)
+    seeds = augment.split_seed(seed, 3)
     if family == 'ft':
         return _finish_ft(image, is_training, image_size, spec, ra_num_layers,
                           ra_magnitude, random_flip, seeds, solarize_wrap)
@@ -448,3 +576,66 @@ def preprocess_image(image: tf.Tensor, image_size: int,
                    ra_num_layers, ra_magnitude, random_flip, finish_seed,
                    solarize_wrap)
     return tf.cast(image, image_dtype)
+
+
+def preprocess_for_eval(images: tf.Tensor, image_size: int,
+                        family: str = 'v2', center_crop: bool = True,
+                        image_dtype: tf.DType = tf.float32,
+                        builtin_ops_only: bool = False) -> tf.Tensor:
+    """The evaluation transform of one image or a batch, eager or in a graph.
+
+    The same computation as the eval input pipeline (`decode_and_crop` then
+    `finish` with `is_training=False`): crop by `eval_window`, then
+    `eval_resize_and_normalize`. `--mode=infer`, the SavedModel signatures
+    and TFLite export call this.
+
+    Args:
+        images: one of
+            - a scalar string (an encoded JPEG/PNG/GIF/BMP): legacy JPEGs are
+              cropped while decoding, as in the eval pipeline;
+            - a `[n]` string batch of encoded images of any sizes;
+            - pixels in 0..255, uint8 or float, `[h, w, c]` or `[n, h, w, c]`
+              (one size per batch; c is 3, or 1 for grayscale).
+        image_size: output side S.
+        family: 'v2', 'legacy' or 'ft' (see `resolve_family`).
+        center_crop: False: no crop for any family (digits).
+        image_dtype: output dtype.
+        builtin_ops_only: legacy bicubic without the `ResizeBicubic` kernel
+            (for TFLite; see `resize_bicubic_legacy`).
+
+    Returns:
+        `[S, S, 3]` or `[n, S, S, 3]` of `image_dtype`, normalised for the
+        family.
+    """
+    _check_family(family)
+    images = tf.convert_to_tensor(images)
+    if _is_encoded(images):
+        def one(payload):
+            crop = decode_and_crop(payload, family, False, image_size,
+                                   center_crop=center_crop)
+            image = eval_resize_and_normalize(crop, image_size, family,
+                                              builtin_ops_only)
+            image.set_shape([image_size, image_size, 3])
+            return tf.cast(image, image_dtype)
+
+        if images.shape.rank == 0:
+            return one(images)
+        return tf.map_fn(one, images, fn_output_signature=tf.TensorSpec(
+            [image_size, image_size, 3], image_dtype))
+    if images.shape.rank not in (3, 4):
+        raise ValueError(
+            'Argument `images` must be encoded bytes or pixels [h, w, c] / '
+            f'[n, h, w, c]; received shape {images.shape}.')
+    batched = images.shape.rank == 4
+    if not batched:
+        images = images[None]
+    if images.shape[-1] == 1:
+        images = tf.image.grayscale_to_rgb(images)
+    window = eval_window(tf.shape(images)[1:3], image_size, family,
+                         center_crop)
+    images = tf.slice(images, tf.stack([0, window[0], window[1], 0]),
+                      tf.stack([-1, window[2], window[3], -1]))
+    images = eval_resize_and_normalize(images, image_size, family,
+                                       builtin_ops_only)
+    images = tf.cast(images, image_dtype)
+    return images if batched else images[0]

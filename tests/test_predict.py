@@ -1,0 +1,137 @@
+"""main.py --mode=export / infer / eval on a trained run: the run's own config, class names."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ("model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
+        "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32")
+# Non-default sizes (the digits recipe evaluates at 32 px), one short epoch.
+RUN = (TINY + ',train.epochs=1,train.stages=0,train.image_size=24,train.min_image_size=24,'
+       'eval.image_size=40,train.batch_size=128,train.steps_per_loop=4')
+
+
+def _main(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py')] + list(args),
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def _printed(stdout, prefix):
+    """{path: [(name, probability), ...]} from infer's output lines."""
+    rows = {}
+    for line in stdout.splitlines():
+        if line.startswith(prefix):
+            path, rest = line.split(': ', 1)
+            rows[path] = [(name, float(p)) for name, p in re.findall(r'(\S+) \(([\d.]+)\)', rest)]
+    return rows
+
+
+@pytest.fixture(scope='module')
+def digits_run(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp('digits') / 'run'
+    done = _main('--mode=train', '--model_dir=%s' % model_dir, '--hparam_str=%s' % RUN)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return model_dir
+
+
+@pytest.fixture(scope='module')
+def digit_files(tmp_path_factory):
+    from sklearn import datasets as sk_datasets
+    digits = sk_datasets.load_digits()
+    directory = tmp_path_factory.mktemp('digit_images')
+    paths = []
+    for index in (0, 1, 2):
+        pixels = np.round(digits.images[index] * 255 / 16).astype(np.uint8)
+        path = directory / ('digit%d.png' % digits.target[index])
+        path.write_bytes(tf.io.encode_png(np.repeat(pixels[..., None], 3, -1)).numpy())
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated')
+def test_export_and_infer_take_the_run_config(digits_run, digit_files, tmp_path):
+    # Only --model_dir: the run's 40 px, v2 scaling and no crop (digits), not the flag defaults.
+    export_dir = tmp_path / 'export'
+    done = _main('--mode=export', '--model_dir=%s' % digits_run, '--export_dir=%s' % export_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'config.yaml' in done.stderr and 'overridden on the command line: none' in done.stderr
+    loaded = tf.saved_model.load(str(export_dir / 'saved_model'))
+    assert int(loaded.image_size.numpy()) == 40
+    assert loaded.preprocess.numpy() == b'v2'
+    assert not bool(loaded.center_crop.numpy())
+    interpreter = tf.lite.Interpreter(model_path=str(export_dir / 'model.tflite'))
+    assert list(interpreter.get_input_details()[0]['shape']) == [1, 40, 40, 3]
+
+    done = _main('--mode=infer', '--model_dir=%s' % digits_run,
+                 '--images=%s' % ','.join(digit_files))
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = _printed(done.stdout, os.path.dirname(digit_files[0]))
+    assert sorted(printed) == sorted(digit_files)
+    # The digits' class names, and the same top-5 as the exported SavedModel.
+    files = [open(p, 'rb').read() for p in digit_files]
+    served = loaded.signatures['serving_bytes'](image_bytes=tf.constant(files))
+    for i, path in enumerate(digit_files):
+        names = [name for name, _ in printed[path]]
+        assert len(names) == 5 and len(set(names)) == 5
+        assert set(names) <= {str(d) for d in range(10)}
+        assert names == [n.decode() for n in served['top_k_names'][i].numpy()]
+        np.testing.assert_allclose([p for _, p in printed[path]],
+                                   served['top_k_probabilities'][i].numpy(), atol=2e-3)
+        assert 0.3 < sum(p for _, p in printed[path]) <= 1.0 + 5e-3
+        np.testing.assert_allclose(served['probabilities'][i].numpy().sum(), 1.0, atol=1e-5)
+
+
+def test_explicit_overrides_are_applied_and_logged(digits_run, digit_files):
+    done = _main('--mode=infer', '--model_dir=%s' % digits_run, '--hparam_str=eval.image_size=36',
+                 '--images=%s' % digit_files[0])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'overridden on the command line: eval.image_size=36' in done.stderr
+    # A flag that contradicts the run is refused, naming the run's value.
+    done = _main('--mode=infer', '--model_dir=%s' % digits_run, '--model_name=efficientnetv2-s',
+                 '--images=%s' % digit_files[0])
+    assert done.returncode != 0
+    assert 'efficientnetv2-b0' in done.stderr and 'Traceback' not in done.stderr
+
+
+def test_eval_mode_builds_the_trainer_from_the_run_config(digits_run):
+    # The flag defaults (default blocks) would be refused by the model directory check.
+    done = _main('--mode=eval', '--model_dir=%s' % digits_run, '--hparam_str=eval.timeout=5')
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'Eval at step' in done.stderr
+
+
+@pytest.mark.parametrize('mode', ['export', 'infer', 'eval'])
+def test_missing_run_config_is_a_clear_error(mode, tmp_path):
+    done = _main('--mode=%s' % mode, '--model_dir=%s' % tmp_path, '--images=x.png')
+    assert done.returncode != 0
+    assert 'config.yaml' in done.stderr and 'Traceback' not in done.stderr
+
+
+def test_infer_prints_the_folder_class_names(tmp_path):
+    root = tmp_path / 'pets'
+    rng = np.random.RandomState(0)
+    for label, name in enumerate(('cat', 'dog')):
+        (root / name).mkdir(parents=True)
+        for index in range(6):
+            image = rng.randint(0, 100, (20, 28, 3)) + 120 * label
+            (root / name / ('%d.png' % index)).write_bytes(
+                tf.io.encode_png(image.astype(np.uint8)).numpy())
+    model_dir = tmp_path / 'run'
+    done = _main('--mode=train', '--dataset_cfg=folder', '--data_dir=%s' % root,
+                 '--model_dir=%s' % model_dir,
+                 '--hparam_str=%s,train.epochs=1,train.stages=0,train.image_size=16,'
+                 'eval.image_size=16,train.batch_size=4,train.steps_per_loop=2' % TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    image = str(root / 'dog' / '0.png')
+    done = _main('--mode=infer', '--model_dir=%s' % model_dir, '--images=%s' % image)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = _printed(done.stdout, image).values()
+    assert sorted(name for name, _ in row) == ['cat', 'dog']  # Two classes: top-2.
+    np.testing.assert_allclose(sum(p for _, p in row), 1.0, atol=2e-3)
