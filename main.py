@@ -127,6 +127,18 @@ def resolve_run_config(model_dir, argv_flags=FLAGS):
     return config
 
 
+def _wait_for_run_config(model_dir, timeout, poll_seconds=1.0):
+    import time
+
+    import tensorflow as tf
+    path = os.path.join(model_dir, 'config.yaml')
+    deadline = time.time() + timeout
+    if not tf.io.gfile.exists(path):
+        logging.info('Waiting up to %d s for the trainer to write %s.', timeout, path)
+    while not tf.io.gfile.exists(path) and time.time() < deadline:
+        time.sleep(poll_seconds)
+
+
 def _get(config, dotted):
     for part in dotted.split('.'):
         config = config[part]
@@ -141,6 +153,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError('Unexpected arguments: %s' % ' '.join(argv[1:]))
     model_dir = FLAGS.model_dir or default_model_dir(FLAGS.model_name, FLAGS.dataset_cfg)
+    if FLAGS.mode == 'eval':
+        # An evaluator may start before its trainer: wait for the run's config like for its
+        # checkpoints (eval.timeout of the command line's config).
+        _wait_for_run_config(model_dir, resolve_config().eval.timeout)
     if FLAGS.mode in RUN_MODES:
         config = resolve_run_config(model_dir)
     else:

@@ -109,7 +109,9 @@ def test_eval_mode_builds_the_trainer_from_the_run_config(digits_run):
 
 @pytest.mark.parametrize('mode', ['export', 'infer', 'eval'])
 def test_missing_run_config_is_a_clear_error(mode, tmp_path):
-    done = _main('--mode=%s' % mode, '--model_dir=%s' % tmp_path, '--images=x.png')
+    # --mode=eval first waits eval.timeout seconds for a trainer to write the config.
+    done = _main('--mode=%s' % mode, '--model_dir=%s' % tmp_path, '--images=x.png',
+                 '--hparam_str=eval.timeout=2')
     assert done.returncode != 0
     assert 'config.yaml' in done.stderr and 'Traceback' not in done.stderr
 
