@@ -9,6 +9,10 @@
 Config override order: defaults -> model recipe -> dataset recipe -> --config_file ->
 --hparam_str. The resolved config is written to <model_dir>/config.yaml; --mode=eval, export
 and infer read it back from there (--config_file / --hparam_str override the keys they name).
+
+Exit codes: 0 done; 1 a run error (logged); 2 a usage error (bad flag or config value, nothing
+written); 143 (128 + SIGTERM) training stopped by SIGTERM before its last step, checkpoint
+saved: rerun the same command to resume.
 """
 
 import os
@@ -69,7 +73,7 @@ def resolve_config(argv_flags=FLAGS):
             config.override({'runtime': {'strategy': argv_flags.strategy}})
     except (KeyError, ValueError, FileNotFoundError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise app.UsageError(message) from e
+        raise app.UsageError(message, exitcode=2) from e
     return config
 
 
@@ -193,7 +197,19 @@ def main(argv):
     except trainer_lib.TrainingError as e:
         logging.error('%s', e)
         return 1
+    if FLAGS.mode != 'eval' and _stopped_early(trainer):
+        return EXIT_PREEMPTED
     return 0
+
+
+# 128 + SIGTERM: what a shell reports for a process ended by SIGTERM; schedulers retry it.
+EXIT_PREEMPTED = 128 + 15
+
+
+def _stopped_early(trainer):
+    """Whether a SIGTERM stopped training before the last step (a finished run is a success)."""
+    return (bool(getattr(trainer, '_stop_requested', False))
+            and int(trainer.global_step.numpy()) < trainer.plan.total_steps)
 
 
 if __name__ == '__main__':

@@ -15,11 +15,94 @@ from efficientnetv2 import architectures
 from efficientnetv2 import hparams
 from efficientnetv2 import model as model_lib
 from efficientnetv2.data import registry as data_registry
+from efficientnetv2.train import optimizers
+from efficientnetv2.train import progressive
+from efficientnetv2.train import schedules
+
+
+_S = hparams.Spec
+_PROBABILITY = dict(low=0.0, high=1.0)
+
+# Types and ranges of the run config's keys. Every other key is typed by its default value
+# (hparams.derive_schema): bool, int, float (ints accepted), str or list, None not allowed.
+# Entries here add ranges and choices, or type keys whose default is None.
+KEY_SPECS = {
+    'model.model_name': _S('str', nullable=True),
+    'model.width_coefficient': _S('float', low=0.0, low_open=True),
+    'model.depth_coefficient': _S('float', low=0.0, low_open=True),
+    'model.depth_divisor': _S('int', low=0, low_open=True),
+    'model.min_depth': _S('int', low=0, low_open=True, nullable=True),
+    'model.feature_size': _S('int', low=0, low_open=True),
+    'model.dropout_rate': _S('float', low=0.0, high=1.0, high_open=True),
+    'model.survival_prob': _S('float', low=0.0, high=1.0, low_open=True, nullable=True),
+    'model.bn_momentum': _S('float', **_PROBABILITY),
+    'model.bn_epsilon': _S('float', low=0.0, low_open=True),
+    'model.bn_group_size': _S('int', low=0),
+    'model.conv_dropout': _S('float', low=0.0, high=1.0, high_open=True),
+    'model.headbias': _S('float', nullable=True),
+    'model.num_classes': _S('int', low=0, low_open=True),
+    'model.data_format': _S('str', choices=('channels_last', 'channels_first')),
+    'train.epochs': _S('number', low=0, low_open=True),
+    'train.min_steps': _S('int', low=0),
+    'train.batch_size': _S('int', low=0, low_open=True),
+    'train.optimizer': _S('str', choices=optimizers.OPTIMIZER_NAMES),
+    'train.lr_sched': _S('str', choices=schedules.DECAY_TYPES),
+    'train.loss_type': _S('str', choices=('softmax', 'sigmoid', 'custom')),
+    'train.progressive': _S('str', choices=progressive.PLAN_MODES),
+    'train.lr_base': _S('float', low=0.0),
+    'train.lr_decay_factor': _S('float', low=0.0, high=1.0, low_open=True),
+    'train.lr_decay_epochs': _S('float', low=0.0, low_open=True),
+    'train.lr_warmup_epochs': _S('float', low=0.0),
+    'train.lr_min': _S('float', low=0.0),
+    'train.ema_decay': _S('float', low=0.0, high=1.0, high_open=True),
+    'train.weight_decay': _S('float', low=0.0),
+    'train.label_smoothing': _S('float', low=0.0, high=1.0, high_open=True),
+    'train.gclip': _S('float', low=0.0),
+    'train.image_size': _S('number', low=0, low_open=True),
+    'train.stages': _S('int', low=0),
+    'train.min_image_size': _S('number', low=0, nullable=True),
+    'train.min_ram': _S('float', low=0.0),
+    'train.min_mixup': _S('float', low=0.0),
+    'train.min_cutmix': _S('float', low=0.0),
+    'train.min_dropout': _S('float', low=0.0, high=1.0, high_open=True),
+    'train.steps_per_loop': _S('int', low=0, low_open=True),
+    'train.ckpt_interval': _S('int', low=0, low_open=True),
+    'train.keep_ckpt_max': _S('int', low=0, low_open=True),
+    'train.ft_init_ckpt': _S('str', nullable=True),
+    'train.seed': _S('int', low=0, nullable=True),
+    'eval.image_size': _S('int', low=0, low_open=True),
+    'eval.batch_size': _S('int', low=0, low_open=True),
+    'eval.steps': _S('int', low=0, low_open=True, nullable=True),
+    'eval.timeout': _S('number', low=0),
+    'data.dataset': _S('str'),
+    'data.data_dir': _S('str', nullable=True),
+    'data.preprocess': _S('str', choices=('v2', 'legacy', 'ft'), nullable=True),
+    'data.augname': _S('str', nullable=True),
+    'data.ram': _S('float', low=0.0),
+    'data.ra_num_layers': _S('int', low=0),
+    'data.mixup_alpha': _S('float', low=0.0),
+    'data.cutmix_alpha': _S('float', low=0.0),
+    'data.cache': _S('any', nullable=True),       # None (auto), a bool, or a cache file path.
+    'data.shuffle_buffer': _S('int', low=0, low_open=True, nullable=True),
+    'data.solarize_wrap': _S('bool'),
+    'runtime.mixed_precision': _S(
+        'str', choices=('float32', 'mixed_float16', 'mixed_bfloat16'), nullable=True),
+    'runtime.strategy': _S('str', choices=('auto', 'cpu', 'gpus', 'multi_worker', 'tpu')),
+    'runtime.jit_compile': _S('bool', nullable=True),
+}
 
 
 def default_config():
-    """Every key a run understands, with the ImageNet recipe's values (SPEC §3)."""
-    return hparams.Config(dict(
+    """Every key a run understands, with the ImageNet recipe's values (SPEC §3).
+
+    The config is typed (`KEY_SPECS` and the defaults' own types): a value of the wrong type or
+    out of range is refused when it is set, naming the key.
+    """
+    return hparams.typed_config(_default_values(), KEY_SPECS)
+
+
+def _default_values():
+    return dict(
         model=dict(model_lib.DEFAULT_MODEL_HPARAMS),
         train=dict(
             epochs=350,                 # Length of the run, in epochs of the train split.
@@ -40,7 +123,8 @@ def default_config():
             image_size=300,             # Final train size; a value <= 16 is a fraction of eval.
             stages=4,                   # Progressive-learning stages; 0 = fixed size.
             progressive='paper',        # paper (Algorithm 1) or official (the released code).
-            min_image_size=128,         # Stage-0 image size (paper S0, official data.ibase).
+            min_image_size=None,        # Interpolation start (paper S0, official data.ibase);
+                                        # None: progressive.default_min_image_size (128).
             min_ram=5.0,                # Stage-0 RandAugment magnitude.
             min_mixup=0.0,
             min_cutmix=0.0,
@@ -78,7 +162,7 @@ def default_config():
             mixed_precision=None,       # None: bfloat16 on TPU, float16 on GPU, float32 on CPU.
             deterministic=False,        # Deterministic ops and exact data replay on resume.
         ),
-    ))
+    )
 
 
 def model_recipe(model_name):
@@ -86,7 +170,10 @@ def model_recipe(model_name):
     variant = architectures.get_variant(model_name)
     recipe = dict(
         model=variant.model_hparams(),
-        train=dict(image_size=variant.train_size, stages=0 if variant.is_v1 else 4),
+        # V2-S/M/L follow the paper (Algorithm 1 to Table 6's targets); V2-B0..B3 and XL, which
+        # Table 6 does not cover, follow the released code's plan to its final values.
+        train=dict(image_size=variant.train_size, stages=0 if variant.is_v1 else 4,
+                   progressive='paper' if variant.paper_final or variant.is_v1 else 'official'),
         eval=dict(image_size=variant.eval_size),
         data=dict(augname=variant.augname, preprocess=variant.preprocess,
                   ram=float(variant.randaug_magnitude or 0.0),
@@ -114,7 +201,7 @@ _FINETUNE = dict(
 _DIGITS = dict(
     train=dict(batch_size=64, epochs=30, lr_base=0.004, lr_warmup_epochs=1.0,
                lr_decay_epochs=2.4, lr_decay_factor=0.9, ema_decay=0.999, image_size=32,
-               min_image_size=16, min_ram=0.0, stages=4, steps_per_loop=20,
+               min_image_size=16, min_ram=0.0, stages=4, progressive='paper', steps_per_loop=20,
                ckpt_interval=200),
     eval=dict(image_size=32, batch_size=128),
     data=dict(augname=None, preprocess='v2', ram=0.0, mixup_alpha=0.0, cutmix_alpha=0.0),
@@ -174,29 +261,54 @@ def train_image_size(config):
     return int(size)
 
 
+def first_stage_base(config):
+    """The size progressive learning starts from (`train.min_image_size`, or derived from the
+    final train size when unset: see `progressive.default_min_image_size`)."""
+    if config.train.min_image_size is None:
+        return progressive.default_min_image_size(train_image_size(config))
+    return config.train.min_image_size
+
+
+def stage_plan(config, total_steps):
+    """The progressive-learning plan a run of `total_steps` steps follows (as the trainer
+    builds it): `train.stages` stages in `train.progressive` mode from the `train.min_*` values
+    to the final size, `data.ram`, `data.mixup_alpha`, `data.cutmix_alpha` and
+    `model.dropout_rate`."""
+    return progressive.build_stage_plan(
+        num_stages=config.train.stages, total_steps=total_steps,
+        final_image_size=train_image_size(config),
+        final_ram=config.data.ram, final_mixup=config.data.mixup_alpha,
+        final_cutmix=config.data.cutmix_alpha, final_dropout=config.model.dropout_rate,
+        min_image_size=config.train.min_image_size, min_ram=config.train.min_ram,
+        min_mixup=config.train.min_mixup, min_cutmix=config.train.min_cutmix,
+        min_dropout=config.train.min_dropout, mode=config.train.progressive)
+
+
 def validate(config):
-    """Checks values that the key check cannot: choices and ranges, with clear messages."""
-    from efficientnetv2.train import optimizers
-    from efficientnetv2.train import progressive
-    from efficientnetv2.train import schedules
-    checks = [
-        ('train.optimizer', config.train.optimizer, optimizers.OPTIMIZER_NAMES),
-        ('train.lr_sched', config.train.lr_sched, schedules.DECAY_TYPES),
-        ('train.progressive', config.train.progressive, progressive.PLAN_MODES),
-        ('train.loss_type', config.train.loss_type, ('softmax', 'sigmoid', 'custom')),
-        ('runtime.strategy', config.runtime.strategy,
-         ('auto', 'cpu', 'gpus', 'multi_worker', 'tpu')),
-        ('runtime.mixed_precision', config.runtime.mixed_precision,
-         (None, 'float32', 'mixed_float16', 'mixed_bfloat16')),
-    ]
-    for key, value, valid in checks:
-        if value not in valid:
-            raise ValueError('%s must be one of %s. Received: %r' % (key, list(valid), value))
-    for key in ('train.epochs', 'train.batch_size', 'eval.batch_size', 'eval.image_size',
-                'train.steps_per_loop'):
-        section, name = key.split('.')
-        if not config[section][name] or config[section][name] <= 0:
-            raise ValueError('%s must be > 0. Received: %r' % (key, config[section][name]))
-    if config.train.stages < 0:
-        raise ValueError('train.stages must be >= 0. Received: %r' % config.train.stages)
+    """Checks every value's type and range, the choices, and the sizes against each other.
+
+    Raises:
+        hparams.ConfigValueError (a ValueError): the message names the key, what it accepts
+            and the value received.
+    """
+    from efficientnetv2.data import preprocessing
+    if config.schema is None:
+        config.set_schema(hparams.derive_schema(_default_values(), KEY_SPECS))
+    config.check_values()
+    try:
+        preprocessing.resolve_family(config.data.preprocess, config.data.augname)
+    except ValueError as e:
+        raise hparams.ConfigValueError('data.augname / data.preprocess: %s' % e) from None
+    final = train_image_size(config)
+    if final < 1:
+        raise hparams.ConfigValueError(
+            'train.image_size=%r is a fraction of eval.image_size=%r that gives a train size of '
+            '%d px; use a larger fraction or a size in pixels (> 16).'
+            % (config.train.image_size, config.eval.image_size, final))
+    if config.train.stages > 1 and first_stage_base(config) > final:
+        raise hparams.ConfigValueError(
+            'train.min_image_size must be <= the final train size %d px (train.image_size=%r) '
+            'when train.stages > 1; received %r. Lower it, or leave it unset (None) to derive '
+            'it from the final size.' % (final, config.train.image_size,
+                                         config.train.min_image_size))
     return config

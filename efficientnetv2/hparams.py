@@ -8,16 +8,204 @@ naming the closest valid keys, so a typo never silently trains the wrong thing.
 
 Values given as text are parsed without `eval`: `ast.literal_eval` for Python literals, plus
 `true`/`false`/`none`/`null`, and `|` to separate list items (`"train.stages_sizes=128|256"`).
+
+Typed configs: `Config.set_schema(schema)` (or `typed_config(defaults, explicit)`) gives every
+leaf key a `Spec` (type, range, choices, whether None is allowed), and every later write -- an
+override from a string, a YAML file, a dict, or an attribute assignment -- is checked against it;
+a violation is a `ConfigValueError` naming the key, what it accepts and the value received.
+`derive_schema` takes each key's type from its default value (bool, int, float, str, list), so a
+key added to the defaults is typed without further work; keys whose default is None accept
+anything unless an explicit `Spec` says otherwise. Ints are accepted (and stored as floats)
+where floats are expected; bools are never accepted as numbers.
 """
 
 import ast
 import copy
 import difflib
+import math
+import numbers
 
 import yaml
 
 _LIST_SEPARATOR = '|'
 _WORD_LITERALS = {'true': True, 'false': False, 'none': None, 'null': None}
+
+# Value kinds a `Spec` understands. 'number' takes ints and floats and keeps them as given;
+# 'float' takes both and stores floats; 'any' takes everything.
+KINDS = ('bool', 'int', 'float', 'number', 'str', 'list', 'any')
+_KIND_WORDS = {'bool': 'a boolean (true/false)', 'int': 'an integer', 'float': 'a number',
+               'number': 'a number', 'str': 'a string', 'list': 'a list', 'any': 'any value'}
+
+
+class ConfigValueError(ValueError):
+    """A config value has the wrong type, is out of range, or is not one of the choices."""
+
+
+class Spec(object):
+    """What one config key accepts.
+
+    Args:
+        kind: one of `KINDS`, or None to take the kind from the key's default value.
+        nullable: whether None is accepted.
+        low, high: bounds for numbers (None: unbounded).
+        low_open, high_open: whether the bound itself is excluded (`> low`, `< high`).
+        choices: the only values accepted (besides None when nullable).
+    """
+
+    def __init__(self, kind=None, nullable=False, low=None, high=None, low_open=False,
+                 high_open=False, choices=None):
+        if kind is not None and kind not in KINDS:
+            raise ValueError('Spec kind must be one of %s; received %r.' % (list(KINDS), kind))
+        self.kind = kind
+        self.nullable = nullable
+        self.low, self.high = low, high
+        self.low_open, self.high_open = low_open, high_open
+        self.choices = tuple(choices) if choices is not None else None
+
+    def __repr__(self):
+        return 'Spec(%s)' % self.describe()
+
+    def with_kind(self, kind):
+        """A copy whose kind is `kind` when this spec leaves it open."""
+        spec = copy.copy(self)
+        if spec.kind is None:
+            spec.kind = kind
+        return spec
+
+    def describe(self):
+        """The accepted values in words, e.g. 'an integer > 0', 'one of ['a', 'b'] or None'."""
+        if self.choices is not None:
+            text = 'one of %s' % list(self.choices)
+        else:
+            text = _KIND_WORDS.get(self.kind or 'any')
+            if self.low is not None and self.high is not None:
+                text += ' in %s%r, %r%s' % ('(' if self.low_open else '[', self.low, self.high,
+                                            ')' if self.high_open else ']')
+            elif self.low is not None:
+                text += ' %s %r' % ('>' if self.low_open else '>=', self.low)
+            elif self.high is not None:
+                text += ' %s %r' % ('<' if self.high_open else '<=', self.high)
+        if self.nullable:
+            text += ' or None'
+        return text
+
+    def check(self, key, value):
+        """Returns `value` in its stored form, or raises ConfigValueError naming `key`."""
+        if value is None:
+            if self.nullable or self.kind in (None, 'any'):
+                return None
+            raise self._error(key, value)
+        if self.choices is not None:
+            if value in self.choices and not _bool_posing_as_number(value, self.choices):
+                return value
+            raise self._error(key, value)
+        value = self._convert(key, value)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self._error(key, value)
+            if self.low is not None and (value < self.low or (self.low_open and
+                                                              value == self.low)):
+                raise self._error(key, value)
+            if self.high is not None and (value > self.high or (self.high_open and
+                                                                value == self.high)):
+                raise self._error(key, value)
+        return value
+
+    def _convert(self, key, value):
+        kind = self.kind or 'any'
+        if kind == 'any':
+            return value
+        if kind == 'bool':
+            if isinstance(value, bool):
+                return value
+            raise self._error(key, value)
+        if kind == 'str':
+            if isinstance(value, str):
+                return value
+            raise self._error(key, value)
+        if kind == 'list':
+            if isinstance(value, (list, tuple)):
+                return list(value)
+            if isinstance(value, str):  # One item given without brackets.
+                return [value]
+            raise self._error(key, value)
+        # Numbers. A numeric string (YAML reads `1e-5` as text) is accepted as its number.
+        number = value
+        if isinstance(number, str):
+            number = parse_value(number)
+        if isinstance(number, bool) or not isinstance(number, numbers.Real):
+            raise self._error(key, value)
+        if kind == 'int':
+            if isinstance(number, numbers.Integral):
+                return int(number)
+            if math.isfinite(number) and float(number).is_integer():
+                return int(number)
+            raise self._error(key, value)
+        if kind == 'float':
+            return float(number)
+        return number
+
+    def _error(self, key, value):
+        return ConfigValueError('Config key %s must be %s; received %r (%s).'
+                                % (key, self.describe(), value, type(value).__name__))
+
+
+def _bool_posing_as_number(value, choices):
+    """True for True/False matching a 1/0 among the choices (bools are not ints)."""
+    return isinstance(value, bool) and not any(
+        isinstance(c, bool) and c is value for c in choices)
+
+
+def kind_of(value):
+    """The `Spec` kind a default value implies: bool, int, float, str, list or any."""
+    if isinstance(value, bool):
+        return 'bool'
+    if isinstance(value, numbers.Integral):
+        return 'int'
+    if isinstance(value, numbers.Real):
+        return 'float'
+    if isinstance(value, str):
+        return 'str'
+    if isinstance(value, (list, tuple)):
+        return 'list'
+    return 'any'
+
+
+def derive_schema(defaults, explicit=None):
+    """A schema {dotted key: Spec} for every leaf of `defaults`.
+
+    Each key's kind comes from its default value (a None default: any value), refined by
+    `explicit` ({dotted key: Spec}), whose entries win; an explicit Spec without a kind takes
+    the default's. Explicit entries for keys the defaults lack are kept, so they apply as soon
+    as such a key is added.
+    """
+    if isinstance(defaults, Config):
+        defaults = defaults.as_dict()
+    explicit = dict(explicit or {})
+    schema = {}
+
+    def walk(values, prefix):
+        for key, value in values.items():
+            path = prefix + key
+            if isinstance(value, dict) and value:
+                walk(value, path + '.')
+            elif isinstance(value, dict):
+                continue  # An open section: any keys, any values.
+            else:
+                schema[path] = Spec(kind_of(value), nullable=value is None)
+    walk(defaults, '')
+    for key, spec in explicit.items():
+        base = schema.get(key)
+        schema[key] = spec.with_kind(base.kind if base else 'any')
+    return schema
+
+
+def typed_config(defaults, explicit=None):
+    """A `Config` of `defaults` whose keys are typed by `derive_schema(defaults, explicit)`."""
+    config = Config(defaults)
+    config.set_schema(derive_schema(defaults, explicit))
+    config.check_values()
+    return config
 
 
 class Config(object):
@@ -25,6 +213,8 @@ class Config(object):
 
     def __init__(self, values=None):
         object.__setattr__(self, '_values', {})
+        object.__setattr__(self, '_schema', None)
+        object.__setattr__(self, '_prefix', '')
         if values:
             self._merge(values, allow_new=True)
 
@@ -39,13 +229,20 @@ class Config(object):
             raise AttributeError(_unknown_key_message(key, self._values.keys())) from None
 
     def __setattr__(self, key, value):
-        self._values[key] = _wrap(value)
+        self[key] = value
 
     def __getitem__(self, key):
         return self._values[key]
 
     def __setitem__(self, key, value):
-        self._values[key] = _wrap(value)
+        current = self._values.get(key)
+        if isinstance(current, Config) and isinstance(value, (dict, Config)):
+            value = Config(value.as_dict() if isinstance(value, Config) else value)
+            value._attach_schema(self._schema, self._prefix + key + '.')
+            value.check_values()
+            self._values[key] = value
+        else:
+            self._values[key] = _wrap(self._checked(key, value))
 
     def __contains__(self, key):
         return key in self._values
@@ -67,7 +264,9 @@ class Config(object):
         return 'Config(%r)' % self.as_dict()
 
     def __deepcopy__(self, memo):
-        return Config(copy.deepcopy(self.as_dict(), memo))
+        clone = Config(copy.deepcopy(self.as_dict(), memo))
+        clone._attach_schema(self._schema, self._prefix)
+        return clone
 
     def keys(self):
         return self._values.keys()
@@ -135,6 +334,51 @@ class Config(object):
         self._merge(_expand_dotted_keys(overrides), allow_new=allow_new)
         return self
 
+    # -- typing ---------------------------------------------------------------------------
+
+    def set_schema(self, schema):
+        """Types this config's keys: `schema` maps dotted keys to `Spec`s (see derive_schema).
+
+        Later writes are checked against it; call `check_values` to check the current values.
+        """
+        self._attach_schema(dict(schema), '')
+        return self
+
+    @property
+    def schema(self):
+        """The {dotted key: Spec} this config checks writes against, or None."""
+        return self._schema
+
+    def spec(self, key):
+        """The `Spec` of a key relative to this node (e.g. 'train.epochs'), or None."""
+        return (self._schema or {}).get(self._prefix + key)
+
+    def check_values(self):
+        """Checks every typed leaf against its Spec (storing the converted values); returns self.
+
+        Raises:
+            ConfigValueError: the first value that its Spec refuses, naming the key.
+        """
+        for key, value in list(self._values.items()):
+            if isinstance(value, Config):
+                value.check_values()
+            else:
+                self._values[key] = self._checked(key, value)
+        return self
+
+    def _attach_schema(self, schema, prefix):
+        object.__setattr__(self, '_schema', schema)
+        object.__setattr__(self, '_prefix', prefix)
+        for key, value in self._values.items():
+            if isinstance(value, Config):
+                value._attach_schema(schema, prefix + key + '.')
+
+    def _checked(self, key, value):
+        spec = self._schema.get(self._prefix + key) if self._schema else None
+        if spec is None or isinstance(value, (dict, Config)):
+            return value
+        return spec.check(self._prefix + key, value)
+
     def _merge(self, values, allow_new, path=''):
         for key, value in values.items():
             if not isinstance(key, str):
@@ -144,6 +388,8 @@ class Config(object):
                 if not allow_new:
                     raise KeyError(_unknown_key_message(full, self._root_keys_hint(path)))
                 self._values[key] = _wrap(value)
+                if isinstance(self._values[key], Config) and self._schema is not None:
+                    self._values[key]._attach_schema(self._schema, self._prefix + key + '.')
                 continue
             current = self._values[key]
             if isinstance(current, Config) and isinstance(value, (dict, Config)):
@@ -152,7 +398,10 @@ class Config(object):
                 # A node that is empty in the defaults is open: it takes any keys.
                 current._merge(value, allow_new=allow_new or not len(current), path=full + '.')
             else:
-                self._values[key] = _wrap(_coerce(current, value, full))
+                if isinstance(current, Config) or self.spec(key) is None:
+                    # Untyped keys keep in line with the value they replace (int -> float, ...).
+                    value = _coerce(current, value, self._prefix + full)
+                self._values[key] = _wrap(self._checked(key, value))
 
     def _root_keys_hint(self, path):
         return [path + k for k in self.flat_keys()] + [path + k for k in self._values]

@@ -2,6 +2,8 @@
 
 Each run is a `main.py --mode=train` subprocess on the tiny digits config with deterministic
 ops, so a resumed run must end at the same step with the same weights as an uninterrupted one.
+A run stopped by SIGTERM before its last step exits with 143 (128 + SIGTERM), the code that
+schedulers treat as "killed, retry"; a finished run exits 0.
 """
 
 import os
@@ -103,7 +105,7 @@ def _assert_same_weights(model_dir, expected):
 
 def test_sigterm_saves_and_a_restart_finishes_the_run(tmp_path, reference):
     code, out = _interrupt_after_first_checkpoint(tmp_path, signal.SIGTERM)
-    assert code == 0, out[-3000:]
+    assert code == 128 + signal.SIGTERM == 143, out[-3000:]
     stopped = _latest_step(tmp_path)
     assert 'Signal %d received' % signal.SIGTERM in out
     assert 'Stopped at step %d on request' % stopped in out
@@ -127,3 +129,21 @@ def test_sigkill_mid_run_then_restart_reaches_the_same_final_step(tmp_path, refe
     assert re.search(r'Restored \S+ckpt-%d at step %d' % (killed_at, killed_at), out)
     assert _latest_step(tmp_path) == TOTAL_STEPS == reference()['step']
     _assert_same_weights(tmp_path, reference()['weights'])
+
+
+def test_exit_code_tells_a_stopped_run_from_a_finished_one():
+    import importlib.util
+    import types
+    spec = importlib.util.spec_from_file_location('efficientnetv2_main', os.path.join(ROOT,
+                                                                                    'main.py'))
+    main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main)
+    assert main.EXIT_PREEMPTED == 143
+
+    def trainer(stop, step):
+        return types.SimpleNamespace(_stop_requested=stop, global_step=tf.Variable(step),
+                                     plan=types.SimpleNamespace(total_steps=TOTAL_STEPS))
+
+    assert main._stopped_early(trainer(True, 8))
+    assert not main._stopped_early(trainer(True, TOTAL_STEPS))   # Already finished: success.
+    assert not main._stopped_early(trainer(False, 8))

@@ -2,7 +2,8 @@
 
 import pytest
 
-from efficientnetv2.train.progressive import Stage, StagePlan, build_stage_plan
+from efficientnetv2.train.progressive import (
+    Stage, StagePlan, build_stage_plan, default_min_image_size)
 
 IMAGENET_STEPS = 107_336
 
@@ -100,10 +101,37 @@ def test_official_mode_small_models(train_size, sizes):
     assert _column(plan, "image_size") == sizes
 
 
-def test_official_mode_default_ibase_is_half_the_size():
-    plan = build_stage_plan(4, 100, 300, 10, 0, 0, 0.2, min_image_size=None,
+def test_official_mode_ibase_zero_is_half_the_size():
+    plan = build_stage_plan(4, 100, 300, 10, 0, 0, 0.2, min_image_size=0,
                             mode="official")
     assert _column(plan, "image_size") == [187, 225, 262, 300]
+
+
+@pytest.mark.parametrize("final, expected", [
+    (300, 128), (192, 128), (129, 128), (128, 64), (64, 32), (48, 24), (33, 16.5),
+])
+def test_default_min_image_size(final, expected):
+    assert default_min_image_size(final) == expected
+    assert default_min_image_size(final) < final
+
+
+@pytest.mark.parametrize("final, mode, sizes", [
+    (300, "official", [171, 214, 257, 300]),   # 128 when unset.
+    (300, "paper", [128, 185, 243, 300]),
+    (64, "official", [40, 48, 56, 64]),        # Half of 64: int(32 + 32 (i + 1) / 4).
+    (64, "paper", [32, 43, 53, 64]),           # 32 + 32 i / 3, rounded.
+    (48, "paper", [24, 32, 40, 48]),
+])
+def test_unset_min_image_size_is_derived(final, mode, sizes):
+    plan = build_stage_plan(4, 100, final, 10, 0, 0, 0.2, mode=mode)
+    assert _column(plan, "image_size") == sizes
+
+
+@pytest.mark.parametrize("num_stages", [0, 1])
+def test_min_image_size_is_ignored_without_stages(num_stages):
+    plan = build_stage_plan(num_stages, 100, 48, 10, 0, 0, 0.2,
+                            min_image_size=128)
+    assert _column(plan, "image_size") == [48]
 
 
 def test_stage_boundaries_match_tf1_max_steps():

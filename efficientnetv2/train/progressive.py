@@ -19,7 +19,16 @@ mixup alpha, cutmix alpha and dropout rate. Two ways to interpolate them:
     dropout is NOT adapted and stays at `final_dropout` in every stage.
     `size_divisor` is ignored (the code truncates with `int()`).
 
-With `num_stages` 0 or 1 there is a single stage using the final values.
+With `num_stages` 0 or 1 there is a single stage using the final values
+(`min_image_size` and the other minimums are then ignored).
+
+The size the interpolation starts from, `min_image_size` (paper `S_0`,
+official `data.ibase`), defaults to `default_min_image_size(final)`: 128 px,
+the paper's and the official code's value, when the final size is above
+128; half the final size when it is 128 or less (the official code's rule
+for an unset `ibase`), so small images (CIFAR, digits, a folder of icons)
+get a growing plan instead of an error. An explicit 0 also means half the
+final size, as in the official code.
 
 Stage boundaries: stage `i` covers steps `[floor(i * T / M),
 floor((i + 1) * T / M))` of `T = total_steps`, the boundaries the TF1 code
@@ -35,6 +44,22 @@ import math
 import numbers
 
 PLAN_MODES = ("paper", "official")
+
+# Paper S_0 and official `data.ibase`.
+DEFAULT_MIN_IMAGE_SIZE = 128
+
+
+def default_min_image_size(final_image_size):
+    """The size progressive learning starts from when none is given.
+
+    128 (paper Table 6, official `data.ibase`) when `final_image_size` is
+    above 128, else half of it (the official rule for an unset `ibase`), so
+    it is always below the final size: 300 -> 128, 192 -> 128, 128 -> 64,
+    64 -> 32, 48 -> 24.
+    """
+    if final_image_size > DEFAULT_MIN_IMAGE_SIZE:
+        return DEFAULT_MIN_IMAGE_SIZE
+    return final_image_size / 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +204,7 @@ def build_stage_plan(
     final_mixup,
     final_cutmix,
     final_dropout,
-    min_image_size=128,
+    min_image_size=None,
     min_ram=5.0,
     min_mixup=0.0,
     min_cutmix=0.0,
@@ -201,8 +226,10 @@ def build_stage_plan(
         final_dropout: Dropout rate of the last stage (every stage in
             official mode).
         min_image_size: Image size the interpolation starts from (paper
-            `S_0`, official `data.ibase`); may be fractional. `None` or 0
-            means `final_image_size / 2`, as the official code does.
+            `S_0`, official `data.ibase`); may be fractional; must be <=
+            `final_image_size` when there is more than one stage. `None`:
+            `default_min_image_size(final_image_size)`; 0: half the final
+            size (the official code's rule for `ibase=0`).
         min_ram: RandAugment magnitude at the start.
         min_mixup: Mixup alpha at the start.
         min_cutmix: CutMix alpha at the start.
@@ -225,11 +252,13 @@ def build_stage_plan(
     num_stages = _as_int("num_stages", num_stages, minimum=0)
     total_steps = _as_int("total_steps", total_steps, minimum=1)
     final_image_size = _as_int("final_image_size", final_image_size, minimum=1)
+    if min_image_size is None:
+        min_image_size = default_min_image_size(final_image_size)
+    _check_non_negative("min_image_size", min_image_size)
     if not min_image_size:
         min_image_size = final_image_size / 2
-    _check_non_negative("min_image_size", min_image_size)
     size_divisor = _as_int("size_divisor", size_divisor, minimum=1)
-    if min_image_size > final_image_size:
+    if num_stages > 1 and min_image_size > final_image_size:
         raise ValueError(
             f"Argument `min_image_size` must be <= final_image_size="
             f"{final_image_size}; received: min_image_size={min_image_size!r}."
