@@ -75,6 +75,7 @@ def default_config():
             strategy='auto',            # auto, cpu, gpus, multi_worker, tpu.
             mixed_precision=None,       # None: bfloat16 on TPU, float16 on GPU, float32 on CPU.
             deterministic=False,        # Deterministic ops and exact data replay on resume.
+            jit_compile=None,           # XLA train step, compiled per stage; None: on for TPU/GPU.
         ),
     ))
 
