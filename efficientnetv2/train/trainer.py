@@ -406,6 +406,11 @@ class Trainer(object):
         skipped = data.skipped_images()
         if skipped:
             logging.warning('%d corrupt or undecodable images skipped so far.', skipped)
+        start = time.time()
+        del iterator  # Stops this stage's input pipeline now, before any evaluation.
+        if time.time() - start > 1.0:
+            logging.info('Stage %d: closing the input pipeline took %.1f s.', stage.index + 1,
+                         time.time() - start)
 
     def _trace(self, train_loop, iterator, num_steps):
         """Traces `train_loop` for this stage's iterator (a cache hit when nothing changed).
