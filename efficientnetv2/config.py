@@ -161,6 +161,7 @@ def _default_values():
             strategy='auto',            # auto, cpu, gpus, multi_worker, tpu.
             mixed_precision=None,       # None: bfloat16 on TPU, float16 on GPU, float32 on CPU.
             deterministic=False,        # Deterministic ops and exact data replay on resume.
+            jit_compile=None,           # XLA train step, compiled per stage; None: on for TPU/GPU.
         ),
     )
 

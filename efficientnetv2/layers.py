@@ -115,23 +115,48 @@ def _conv(filters, kernel_size, strides, name, data_format, use_bias=False):
 
 
 @register
-class Dropout(keras.layers.Layer):
-    """Dropout whose rate may change after construction, from 0 included.
+class AdaptiveDropout(keras.layers.Layer):
+    """Dropout whose rate may change after construction, without retracing, from 0 included.
 
-    Progressive learning raises the classifier dropout per stage; the new rate takes effect at
-    the next trace. (Keras' own Dropout only makes its random state when built with rate > 0.)
+    Progressive learning raises the classifier dropout per stage. The rate lives in a
+    non-trainable variable read in `call`, so a traced train step sees the new rate at its next
+    call. The variable is deliberately not tracked: it is not one of the layer's weights, so
+    checkpoints, `.keras` files and weight loading are unaffected (the rate is in `get_config`).
+    (Keras' own Dropout bakes the rate into the trace and only makes its random state when
+    built with rate > 0.)
     """
 
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.rate = float(rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # object.__setattr__: neither Keras nor tf.train.Checkpoint tracks this variable.
+        object.__setattr__(self, '_rate_variable', tf.Variable(
+            float(rate), trainable=False, dtype=tf.float32, name='dropout_rate',
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA))
+        self._rate = float(rate)
+
+    @property
+    def rate(self):
+        """The current rate (a Python float); assigning it updates the variable."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, value):
+        value = float(value)
+        if not 0.0 <= value < 1.0:
+            raise ValueError('Dropout rate must be in [0, 1). Received: rate=%r' % (value,))
+        self._rate = value
+        self._rate_variable.assign(value)
 
     def call(self, inputs, training=None):
-        if training and self.rate > 0:
-            return keras.random.dropout(inputs, self.rate, seed=self.seed_generator)
-        return inputs
+        if not training:
+            return inputs
+        rate = keras.ops.cast(keras.ops.convert_to_tensor(self._rate_variable), inputs.dtype)
+        noise = keras.random.uniform(keras.ops.shape(inputs), seed=self.seed_generator,
+                                     dtype=inputs.dtype)
+        return keras.ops.where(noise >= rate, inputs / (1.0 - rate),
+                               keras.ops.zeros_like(inputs))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -140,6 +165,11 @@ class Dropout(keras.layers.Layer):
         config = super().get_config()
         config.update(rate=self.rate, seed=self.seed)
         return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE, name='Dropout')
+class _DropoutAlias(AdaptiveDropout):
+    """Reads `.keras` files saved when `AdaptiveDropout` was called `Dropout`."""
 
 
 @register

@@ -140,7 +140,7 @@ class EfficientNet(keras.Model):
         if include_top:
             x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name='avg_pool')(x)
             # Always present (rate may be 0) so progressive training can change the rate.
-            x = layers.Dropout(dropout_rate, name='top_dropout')(x)
+            x = layers.AdaptiveDropout(dropout_rate, name='top_dropout')(x)
             x = keras.layers.Dense(
                 num_classes, activation=classifier_activation,
                 kernel_initializer=layers.dense_kernel_initializer(),
@@ -185,7 +185,7 @@ class EfficientNet(keras.Model):
 
     @property
     def dropout_rate(self):
-        """The classifier dropout rate; settable (takes effect at the next trace)."""
+        """The classifier dropout rate; settable (a variable: no retrace needed)."""
         return self.get_layer('top_dropout').rate if self.include_top else 0.0
 
     @dropout_rate.setter

@@ -24,27 +24,30 @@ def tiny_config(overrides=''):
     return config.override(overrides)
 
 
-class RecordingTrainer(trainer_lib.Trainer):
-    """Records, at trace time, the image shape and dropout each stage's step sees."""
+def record_pipelines(monkeypatch, trainer):
+    """Records the arguments of every data.build_dataset call, and the dropout at that time."""
+    from efficientnetv2 import data
+    calls = []
+    build = data.build_dataset
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.traced = []
+    def spy(*args, **kwargs):
+        calls.append(dict(kwargs, dropout=trainer.model.dropout_rate))
+        return build(*args, **kwargs)
 
-    def _step_fn(self, images, labels):
-        self.traced.append((tuple(images.shape), self.model.get_layer('top_dropout').rate))
-        return super()._step_fn(images, labels)
+    monkeypatch.setattr(data, 'build_dataset', spy)
+    return calls
 
 
-def test_stages_change_image_size_and_dropout(tmp_path):
+def test_stages_change_image_size_and_dropout(tmp_path, monkeypatch):
     config = tiny_config('train.epochs=1,train.stages=3,train.ema_decay=0')
-    trainer = RecordingTrainer(config, str(tmp_path))
+    trainer = trainer_lib.Trainer(config, str(tmp_path))
+    calls = record_pipelines(monkeypatch, trainer)
     trainer.train()
-    sizes = [shape[1] for shape, _ in trainer.traced]
-    dropouts = [rate for _, rate in trainer.traced]
-    assert sizes == [12, 18, 24]
-    np.testing.assert_allclose(dropouts, [0.1, 0.15, 0.2])
-    assert all(shape[0] == 32 for shape, _ in trainer.traced)
+    train_calls = [c for c in calls if c['is_training']]
+    assert [c['image_size'] for c in train_calls] == [12, 18, 24]
+    np.testing.assert_allclose([c['dropout'] for c in train_calls], [0.1, 0.15, 0.2])
+    assert all(c['batch_size'] == 32 for c in train_calls)
+    assert trainer.trace_counts['train'] == 1  # One trace for the three sizes (no XLA on CPU).
     assert int(trainer.global_step.numpy()) == trainer.total_steps == 1437 // 32
     # Checkpoints at every stage end, and the resolved config beside them.
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-%d' % trainer.total_steps)

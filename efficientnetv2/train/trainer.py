@@ -1,14 +1,24 @@
 """The training engine: a `tf.distribute` custom loop with progressive learning.
 
-One `Trainer` owns the model, optimizer, EMA, checkpoint manager and summary writers of a model
-directory. `train()` runs the stage plan (EfficientNetV2 Algorithm 1): for every stage it
-rebuilds the input pipeline at the stage's image size and augmentation strength, sets the
-stage's dropout, and traces a fresh multi-step train function (the official
-`iterations_per_loop` idea: several steps per compiled call). Weights, optimizer slots, EMA
-and the step counter carry over; checkpoints are written periodically and at every stage end,
-so a restarted run resumes at the exact step and stage.
+WHAT is trained (model, loss, eval math, input pipelines, stage plan) is the
+`efficientnetv2.train.task.ClassificationTask`; this module is HOW: one `Trainer` owns the
+strategy, optimizer, EMA, checkpoint manager, summary writers and signals of a model directory.
+`train()` runs the stage plan (EfficientNetV2 Algorithm 1): for every stage it rebuilds the
+input pipeline at the stage's image size and augmentation strength and sets the stage's dropout
+(a variable), then runs a multi-step train function (the official `iterations_per_loop` idea:
+several steps per compiled call). Weights, optimizer slots, EMA and the step counter carry
+over; checkpoints are written periodically and at every stage end, so a restarted run resumes
+at the exact step and stage.
 
-Evaluation uses the EMA weights when the run keeps an average (`train.ema_decay > 0`).
+Tracing: without XLA (CPU; GPU with `runtime.jit_compile=False`) the train loop is ONE
+tf.function for the whole run: the pipelines report unknown image height/width, so a new stage
+costs a pipeline rebuild, not a retrace. With XLA (TPU; GPU by default) shapes must be static,
+so every stage traces and compiles its own step once. The trace (and first call) time of each
+stage is logged and written to TensorBoard (`train/trace_seconds`, `train/first_call_seconds`).
+
+Evaluation uses the EMA weights when the run keeps an average (`train.ema_decay > 0`). In
+traineval every stage end is evaluated at the final eval size (`eval/top_1`, the number to
+report) and at the stage's own train size (`eval/top_1_at_train_size`).
 """
 
 import json
@@ -22,15 +32,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnetv2 import config as config_lib
 from efficientnetv2 import data
 from efficientnetv2 import distribute
-from efficientnetv2 import model as model_lib
 from efficientnetv2.train import ema as ema_lib
-from efficientnetv2.train import losses
 from efficientnetv2.train import optimizers
-from efficientnetv2.train import progressive
 from efficientnetv2.train import schedules
+from efficientnetv2.train import task as task_lib
 
 # Keys that identify what a model directory holds: a restart with other values is refused.
 IDENTITY_KEYS = ('model.model_name', 'model.blocks', 'model.width_coefficient',
@@ -80,9 +87,10 @@ class Trainer(object):
         config: a resolved run config (`efficientnetv2.config.build_config`).
         model_dir: where checkpoints, summaries and config.yaml go (local or gs://).
         strategy: a `tf.distribute.Strategy`; default from `config.runtime.strategy`.
+        task: the `ClassificationTask` to train; default built from `config`.
     """
 
-    def __init__(self, config, model_dir, strategy=None):
+    def __init__(self, config, model_dir, strategy=None, task=None):
         self.config = config
         self.model_dir = model_dir
         self.strategy = strategy or distribute.get_strategy(config.runtime.strategy)
@@ -94,28 +102,19 @@ class Trainer(object):
         self.precision = distribute.set_precision(
             config.runtime.mixed_precision or distribute.default_precision(self.strategy))
 
-        self.info = data.get_dataset_info(config.data.dataset, data_dir=config.data.data_dir)
+        self.task = task or task_lib.ClassificationTask(config)
+        self.info = self.task.info
         self.num_replicas = self.strategy.num_replicas_in_sync
-        self.global_batch = int(config.train.batch_size)
+        self.global_batch = self.task.global_batch
         distribute.batch_plan(self.strategy, self.global_batch, config.train.lr_base)
-        num_images = self.info.get_split(config.data.train_split).num_images
-        self.steps_per_epoch = num_images / self.global_batch
-        self.total_steps = max(int(config.train.min_steps or 0),
-                               int(config.train.epochs * num_images // self.global_batch))
-        self.plan = progressive.build_stage_plan(
-            num_stages=config.train.stages, total_steps=self.total_steps,
-            final_image_size=config_lib.train_image_size(config),
-            final_ram=config.data.ram, final_mixup=config.data.mixup_alpha,
-            final_cutmix=config.data.cutmix_alpha, final_dropout=config.model.dropout_rate,
-            min_image_size=config.train.min_image_size, min_ram=config.train.min_ram,
-            min_mixup=config.train.min_mixup, min_cutmix=config.train.min_cutmix,
-            min_dropout=config.train.min_dropout, mode=config.train.progressive)
+        self.steps_per_epoch = self.task.steps_per_epoch
+        self.total_steps = self.task.total_steps
+        self.plan = self.task.build_stage_plan()
+        self.jit_compile = self._use_jit_compile()
 
         with self.strategy.scope():
-            model_args = config.model.as_dict()
-            model_args['sync_bn'] = bool(model_args['sync_bn'] or
-                                         distribute.is_tpu_strategy(self.strategy))
-            self.model = model_lib.EfficientNet(**model_args)
+            self.model = self.task.build_model(
+                sync_bn=config.model.sync_bn or distribute.is_tpu_strategy(self.strategy))
             self.schedule = schedules.WarmupDecaySchedule(
                 lr_base=config.train.lr_base, global_batch_size=self.global_batch,
                 steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
@@ -149,8 +148,12 @@ class Trainer(object):
             step_counter=self.global_step)
         self._summary = {}  # Summary writers by sub-directory name.
         self._eval_step = None
+        self._train_loop = None  # The run-wide train loop (no XLA: one trace for all stages).
         self._stop_requested = False
         self.history = []  # One entry per compiled call: step, stage, loss, lr, throughput.
+        # Python-side trace counters: incremented while tracing, never while running.
+        self.trace_counts = dict(train=0, eval=0)
+        self.stage_timings = []  # Per stage run: stage, image_size, trace/first-call seconds.
 
     # -- set-up helpers -------------------------------------------------------------------
 
@@ -165,6 +168,14 @@ class Trainer(object):
             self._summary[name] = tf.summary.create_file_writer(
                 os.path.join(self._write_dir(), name))
         return self._summary[name]
+
+    def _use_jit_compile(self):
+        """`runtime.jit_compile`, where None means on for TPU and GPU, off on CPU."""
+        value = self.config.runtime.get('jit_compile', None)
+        if value is None:
+            value = (distribute.is_tpu_strategy(self.strategy) or
+                     distribute.uses_gpu(self.strategy))
+        return bool(value)
 
     def _image_dtype(self):
         return tf.bfloat16 if self.precision == 'mixed_bfloat16' else tf.float32
@@ -197,37 +208,29 @@ class Trainer(object):
     # -- the compiled steps ---------------------------------------------------------------
 
     def _step_fn(self, images, labels):
-        config = self.config.train
-        model = self.model
-        variables = model.trainable_variables
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            loss = losses.classification_loss(
-                labels, logits, loss_type=config.loss_type,
-                label_smoothing=config.label_smoothing,
-                normalize_labels=self.info.multi_label, global_batch_size=self.global_batch)
-            if config.weight_decay:
-                loss += losses.l2_loss(variables, config.weight_decay) / self.num_replicas
-            scaled_loss = loss
-            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-                scaled_loss = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled_loss, variables)
-        if config.gclip and not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            gradients = losses.clip_gradients(gradients, config.gclip)
-        self.optimizer.apply(gradients, variables)
+        loss = self.task.train_step(images, labels, self.model, self.optimizer,
+                                    num_replicas=self.num_replicas)
         if self.ema is not None:
             self.ema.apply(self.global_step + 1)
         return loss
 
     def _make_train_loop(self):
-        """A fresh tf.function (so a new stage retraces: new image size, new dropout)."""
+        """A multi-step train function; with XLA, its step is compiled (one per stage).
+
+        Without XLA one instance serves the whole run (see `_stage_train_loop`).
+        """
         strategy = self.strategy
+        step_fn = self._step_fn
+        if self.jit_compile and not distribute.is_tpu_strategy(strategy):
+            # The loop pulls from the iterator (not compilable); the step is compiled.
+            step_fn = tf.function(self._step_fn, jit_compile=True)
 
         @tf.function
         def train_loop(iterator, num_steps):
+            self.trace_counts['train'] += 1  # Runs only while tracing.
             for _ in tf.range(num_steps):
                 images, labels = next(iterator)
-                per_replica = strategy.run(self._step_fn, args=(images, labels))
+                per_replica = strategy.run(step_fn, args=(images, labels))
                 loss = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
                 self.global_step.assign_add(1)
                 self._loss_sum.assign_add(loss)
@@ -236,38 +239,31 @@ class Trainer(object):
 
         return train_loop
 
+    def _stage_train_loop(self):
+        """The run-wide loop without XLA; a fresh one per stage with XLA (static shapes)."""
+        if self.jit_compile:
+            return self._make_train_loop()
+        if self._train_loop is None:
+            self._train_loop = self._make_train_loop()
+        return self._train_loop
+
     # -- data -------------------------------------------------------------------------------
 
     def _train_dataset(self, stage, skip_batches=0):
-        config = self.config
-
         def dataset_fn(input_context):
-            batch = input_context.get_per_replica_batch_size(self.global_batch)
-            dataset = data.build_dataset(
-                self.info, split=config.data.train_split, data_dir=config.data.data_dir,
-                image_size=stage.image_size, batch_size=batch, is_training=True,
-                preprocess=config.data.preprocess, augname=config.data.augname,
-                ram=stage.ram, ra_num_layers=config.data.ra_num_layers,
-                mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha,
-                image_dtype=self._image_dtype(), input_context=input_context,
-                seed=None if config.train.seed is None else config.train.seed + stage.index,
-                cache=config.data.cache, shuffle_buffer=config.data.shuffle_buffer)
-            if skip_batches:
-                dataset = dataset.skip(skip_batches)
-            return dataset
+            return self.task.build_train_dataset(
+                stage, input_context=input_context, image_dtype=self._image_dtype(),
+                skip_batches=skip_batches, relax_shapes=not self.jit_compile)
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
-    def _eval_dataset(self):
+    def _eval_dataset(self, image_size=None):
         config = self.config
 
         def dataset_fn(input_context):
-            batch = input_context.get_per_replica_batch_size(config.eval.batch_size)
-            return data.build_dataset(
-                self.info, split=config.eval.split, data_dir=config.data.data_dir,
-                image_size=config.eval.image_size, batch_size=batch, is_training=False,
-                preprocess=config.data.preprocess, augname=config.data.augname,
-                image_dtype=self._image_dtype(), input_context=input_context,
+            return self.task.build_eval_dataset(
+                image_size=image_size, input_context=input_context,
+                image_dtype=self._image_dtype(),
                 drop_remainder=distribute.is_tpu_strategy(self.strategy))
 
         if config.eval.batch_size % self.num_replicas:
@@ -316,27 +312,54 @@ class Trainer(object):
                                     step)
                     return None
                 if evaluate_each_stage:
-                    result = self.evaluate()
+                    result = self._evaluate_stage_end(stage)
             if evaluate_each_stage and result is None:  # The run had already finished.
                 result = self.evaluate()
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
+        if result is not None:
+            self._log_final(result)
         return result
+
+    def _evaluate_stage_end(self, stage):
+        """Evaluates at the stage's own train size and at the final eval size.
+
+        Early stages train on small images and score low at the (large) final size: the
+        train-test resolution gap. The number at their own size shows how well they learned.
+        """
+        at_train_size = None
+        if stage.image_size != int(self.config.eval.image_size):
+            at_train_size = self.evaluate(image_size=stage.image_size)
+        result = self.evaluate()
+        if at_train_size is not None:
+            result['at_train_size'] = at_train_size
+        return result
+
+    @staticmethod
+    def _log_final(result):
+        message = ('Final evaluation at step %d (%s weights): top-1 %.4f, top-5 %.4f at the '
+                   'eval size %d px (the number to report)' % (
+                       result['step'], 'EMA' if result['ema'] else 'raw', result['top_1'],
+                       result['top_5'], result['image_size']))
+        other = result.get('at_train_size')
+        if other:
+            message += ('; top-1 %.4f, top-5 %.4f at the last stage\'s train size %d px'
+                        % (other['top_1'], other['top_5'], other['image_size']))
+        logging.info('%s.', message)
 
     def _run_stage(self, stage, step):
         config = self.config.train
-        self.model.dropout_rate = stage.dropout_rate
+        self.task.set_stage(self.model, stage)
         skip = 0
         if step > stage.start_step and self.config.runtime.deterministic:
             skip = step - stage.start_step  # Replay the data order exactly (same seeds).
-        logging.info('Stage %d/%d: steps %d-%d, image size %d, RandAugment %.2f, mixup %.3f, '
-                     'cutmix %.3f, dropout %.3f%s.', stage.index + 1, len(self.plan.stages),
-                     stage.start_step, stage.end_step, stage.image_size, stage.ram,
-                     stage.mixup_alpha, stage.cutmix_alpha, stage.dropout_rate,
-                     ' (resuming at step %d)' % step if step > stage.start_step else '')
+        self.task.log_stage(stage, len(self.plan.stages), step)
         iterator = iter(self._train_dataset(stage, skip))
-        train_loop = self._make_train_loop()
+        train_loop = self._stage_train_loop()
+        trace_seconds = self._trace(train_loop, iterator,
+                                    min(config.steps_per_loop, stage.end_step - step))
+        first_call = True
         progbar = keras.utils.Progbar(stage.end_step - stage.start_step, unit_name='step',
                                       stateful_metrics=['loss', 'lr', 'img/s', 'stage'])
         progbar.update(step - stage.start_step)
@@ -349,6 +372,9 @@ class Trainer(object):
             train_loop(iterator, tf.constant(num, tf.int32))
             loss = float(self._loss_sum.numpy()) / num
             elapsed = time.time() - start
+            if first_call:
+                first_call = False
+                self._record_stage_timing(stage, step, trace_seconds, elapsed, num)
             bad = int(self._bad_step.numpy())
             if bad >= 0 or not math.isfinite(loss):
                 raise TrainingError(
@@ -380,6 +406,37 @@ class Trainer(object):
         skipped = data.skipped_images()
         if skipped:
             logging.warning('%d corrupt or undecodable images skipped so far.', skipped)
+        start = time.time()
+        del iterator  # Stops this stage's input pipeline now, before any evaluation.
+        if time.time() - start > 1.0:
+            logging.info('Stage %d: closing the input pipeline took %.1f s.', stage.index + 1,
+                         time.time() - start)
+
+    def _trace(self, train_loop, iterator, num_steps):
+        """Traces `train_loop` for this stage's iterator (a cache hit when nothing changed).
+
+        Returns the seconds spent; XLA compilation happens later, at the first call.
+        """
+        concrete = getattr(train_loop, 'get_concrete_function', None)
+        if concrete is None:  # A wrapped loop (tests); it traces at its first call.
+            return 0.0
+        start = time.time()
+        concrete(iterator, tf.constant(num_steps, tf.int32))
+        return time.time() - start
+
+    def _record_stage_timing(self, stage, step, trace_seconds, first_call_seconds, num_steps):
+        timing = dict(stage=stage.index, image_size=stage.image_size, step=step,
+                      trace_seconds=trace_seconds, first_call_seconds=first_call_seconds,
+                      traces=self.trace_counts['train'], jit_compile=self.jit_compile)
+        self.stage_timings.append(timing)
+        logging.info('Stage %d: train step traced in %.2f s (%d trace(s) so far, %s); first '
+                     'call of %d step(s) %.2f s%s.', stage.index + 1, trace_seconds,
+                     timing['traces'], 'one per stage: XLA' if self.jit_compile else
+                     'one for all stages', num_steps, first_call_seconds,
+                     ' (includes the XLA compile)' if self.jit_compile else '')
+        with self._summary_writer('train').as_default(step=step):
+            tf.summary.scalar('trace_seconds', trace_seconds)
+            tf.summary.scalar('first_call_seconds', first_call_seconds)
 
     def _write_text_summary(self):
         with self._summary_writer('train').as_default(step=int(self.global_step.numpy())):
@@ -389,23 +446,33 @@ class Trainer(object):
     # -- evaluation -------------------------------------------------------------------------
 
     def _make_eval_step(self):
-        k = min(5, self.info.num_classes)
+        """The eval step; without XLA/TPU one trace serves every size and batch."""
         model = self.model
+        task = self.task
+        signature = None
+        if not distribute.is_tpu_strategy(self.strategy):
+            signature = [tf.TensorSpec([None, None, None, None], self._image_dtype()),
+                         tf.TensorSpec([None, None], tf.float32)]
 
-        @tf.function
+        @tf.function(input_signature=signature)
         def eval_step(images, labels):
-            logits = tf.cast(model(images, training=False), tf.float32)
-            truth = tf.argmax(labels, axis=-1, output_type=tf.int32)
-            top1 = tf.reduce_sum(tf.cast(
-                tf.equal(tf.argmax(logits, -1, output_type=tf.int32), truth), tf.float32))
-            topk = tf.reduce_sum(tf.cast(tf.math.in_top_k(truth, logits, k), tf.float32))
-            count = tf.cast(tf.shape(labels)[0], tf.float32)
-            return tf.stack([top1, topk, count])
+            self.trace_counts['eval'] += 1  # Runs only while tracing.
+            return task.validation_step(images, labels, model)
 
         return eval_step
 
-    def evaluate(self, use_ema=True):
-        """Top-1 / top-5 on the eval split (EMA weights when kept); writes summaries."""
+    def evaluate(self, use_ema=True, image_size=None):
+        """Top-1 / top-5 on the eval split (EMA weights when kept); writes summaries.
+
+        Args:
+            use_ema: evaluate the moving averages when the run keeps them.
+            image_size: evaluate at this size instead of `eval.image_size` (e.g. a stage's
+                train size). Its results go to the `eval/*_at_train_size` summaries and are
+                not written to eval_results.json.
+        """
+        final_size = int(self.config.eval.image_size)
+        image_size = int(image_size or final_size)
+        at_final = image_size == final_size
         if self._eval_step is None:
             self._eval_step = self._make_eval_step()
         eval_step = self._eval_step
@@ -415,7 +482,7 @@ class Trainer(object):
         if context is not None:
             context.__enter__()
         try:
-            for i, (images, labels) in enumerate(self._eval_dataset()):
+            for i, (images, labels) in enumerate(self._eval_dataset(image_size)):
                 if self.config.eval.steps and i >= self.config.eval.steps:
                     break
                 per_replica = self.strategy.run(eval_step, args=(images, labels))
@@ -428,15 +495,20 @@ class Trainer(object):
         step = int(self.global_step.numpy())
         result = dict(step=step, top_1=totals[0] / count, top_5=totals[1] / count,
                       num_images=int(totals[2]), ema=bool(use_ema and self.ema is not None),
-                      seconds=time.time() - start)
-        logging.info('Eval at step %d on %d images (%s weights): top-1 %.4f, top-5 %.4f.',
-                     step, result['num_images'], 'EMA' if result['ema'] else 'raw',
-                     result['top_1'], result['top_5'])
+                      image_size=image_size, seconds=time.time() - start)
+        logging.info('Eval at step %d on %d images at %d px (%s; %s weights): top-1 %.4f, '
+                     'top-5 %.4f (%.1f s).', step, result['num_images'], image_size,
+                     'the final eval size' if at_final else 'a train size',
+                     'EMA' if result['ema'] else 'raw', result['top_1'], result['top_5'],
+                     result['seconds'])
+        suffix = '' if at_final else '_at_train_size'
         with self._summary_writer('eval').as_default(step=step):
-            tf.summary.scalar('top_1', result['top_1'])
-            tf.summary.scalar('top_5', result['top_5'])
+            tf.summary.scalar('top_1' + suffix, result['top_1'])
+            tf.summary.scalar('top_5' + suffix, result['top_5'])
+            if not at_final:
+                tf.summary.scalar('image_size' + suffix, image_size)
         self._summary_writer('eval').flush()
-        if self.is_chief:
+        if self.is_chief and at_final:
             with tf.io.gfile.GFile(os.path.join(self.model_dir, 'eval_results.json'), 'w') as f:
                 json.dump(result, f, indent=2)
         return result

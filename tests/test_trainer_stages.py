@@ -1,0 +1,156 @@
+"""Stage changes: tracing once (or once per stage under XLA), per-stage knobs, stage-end evals.
+
+Tiny model (3 blocks, 12-24 px) on the digits set; a few steps per stage.
+"""
+
+import glob
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnetv2.train import losses
+from efficientnetv2.train import task as task_lib
+from efficientnetv2.train import trainer as trainer_lib
+
+from test_train import record_pipelines
+from test_train import tiny_config
+
+
+def _scalars(directory):
+    """{tag: {step: value}} from the TensorBoard event files in `directory`."""
+    found = {}
+    for path in glob.glob(os.path.join(directory, 'events.out.tfevents.*')):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.HasField('tensor'):
+                    number = tf.make_ndarray(value.tensor)
+                    if number.dtype.kind in 'fi' and number.ndim == 0:
+                        found.setdefault(value.tag, {})[event.step] = float(number)
+    return found
+
+
+def test_three_stages_trace_once_and_evaluate_at_both_sizes(tmp_path, monkeypatch):
+    # RandAugment magnitude and mixup grow over the stages; dropout too.
+    config = tiny_config('train.epochs=1,train.stages=3,train.ema_decay=0,train.min_ram=2,'
+                         'data.ram=10,train.min_mixup=0.0,data.mixup_alpha=0.4,'
+                         'train.min_cutmix=0.1,data.cutmix_alpha=0.3')
+    trainer = trainer_lib.Trainer(config, str(tmp_path))
+    assert not trainer.jit_compile  # CPU default.
+    calls = record_pipelines(monkeypatch, trainer)
+    result = trainer.train(evaluate_each_stage=True)
+
+    assert trainer.trace_counts['train'] == 1
+    assert trainer.trace_counts['eval'] == 1  # Sizes 12, 18, 24, 32 and a partial batch.
+    plan = trainer.plan
+    train_calls = [c for c in calls if c['is_training']]
+    assert [c['image_size'] for c in train_calls] == [s.image_size for s in plan] == [12, 18, 24]
+    np.testing.assert_allclose([c['ram'] for c in train_calls], [s.ram for s in plan])
+    np.testing.assert_allclose([c['ram'] for c in train_calls], [2.0, 6.0, 10.0])
+    np.testing.assert_allclose([c['mixup_alpha'] for c in train_calls], [0.0, 0.2, 0.4])
+    np.testing.assert_allclose([c['cutmix_alpha'] for c in train_calls], [0.1, 0.2, 0.3])
+    np.testing.assert_allclose([c['dropout'] for c in train_calls],
+                               [s.dropout_rate for s in plan])
+    eval_sizes = [c['image_size'] for c in calls if not c['is_training']]
+    assert eval_sizes == [12, 32, 18, 32, 24, 32]
+
+    # Trace times: the first stage traces, the others reuse the trace.
+    timings = trainer.stage_timings
+    assert [t['image_size'] for t in timings] == [12, 18, 24]
+    assert all(t['trace_seconds'] < 1.0 for t in timings[1:])
+    assert timings[0]['trace_seconds'] > timings[1]['trace_seconds']
+
+    # Both evaluations of every stage end are in TensorBoard; the result says which is which.
+    ends = [s.end_step for s in plan]
+    evals = _scalars(os.path.join(tmp_path, 'eval'))
+    assert sorted(evals['top_1']) == ends
+    assert sorted(evals['top_1_at_train_size']) == ends
+    assert [evals['image_size_at_train_size'][e] for e in ends] == [12, 18, 24]
+    assert evals['top_1'][ends[-1]] == pytest.approx(result['top_1'])
+    assert result['image_size'] == 32
+    assert result['at_train_size']['image_size'] == 24
+    assert evals['top_1_at_train_size'][ends[-1]] == pytest.approx(
+        result['at_train_size']['top_1'])
+    train = _scalars(os.path.join(tmp_path, 'train'))
+    assert sorted(train['trace_seconds']) == [s.start_step for s in plan]
+
+
+def test_jit_compile_traces_once_per_stage(tmp_path):
+    config = tiny_config('train.epochs=0.1,train.stages=2,train.ema_decay=0,'
+                         'runtime.jit_compile=True,train.steps_per_loop=2')
+    trainer = trainer_lib.Trainer(config, str(tmp_path))
+    assert trainer.jit_compile
+    trainer.train()
+    assert trainer.total_steps == 4
+    assert trainer.trace_counts['train'] == 2
+    assert [t['traces'] for t in trainer.stage_timings] == [1, 2]
+    assert np.isfinite([h['loss'] for h in trainer.history]).all()
+
+
+def test_dropout_rate_change_needs_no_retrace():
+    task = task_lib.ClassificationTask(tiny_config('model.dropout_rate=0.1'))
+    model = task.build_model()
+    features = keras.Model(model.inputs, model.get_layer('top_dropout').output)
+    traces = []
+
+    @tf.function
+    def dropped(images):
+        traces.append(1)
+        return features(images, training=True)
+
+    images = tf.random.stateless_uniform([64, 16, 16, 3], seed=[1, 2])
+    fractions = []
+    for rate in (0.0, 0.5, 0.1):
+        model.dropout_rate = rate
+        out = dropped(images).numpy()
+        fractions.append(float(np.mean(out == 0.0)))
+    assert len(traces) == 1
+    assert fractions[0] == 0.0
+    assert fractions[1] == pytest.approx(0.5, abs=0.05)
+    assert fractions[2] == pytest.approx(0.1, abs=0.04)
+    # The rate is not a weight: checkpoints and weight files are unchanged by it.
+    assert not [w for w in model.weights if 'dropout' in w.path]
+    assert model.get_config()['dropout_rate'] == 0.1
+
+
+def _dense_model(seed):
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(
+        10, kernel_initializer=keras.initializers.GlorotUniform(seed), name='predictions')])
+    return model
+
+
+def test_gradient_clipping_under_loss_scaling_matches_unscaled():
+    task = task_lib.ClassificationTask(tiny_config('train.gclip=0.05,train.weight_decay=0'))
+    images = tf.random.stateless_normal([8, 6], seed=[3, 4])
+    labels = tf.one_hot(tf.range(8) % 10, 10)
+    updated = {}
+    for name in ('plain', 'scaled', 'unclipped'):
+        model = _dense_model(7)
+        optimizer = keras.optimizers.SGD(1.0)
+        if name == 'scaled':
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0 ** 12)
+        optimizer.build(model.trainable_variables)
+        if name == 'unclipped':
+            task.config.train.gclip = 0.0
+        task.train_step(images, labels, model, optimizer)
+        task.config.train.gclip = 0.05
+        updated[name] = [v.numpy() for v in model.trainable_variables]
+    start = [v.numpy() for v in _dense_model(7).trainable_variables]
+    for plain, scaled in zip(updated['plain'], updated['scaled']):
+        np.testing.assert_allclose(scaled, plain, rtol=1e-5, atol=1e-7)
+    # Clipping was active: the clipped step is shorter than the raw one.
+    step = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(updated['plain'], start)))
+    raw = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(updated['unclipped'], start)))
+    assert step == pytest.approx(0.05, rel=1e-3) and raw > 0.1
+
+    # The math alone: scaled gradients come back as scale x the clipped true gradients.
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(1.0),
+                                                    initial_scale=2.0 ** 10)
+    optimizer.build(_dense_model(1).trainable_variables)
+    true = [tf.constant([[3.0, 4.0]]), tf.constant([0.0, 12.0])]
+    clipped = task.clip_gradients([g * 2.0 ** 10 for g in true], optimizer)
+    expected = losses.clip_gradients(true, 0.05)
+    for got, want in zip(clipped, expected):
+        np.testing.assert_allclose(got.numpy() / 2.0 ** 10, want.numpy(), rtol=1e-6)
