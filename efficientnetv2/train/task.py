@@ -74,15 +74,7 @@ class ClassificationTask(object):
 
     def build_stage_plan(self):
         """The progressive-learning plan (EfficientNetV2 Algorithm 1) over `total_steps`."""
-        config = self.config
-        return progressive.build_stage_plan(
-            num_stages=config.train.stages, total_steps=self.total_steps,
-            final_image_size=self.train_image_size,
-            final_ram=config.data.ram, final_mixup=config.data.mixup_alpha,
-            final_cutmix=config.data.cutmix_alpha, final_dropout=config.model.dropout_rate,
-            min_image_size=config.train.min_image_size, min_ram=config.train.min_ram,
-            min_mixup=config.train.min_mixup, min_cutmix=config.train.min_cutmix,
-            min_dropout=config.train.min_dropout, mode=config.train.progressive)
+        return config_lib.stage_plan(self.config, self.total_steps)
 
     def build_model(self, strategy=None, sync_bn=None):
         """The network of `config.model`, created under `strategy.scope()` when given.
@@ -191,7 +183,8 @@ class ClassificationTask(object):
             mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha,
             image_dtype=image_dtype, input_context=input_context,
             seed=None if config.train.seed is None else config.train.seed + stage.index,
-            cache=config.data.cache, shuffle_buffer=config.data.shuffle_buffer)
+            cache=config.data.cache, shuffle_buffer=config.data.shuffle_buffer,
+            solarize_wrap=config.data.solarize_wrap)
         if skip_batches:
             dataset = dataset.skip(skip_batches)
         return _relax_image_shape(dataset) if relax_shapes else dataset
