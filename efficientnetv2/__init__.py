@@ -18,7 +18,7 @@ from efficientnetv2.weights import load_weights
 
 __version__ = '0.1.0'
 
-_CONSTRUCTOR_DOC = """Builds {model_name}: `get_model({model_name!r}, ...)` in keras.applications style.
+_CONSTRUCTOR_DOC = """Builds {model_name}; the same as `get_model({model_name!r}, ...)`.
 
     The signature looks like `keras.applications.{keras_like}`, but the model differs:
 

@@ -311,7 +311,8 @@ def _blocks(model):
     stages = getattr(model, 'stages', None)
     if stages is not None and len(blocks) != sum(s.num_repeat for s in stages):
         raise ValueError('Model %r has %d blocks but its stages list %d; cannot map names.'
-                         % (_copier.model_label(model), len(blocks), sum(s.num_repeat for s in stages)))
+                         % (_copier.model_label(model), len(blocks),
+                            sum(s.num_repeat for s in stages)))
     return blocks
 
 
