@@ -2,7 +2,8 @@
 
 `load_weights(model, weights)` accepts:
 
-- a `.keras` file (a whole saved model; its weights are copied by variable path),
+- a `.keras` file (a whole saved model; its weights are copied by variable path, or by
+  `convert`'s name map when it is a keras.applications EfficientNet),
 - a `.weights.h5` file (Keras weights of the same architecture),
 - a TensorFlow checkpoint prefix or a directory holding checkpoints, either
   - an **official** TF1 name-based checkpoint of google/automl `efficientnetv2` or
