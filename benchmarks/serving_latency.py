@@ -65,7 +65,7 @@ def build_exports(args, image_size, export_dir):
     if not variant.keras_name:
         raise ValueError('--model must have a keras.applications twin. Received: %r'
                          % args.model)
-    ours = model_lib.get_model(args.model)
+    ours = model_lib.build_model(args.model)
     paths = {name: os.path.join(export_dir, name)
              for name in ('ours-serving', 'ours-model', 'keras')}
     export.export_saved_model(ours, paths['ours-serving'], image_size, variant.preprocess)

@@ -43,6 +43,7 @@ from absl import logging
 import keras
 import numpy as np
 
+from efficientnetv2 import _copier
 from efficientnetv2 import architectures
 from efficientnetv2 import blocks as blocks_lib
 from efficientnetv2 import layers as layers_lib
@@ -73,7 +74,6 @@ _TOP_LEVEL_PARTS = {
 }
 
 _CLASSIFIER = 'predictions'
-_HEAD_WIDTH = 1280
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +209,7 @@ def variant_fingerprint(variant):
                                      variant.depth_coefficient, ten_percent_rule=rule)
     return Fingerprint(family=variant.family,
                        stem_filters=width(base[0].input_filters),
-                       head_filters=width(_HEAD_WIDTH),
+                       head_filters=width(model_lib.DEFAULT_MODEL_HPARAMS['feature_size']),
                        stages=tuple((s.num_repeat, s.output_filters) for s in stages))
 
 
@@ -337,7 +337,7 @@ def from_keras_applications(source_model, include_top=None, num_classes=None, **
             classifier.
         num_classes: classifier width; default: the source's. Another width leaves the
             classifier randomly initialised (logged) and copies everything else.
-        **overrides: forwarded to `efficientnetv2.get_model` (e.g. `input_shape`, `pooling`,
+        **overrides: forwarded to `efficientnetv2.model.build_model` (e.g. `input_shape`, `pooling`,
             `classifier_activation`, `dropout_rate`, `survival_prob`). By default pooling,
             BN momentum/epsilon, data format and input channels follow the source.
 
@@ -360,14 +360,16 @@ def from_keras_applications(source_model, include_top=None, num_classes=None, **
     if num_classes is None:
         num_classes = source_classes or 1000
     options.update(overrides)
-    model = model_lib.get_model(name, include_top=include_top, num_classes=num_classes,
-                                **options)
+    model = model_lib.build_model(name, include_top=include_top, num_classes=num_classes,
+                                  **options)
     copy_classifier = include_top and num_classes == source_classes
     if include_top and not copy_classifier:
         logging.warning('num_classes=%d differs from the source classifier (%d classes); '
                         'the classifier stays randomly initialised.', num_classes,
                         source_classes)
-    copy_weights(source_model, model, copy_classifier=copy_classifier)
+    entries, problems = weight_map(source_model, model, copy_classifier=copy_classifier)
+    _copier.copy_entries(entries, model, 'keras.applications model %r' % source_model.name,
+                         problems)
     logging.info('Converted %r to %s. Input the converted model expects: %s.',
                  source_model.name, name, keras_preprocessing(source_model).describe())
     return model
@@ -416,56 +418,49 @@ def _target_layer(model, blocks, source_name):
     return _resolve(blocks[position], _BLOCK_PARTS[match.group(3)], source_name)
 
 
-def _copy_layer(source, target):
-    """Assigns every variable of `source` to the same-named variable of `target`."""
+def _layer_entries(source, target):
+    """`Entry`s pairing the variables of keras layer `source` with those of `target` by name."""
     source_vars = {v.name: v for v in source.weights}
     target_vars = {v.name: v for v in target.weights}
     if set(source_vars) != set(target_vars):
         raise ValueError('layer %r: variables %s do not match the target %r variables %s.'
                          % (source.name, sorted(source_vars), target.path,
                             sorted(target_vars)))
-    for var_name, source_var in source_vars.items():
-        target_var = target_vars[var_name]
-        if tuple(source_var.shape) != tuple(target_var.shape):
-            raise ValueError('layer %r variable %r: shape %s does not match the target %r '
-                             'shape %s.' % (source.name, var_name, tuple(source_var.shape),
-                                            target.path, tuple(target_var.shape)))
-        target_var.assign(source_var.numpy())
-    return list(target_vars.values())
+    return [_copier.Entry(source_var.path, target_vars[var_name], tuple(source_var.shape),
+                          source_var.numpy)
+            for var_name, source_var in source_vars.items()]
 
 
-def copy_weights(source_model, model, copy_classifier=True):
-    """Copies all weights of a keras.applications EfficientNet into this package's `model`.
+def weight_map(source_model, model, copy_classifier=True):
+    """Pairs every weight of a keras.applications EfficientNet with a variable of `model`.
+
+    Nothing is assigned here: the pairs go to the package's one copier, which checks every
+    shape before it assigns anything.
 
     Args:
         source_model: the keras.applications model.
         model: an `EfficientNet` of the same variant (e.g. from `from_keras_applications`).
-        copy_classifier: copy `predictions` (else it is skipped on both sides).
+        copy_classifier: map `predictions` (else it is skipped on both sides).
 
-    Raises:
-        ValueError: a source weight without counterpart, a shape mismatch, or a variable of
-            `model` left without a value; the message names them.
+    Returns:
+        (entries, problems): `_copier.Entry` tuples, and one line per source layer without a
+        counterpart and per variable of `model` that would receive no value.
     """
     blocks = _blocks_by_position(model)
-    assigned = set()
-    unmatched = []
+    entries, problems = [], []
     for layer in source_model.layers:
         if not layer.weights or _is_preprocessing(layer):
             continue
         if layer.name == _CLASSIFIER and not copy_classifier:
             continue
         try:
-            target = _target_layer(model, blocks, layer.name)
+            entries += _layer_entries(layer, _target_layer(model, blocks, layer.name))
         except ValueError as error:
-            unmatched.append(str(error))
-            continue
-        assigned.update(id(v) for v in _copy_layer(layer, target))
-    if unmatched:
-        raise ValueError('Cannot convert %r: %d source layer(s) unmatched:\n  %s'
-                         % (source_model.name, len(unmatched), '\n  '.join(unmatched)))
-    skipped = {id(v) for v in model.get_layer(_CLASSIFIER).weights} if (
-        model.include_top and not copy_classifier) else set()
-    left = [v.path for v in model.weights if id(v) not in assigned and id(v) not in skipped]
-    if left:
-        raise ValueError('Cannot convert %r: %d variable(s) of the target received no value: %s'
-                         % (source_model.name, len(left), ', '.join(left[:10])))
+            problems.append(str(error))
+    skipped = set()
+    if getattr(model, 'include_top', False) and not copy_classifier:
+        skipped = {id(v) for v in model.get_layer(_CLASSIFIER).weights}
+    assigned = {id(entry.variable) for entry in entries}
+    problems += ['variable %r of the target receives no value' % v.path for v in model.weights
+                 if id(v) not in assigned and id(v) not in skipped]
+    return entries, problems

@@ -1,4 +1,10 @@
-"""The EfficientNet / EfficientNetV2 network as a Keras 3 Functional model."""
+"""The EfficientNet / EfficientNetV2 network as a Keras 3 Functional model.
+
+This module only builds networks; it knows nothing of weight files. Loading weights, and
+`get_model(..., weights=...)`, live in `efficientnetv2.weights`.
+"""
+
+import inspect
 
 import keras
 
@@ -8,27 +14,6 @@ from efficientnetv2 import hparams
 from efficientnetv2 import layers
 
 POOLING = (None, 'avg', 'max')
-DEFAULT_MODEL_HPARAMS = dict(
-    model_name=None,
-    blocks=[],
-    width_coefficient=1.0,
-    depth_coefficient=1.0,
-    depth_divisor=8,
-    min_depth=8,
-    round_filters_10pct=False,
-    feature_size=1280,
-    dropout_rate=0.2,
-    survival_prob=0.8,
-    bn_momentum=0.9,
-    bn_epsilon=1e-3,
-    act_fn='silu',
-    sync_bn=False,
-    fused_bn=True,
-    conv_dropout=0.0,
-    headbias=None,
-    num_classes=1000,
-    data_format='channels_last',
-)
 
 
 def _block_name(stage, repeat):
@@ -47,7 +32,9 @@ class EfficientNet(keras.Model):
     """EfficientNet (V1) or EfficientNetV2, built from block strings.
 
     The constructor arguments are the model's whole config (`get_config` returns them and
-    `from_config` calls the constructor), so `.keras` files round-trip.
+    `from_config` calls the constructor), so `.keras` files round-trip. Its defaults are the
+    package's one source of model defaults: `DEFAULT_MODEL_HPARAMS` (the `model` section of a
+    run config) is read from this signature.
 
     Args:
         blocks: list of block strings, one per stage (see `efficientnetv2.blocks`).
@@ -85,6 +72,8 @@ class EfficientNet(keras.Model):
                  include_top=True, num_classes=1000, pooling=None, input_shape=None,
                  classifier_activation=None, data_format='channels_last', model_name=None,
                  name=None, **kwargs):
+        config = {key: value for key, value in locals().items() if key in _CONFIG_KEYS}
+        config['blocks'] = list(blocks)
         if pooling not in POOLING:
             raise ValueError('pooling must be one of %s. Received: pooling=%r'
                              % (POOLING, pooling))
@@ -153,16 +142,7 @@ class EfficientNet(keras.Model):
 
         super().__init__(inputs=inputs, outputs=x, name=name or model_name or 'efficientnet',
                          **kwargs)
-        self._init_args = dict(
-            blocks=list(blocks), width_coefficient=width_coefficient,
-            depth_coefficient=depth_coefficient, depth_divisor=depth_divisor,
-            min_depth=min_depth, round_filters_10pct=round_filters_10pct,
-            feature_size=feature_size, dropout_rate=dropout_rate, survival_prob=survival_prob,
-            bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, act_fn=act_fn, sync_bn=sync_bn,
-            fused_bn=fused_bn, conv_dropout=conv_dropout, headbias=headbias,
-            include_top=include_top, num_classes=num_classes, pooling=pooling,
-            input_shape=tuple(input_shape), classifier_activation=classifier_activation,
-            data_format=data_format, model_name=model_name)
+        self._init_args = dict(config, input_shape=tuple(input_shape))
         self.model_name = model_name
         self.include_top = include_top
         self.num_classes = num_classes
@@ -214,6 +194,20 @@ def _reduction_endpoints(block_specs):
     return names
 
 
+# The constructor signature is the one source of the model defaults.
+_SIGNATURE = inspect.signature(EfficientNet.__init__).parameters
+# Everything `get_config` returns besides the Keras name.
+_CONFIG_KEYS = tuple(key for key, p in _SIGNATURE.items()
+                     if key not in ('self', 'name') and p.kind is p.POSITIONAL_OR_KEYWORD)
+# How a model is built (head, pooling, input), not what the network is.
+BUILD_OPTIONS = ('include_top', 'pooling', 'input_shape', 'classifier_activation')
+# The `model` section of a run config: the constructor's defaults (`blocks`, which has no
+# default, is the empty list), minus the build options.
+DEFAULT_MODEL_HPARAMS = {
+    key: [] if key == 'blocks' else _SIGNATURE[key].default
+    for key in _CONFIG_KEYS if key not in BUILD_OPTIONS}
+
+
 def model_hparams(model_name, **overrides):
     """The resolved `model` hyper-parameters for a variant, with strict overrides.
 
@@ -228,38 +222,13 @@ def model_hparams(model_name, **overrides):
     return config
 
 
-def get_model(model_name, include_top=True, weights=None, input_shape=None, pooling=None,
-              num_classes=1000, classifier_activation=None, **overrides):
-    """Builds a published EfficientNet / EfficientNetV2 variant.
+def build_model(model_name, include_top=True, input_shape=None, pooling=None,
+                classifier_activation=None, **overrides):
+    """Builds a published variant with freshly initialised weights.
 
-    Args:
-        model_name: one of `list_models()`, e.g. 'efficientnetv2-s' or 'efficientnet-b0'.
-        include_top: end with the classifier (else features, see `pooling`).
-        weights: None (random init); a path to this project's checkpoint, a `.keras` or
-            `.weights.h5` file, or an official TF checkpoint (see `efficientnetv2.weights`);
-            or 'imagenet' to convert keras.applications' ImageNet weights (needs internet the
-            first time; V2-S/M/L/B0-B3 and V1-B0-B7).
-        input_shape: input shape without batch axis; default any size, 3 channels.
-        pooling: None, 'avg' or 'max' when include_top is False.
-        num_classes: classifier width (weights of another width skip the classifier).
-        classifier_activation: None for logits (default) or 'softmax'.
-        **overrides: model hyper-parameters, e.g. dropout_rate=0.3, survival_prob=0.8,
-            bn_momentum=0.99, act_fn='relu'.
-
-    Returns:
-        An `EfficientNet` keras.Model taking images preprocessed for the variant's family
-        (see README: V2-S/M/L/XL (x - 128) / 128; V1 and V2-B0..B3 ImageNet mean/std).
+    `efficientnetv2.get_model` is this plus `weights=`; see it for the arguments.
+    `num_classes` and every other model hyper-parameter go in `overrides`.
     """
-    config = model_hparams(model_name, num_classes=num_classes, **overrides)
-    model = EfficientNet(include_top=include_top, pooling=pooling, input_shape=input_shape,
-                         classifier_activation=classifier_activation, **config.as_dict())
-    if weights is not None:
-        from efficientnetv2 import weights as weights_lib
-        weights_lib.load_weights(model, weights)
-    return model
-
-
-def get_feature_extractor(model_name, input_shape=None, weights=None, **overrides):
-    """A backbone returning the multi-scale endpoints `reduction_1` .. `reduction_5`."""
-    return get_model(model_name, include_top=False, input_shape=input_shape, weights=weights,
-                     **overrides).feature_extractor()
+    config = model_hparams(model_name, **overrides)
+    return EfficientNet(include_top=include_top, pooling=pooling, input_shape=input_shape,
+                        classifier_activation=classifier_activation, **config.as_dict())

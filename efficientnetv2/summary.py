@@ -13,6 +13,9 @@ Command line:
 import numpy as np
 import tensorflow as tf
 
+from efficientnetv2 import architectures
+from efficientnetv2 import model as model_lib
+
 _MAC_OPS = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul', 'BatchMatMulV2', 'Conv2DBackpropInput')
 
 
@@ -74,11 +77,9 @@ def count_params(model):
 
 def describe(model_name, image_size=None, **overrides):
     """A dict with the params and MACs of a published variant at an image size."""
-    from efficientnetv2 import architectures
-    from efficientnetv2 import model as model_lib
     variant = architectures.get_variant(model_name)
     image_size = image_size or variant.eval_size
-    model = model_lib.get_model(model_name, **overrides)
+    model = model_lib.build_model(model_name, **overrides)
     trainable, non_trainable = count_params(model)
     return dict(model_name=variant.name, image_size=image_size, trainable_params=trainable,
                 total_params=trainable + non_trainable,
@@ -88,7 +89,6 @@ def describe(model_name, image_size=None, **overrides):
 def main(argv=None):
     import argparse
     from absl import logging
-    from efficientnetv2 import architectures
 
     parser = argparse.ArgumentParser(
         prog='python -m efficientnetv2.summary',
@@ -101,15 +101,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
     names = architectures.list_models() if args.all else [args.model_name]
-    print('%-20s %6s %15s %15s %10s' % ('model', 'size', 'trainable', 'total', 'GFLOPs'))
+    print('%-20s %6s %15s %15s %17s' % ('model', 'size', 'trainable', 'total', 'FLOPs (MACs)'))
     for name in names:
         try:
             row = describe(name, args.image_size)
         except ValueError as e:
             parser.error(str(e))
-        print('%-20s %6d %15s %15s %10.3f' % (
+        print('%-20s %6d %15s %15s %17s' % (
             row['model_name'], row['image_size'], format(row['trainable_params'], ','),
-            format(row['total_params'], ','), row['flops'] / 1e9), flush=True)
+            format(row['total_params'], ','), format(row['flops'], ',')), flush=True)
 
 
 if __name__ == '__main__':

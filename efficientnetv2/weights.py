@@ -2,7 +2,8 @@
 
 `load_weights(model, weights)` accepts:
 
-- a `.keras` file (a whole saved model; its weights are copied by variable path),
+- a `.keras` file (a whole saved model; its weights are copied by variable path, or by
+  `convert`'s name map when it is a keras.applications EfficientNet),
 - a `.weights.h5` file (Keras weights of the same architecture),
 - a TensorFlow checkpoint prefix or a directory holding checkpoints, either
   - an **official** TF1 name-based checkpoint of google/automl `efficientnetv2` or
@@ -20,7 +21,14 @@ auto-naming: inside each block, convolutions are `conv2d`, `conv2d_1`, ... and b
 `tpu_batch_normalization`, `tpu_batch_normalization_1`, ... in creation order; the depthwise
 kernel is `depthwise_conv2d/depthwise_kernel`; SE convs are `se/conv2d` and `se/conv2d_1`;
 blocks are `blocks_<n>` with n the global block index; the classifier is `head/dense`.
-A `<name>/ExponentialMovingAverage` copy is preferred to the plain variable when both exist.
+A `<name>/ExponentialMovingAverage` copy is preferred to the plain variable when both exist
+(unless `prefer_ema=False`, e.g. `train.ft_init_ema=False`).
+
+Every format maps its tensors to the model's variables and hands them to one copier
+(`efficientnetv2._copier`), which checks every shape before it assigns anything.
+
+`get_model(name, weights=...)` builds a variant (`efficientnetv2.model`) and loads into it; it
+is exported as `efficientnetv2.get_model`.
 """
 
 import os
@@ -30,7 +38,13 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from efficientnetv2 import _copier
+from efficientnetv2 import architectures
+from efficientnetv2 import convert
+from efficientnetv2 import hparams
 from efficientnetv2 import layers as layers_lib
+from efficientnetv2 import model as model_lib
+from efficientnetv2 import variables as variables_lib
 
 EMA_SUFFIX = '/ExponentialMovingAverage'
 # Per-variable extras of a training checkpoint that are not model weights.
@@ -41,7 +55,42 @@ _HEAD_PREFIX = 'predictions/'
 
 
 # ------------------------------------------------------------------------------------------------
-# Entry point.
+# Entry points.
+
+
+def get_model(model_name, include_top=True, weights=None, input_shape=None, pooling=None,
+              num_classes=model_lib.DEFAULT_MODEL_HPARAMS['num_classes'],
+              classifier_activation=None, **overrides):
+    """Builds a published EfficientNet / EfficientNetV2 variant, optionally with weights.
+
+    Args:
+        model_name: one of `list_models()`, e.g. 'efficientnetv2-s' or 'efficientnet-b0'.
+        include_top: end with the classifier (else features, see `pooling`).
+        weights: None (random init); a path to this project's checkpoint, a `.keras` or
+            `.weights.h5` file, or an official TF checkpoint (see `load_weights`); or
+            'imagenet' to convert keras.applications' ImageNet weights (needs internet the
+            first time; V2-S/M/L/B0-B3 and V1-B0-B7).
+        input_shape: input shape without batch axis; default any size, 3 channels.
+        pooling: None, 'avg' or 'max' when include_top is False.
+        num_classes: classifier width (weights of another width skip the classifier).
+        classifier_activation: None for logits (default) or 'softmax'.
+        **overrides: model hyper-parameters, e.g. dropout_rate=0.3, survival_prob=0.8,
+            bn_momentum=0.99, act_fn='relu'.
+
+    Returns:
+        An `EfficientNet` keras.Model taking images preprocessed for the variant's family
+        (see README: V2-S/M/L/XL (x - 128) / 128; V1 and V2-B0..B3 ImageNet mean/std).
+    """
+    model = model_lib.build_model(model_name, include_top=include_top, input_shape=input_shape,
+                                  pooling=pooling, classifier_activation=classifier_activation,
+                                  num_classes=num_classes, **overrides)
+    return load_weights(model, weights)
+
+
+def get_feature_extractor(model_name, input_shape=None, weights=None, **overrides):
+    """A backbone returning the multi-scale endpoints `reduction_1` .. `reduction_5`."""
+    return get_model(model_name, include_top=False, input_shape=input_shape, weights=weights,
+                     **overrides).feature_extractor()
 
 
 def load_weights(model, weights, skip_mismatch=False, prefer_ema=True):
@@ -54,7 +103,8 @@ def load_weights(model, weights, skip_mismatch=False, prefer_ema=True):
             'imagenet'. None does nothing.
         skip_mismatch: load what fits and log what does not (missing, unused or mis-shaped
             tensors) instead of raising.
-        prefer_ema: for checkpoints, use the moving-average weights when present.
+        prefer_ema: for checkpoints (this project's and official ones), use the moving-average
+            weights when present; False loads the raw trained variables.
 
     Returns:
         The model.
@@ -83,10 +133,11 @@ def load_weights(model, weights, skip_mismatch=False, prefer_ema=True):
     else:
         prefix = resolve_checkpoint(path)
         if is_official_checkpoint(prefix):
-            load_official_checkpoint(model, prefix, skip_mismatch=skip_mismatch)
+            load_official_checkpoint(model, prefix, skip_mismatch=skip_mismatch,
+                                     prefer_ema=prefer_ema)
         else:
-            _with_rollback(model, lambda: _load_project_checkpoint(
-                model, prefix, prefer_ema=prefer_ema, skip_mismatch=skip_mismatch))
+            _load_project_checkpoint(model, prefix, prefer_ema=prefer_ema,
+                                     skip_mismatch=skip_mismatch)
             logging.info('Loaded project checkpoint %s.', prefix)
     return model
 
@@ -127,17 +178,6 @@ def resolve_checkpoint(path):
                      'checkpoint directory. Received: weights=%r (no such file).' % (path,))
 
 
-def _with_rollback(model, load_fn):
-    """Runs `load_fn`; if it fails, restores every model weight to its previous value."""
-    backup = [v.numpy() for v in model.weights]
-    try:
-        load_fn()
-    except Exception:
-        for variable, value in zip(model.weights, backup):
-            variable.assign(value)
-        raise
-
-
 # ------------------------------------------------------------------------------------------------
 # This project's object-based checkpoints.
 
@@ -148,53 +188,55 @@ def _load_project_checkpoint(model, path, prefer_ema=True, skip_mismatch=False):
     Training checkpoints are `tf.train.Checkpoint(model=..., optimizer=..., ema=..., step=...)`
     (see `efficientnetv2.train.trainer`). The network is rebuilt as the checkpoint's run
     built it (from `config.yaml` beside the checkpoint when present, else like `model` with
-    a full head), restored, its EMA shadows copied in when `prefer_ema` and present, and the
-    weights copied into `model` by variable path: a classifier of another width (or none) is
-    skipped, everything else must fit.
+    a full head) and restored; with `prefer_ema`, the EMA shadows (`ema/shadow_variables/<i>`,
+    one per `variables.ema_variables` entry, in that order) replace the averaged variables.
+    Its weights then go to `model` by variable path: a classifier of another width (or none)
+    is skipped, everything else must fit.
 
     Raises:
         ValueError: the checkpoint does not hold this architecture, naming the file.
     """
-    from efficientnetv2 import model as model_lib
-    from efficientnetv2.train import ema as ema_lib
-
-    source = _source_model_for(model, path, model_lib)
+    source = _source_model_for(model, path)
     keys = [name for name, _ in tf.train.list_variables(path)]
     has_ema = any(key.startswith('ema/') for key in keys)
     tracked = dict(model=source)
-    ema = None
+    averaged = shadows = None
     if prefer_ema and has_ema:
-        ema = ema_lib.ExponentialMovingAverage(ema_lib.ema_variables(source))
-        tracked['ema'] = ema
+        averaged = variables_lib.ema_variables(source)
+        # The layout `train.ema.ExponentialMovingAverage` saves: a module whose tracked list
+        # `shadow_variables` holds one shadow per averaged variable.
+        shadows = tf.Module(name='ema')
+        shadows.shadow_variables = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
+                                    for v in averaged]
+        tracked['ema'] = shadows
     try:
         status = tf.train.Checkpoint(**tracked).read(path)
         status.expect_partial()
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
         raise ValueError('Cannot load checkpoint %r into model %r (a checkpoint of another model '
-                         'or head?): %s' % (path, _model_label(model), _first_line(error))
-                         ) from None
-    if ema is not None:
-        ema.copy_to_model()
-    copy_weights(source, model, origin='checkpoint %s%s' % (path, ' (EMA)' if ema else ''),
-                 skip_mismatch=skip_mismatch)
+                         'or head?): %s' % (path, _copier.model_label(model),
+                                            _first_line(error))) from None
+    if shadows is not None:
+        for variable, shadow in zip(averaged, shadows.shadow_variables):
+            variable.assign(shadow)  # `source` is scratch: nothing to roll back.
+    _copy_by_path(source, model, origin='checkpoint %s%s' % (path, ' (EMA)' if shadows else ''),
+                  skip_mismatch=skip_mismatch)
 
 
-def _source_model_for(model, path, model_lib):
+def _source_model_for(model, path):
     """The network a project checkpoint was trained as (its config.yaml), with a full head."""
-    from efficientnetv2 import hparams
     config_path = os.path.join(os.path.dirname(path), 'config.yaml')
+    known = set(model_lib.DEFAULT_MODEL_HPARAMS)
     if tf.io.gfile.exists(config_path):
         args = dict(hparams.load_yaml(config_path).get('model', {}))
     else:
-        args = {k: v for k, v in model.get_config().items()
-                if k in model_lib.DEFAULT_MODEL_HPARAMS}
+        args = {k: v for k, v in model.get_config().items() if k in known}
         if not model.include_top:
             args.pop('num_classes', None)
+    args = {k: v for k, v in args.items() if k in known}
     args.update(include_top=True, sync_bn=False)
-    known = set(model_lib.DEFAULT_MODEL_HPARAMS)
-    return model_lib.EfficientNet(**{k: v for k, v in args.items()
-                                     if k in known or k == 'include_top'})
+    return model_lib.EfficientNet(**args)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,7 +312,8 @@ def _blocks(model):
     stages = getattr(model, 'stages', None)
     if stages is not None and len(blocks) != sum(s.num_repeat for s in stages):
         raise ValueError('Model %r has %d blocks but its stages list %d; cannot map names.'
-                         % (_model_label(model), len(blocks), sum(s.num_repeat for s in stages)))
+                         % (_copier.model_label(model), len(blocks),
+                            sum(s.num_repeat for s in stages)))
     return blocks
 
 
@@ -309,18 +352,20 @@ def _checkpoint_scope(shapes, path):
     return scopes[0]
 
 
-def load_official_checkpoint(model, path, skip_mismatch=False):
+def load_official_checkpoint(model, path, skip_mismatch=False, prefer_ema=True):
     """Loads an official google/automl or tensorflow/tpu EfficientNet(V2) TF1 checkpoint.
 
     Every body tensor must be present with the right shape, and every model tensor of the
     checkpoint (optimizer slots and variables outside the model scope, like `global_step`,
-    aside) must be used. EMA copies are preferred per tensor. The classifier is skipped when
-    the model has none, when its width differs, or when the checkpoint has none.
+    aside) must be used. With `prefer_ema`, EMA copies are preferred per tensor. The classifier
+    is skipped when the model has none, when its width differs, or when the checkpoint has none.
 
     Args:
         model: an `EfficientNet` built with the checkpoint's architecture.
         path: checkpoint prefix (or directory).
         skip_mismatch: load what fits, log the rest, instead of raising.
+        prefer_ema: take `<name>/ExponentialMovingAverage` where present (the official
+            evaluation weights); False takes the raw trained variables.
 
     Returns:
         A dict with counts: 'loaded', 'from_ema', 'skipped' (names), 'head_loaded'.
@@ -331,6 +376,7 @@ def load_official_checkpoint(model, path, skip_mismatch=False):
     prefix = resolve_checkpoint(os.fspath(path))
     reader, shapes = _checkpoint_reader(prefix)
     scope = _checkpoint_scope(shapes, prefix)
+    origin = 'official checkpoint %r' % prefix
     problems = []
     model_name = getattr(model, 'model_name', None)
     if model_name and model_name != scope:
@@ -339,37 +385,40 @@ def load_official_checkpoint(model, path, skip_mismatch=False):
             raise ValueError('Cannot load official checkpoint %r into model %r: %s.'
                              % (prefix, model_name, problems[0]))
 
-    entries = official_variable_map(model, scope)
-    head_loaded = _head_fits(entries, shapes, prefix, scope)
-    assignments, used, from_ema = [], set(), 0
-    for name, variable, is_head in entries:
+    variable_map = official_variable_map(model, scope)
+    head_loaded = _head_fits(variable_map, shapes, prefix, scope, prefer_ema)
+    entries, used = [], set()
+    for name, variable, is_head in variable_map:
         if is_head and not head_loaded:
             continue
-        source = name + EMA_SUFFIX if name + EMA_SUFFIX in shapes else name
+        source = _source_name(name, shapes, prefer_ema)
         if source not in shapes:
             problems.append('tensor %r is missing' % name)
             continue
-        if list(shapes[source]) != list(variable.shape):
-            problems.append('tensor %r has shape %s but model variable %r needs %s'
-                            % (source, list(shapes[source]), variable.path, list(variable.shape)))
-            continue
         used.add(name)
-        from_ema += source != name
-        assignments.append((variable, source))
-
+        entries.append(_copier.Entry(source, variable, shapes[source],
+                                     lambda source=source: reader.get_tensor(source)))
     problems += ['tensor %r is not used by the model' % n
                  for n in _unused_names(shapes, scope, used, head_skipped=not head_loaded)]
-    _raise_or_log(problems, 'official checkpoint %r' % prefix, model, skip_mismatch)
-    for variable, source in assignments:
-        variable.assign(reader.get_tensor(source).astype(variable.dtype))
+    loaded, problems = _copier.copy_entries(entries, model, origin, problems, skip_mismatch)
+    from_ema = sum(name.endswith(EMA_SUFFIX) for name in loaded)
     logging.info('Loaded %d tensors (%d from ExponentialMovingAverage) from official checkpoint '
-                 '%s (scope %r); classifier %s.', len(assignments), from_ema, prefix, scope,
+                 '%s (scope %r); classifier %s.', len(loaded), from_ema, prefix, scope,
                  'loaded' if head_loaded else 'skipped')
-    return dict(loaded=len(assignments), from_ema=from_ema, skipped=problems,
+    return dict(loaded=len(loaded), from_ema=from_ema, skipped=problems,
                 head_loaded=head_loaded)
 
 
-def _head_fits(entries, shapes, prefix, scope):
+def _source_name(name, shapes, prefer_ema):
+    """The checkpoint tensor to read for `name`: its EMA copy when preferred and present."""
+    if prefer_ema and name + EMA_SUFFIX in shapes:
+        return name + EMA_SUFFIX
+    if name not in shapes and name + EMA_SUFFIX in shapes:
+        return name + EMA_SUFFIX  # Only the average was saved (an eval-only export).
+    return name
+
+
+def _head_fits(entries, shapes, prefix, scope, prefer_ema):
     """Whether the classifier loads: the model has one, and the checkpoint's has its width."""
     head = {n: v for n, v, is_head in entries if is_head}
     kernel_name = scope + '/head/dense/kernel'
@@ -379,8 +428,7 @@ def _head_fits(entries, shapes, prefix, scope):
         logging.warning('Checkpoint %s has no classifier; the head keeps its initial values.',
                         prefix)
         return False
-    source = kernel_name + EMA_SUFFIX if kernel_name + EMA_SUFFIX in shapes else kernel_name
-    ckpt_classes = shapes[source][-1]
+    ckpt_classes = shapes[_source_name(kernel_name, shapes, prefer_ema)][-1]
     model_classes = head[kernel_name].shape[-1]
     if ckpt_classes != model_classes:
         logging.info('Checkpoint %s has %d classes, the model %d: classifier skipped.',
@@ -408,63 +456,35 @@ def _unused_names(shapes, scope, used, head_skipped):
 # Keras files and keras.applications.
 
 
-def _model_label(model):
-    return getattr(model, 'model_name', None) or model.name
-
-
 def _first_line(error):
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _raise_or_log(problems, origin, model, skip_mismatch):
-    """Raises on the first mismatch (counting the rest), or logs them all when skipping."""
-    if problems and not skip_mismatch:
-        raise ValueError('Cannot load %s into model %r: %s%s.'
-                         % (origin, _model_label(model), problems[0],
-                            ' (and %d more problems)' % (len(problems) - 1)
-                            if len(problems) > 1 else ''))
-    for problem in problems:
-        logging.warning('%s: skipped: %s.', origin, problem)
-
-
-def copy_weights(source, model, origin='source model', skip_mismatch=False):
+def _copy_by_path(source, model, origin, skip_mismatch=False):
     """Copies weights from `source` into `model` by Keras variable path (e.g. 'block1a/bn/gamma').
 
     The classifier (`predictions/*`) is skipped when either model lacks it or the widths
     differ; every other variable must match in name and shape, and every source variable must
-    be used.
-
-    Args:
-        source: a Keras model of the same architecture.
-        model: the model to fill.
-        origin: how to name the source in messages (e.g. the file).
-        skip_mismatch: copy what fits and log the rest instead of raising.
-
-    Raises:
-        ValueError: a mismatch (see `load_weights`); nothing is assigned when it raises.
+    be used. Raises (see `load_weights`) without assigning anything, unless `skip_mismatch`.
     """
     source_vars = {v.path: v for v in source.weights}
     target_vars = {v.path: v for v in model.weights}
     head_ok = _keras_head_fits(source_vars, target_vars, origin)
-    problems, assignments = [], []
+    problems, entries = [], []
     for path, variable in target_vars.items():
         if path.startswith(_HEAD_PREFIX) and not head_ok:
             continue
         if path not in source_vars:
             problems.append('tensor %r is missing' % path)
-        elif tuple(source_vars[path].shape) != tuple(variable.shape):
-            problems.append('tensor %r has shape %s, the model needs %s'
-                            % (path, list(source_vars[path].shape), list(variable.shape)))
         else:
-            assignments.append((variable, source_vars[path]))
+            value = source_vars[path]
+            entries.append(_copier.Entry(path, variable, tuple(value.shape), value.numpy))
     for path in source_vars:
         if path not in target_vars and not (path.startswith(_HEAD_PREFIX) and not head_ok):
             problems.append('tensor %r is not used by the model' % path)
-    _raise_or_log(problems, origin, model, skip_mismatch)
-    for variable, value in assignments:
-        variable.assign(value.value)
-    logging.info('Copied %d variables from %s; classifier %s.', len(assignments), origin,
+    loaded, _ = _copier.copy_entries(entries, model, origin, problems, skip_mismatch)
+    logging.info('Copied %d variables from %s; classifier %s.', len(loaded), origin,
                  'loaded' if head_ok else 'skipped')
 
 
@@ -487,18 +507,41 @@ def _load_keras_file(model, path, skip_mismatch):
     except Exception as error:  # Keras raises many types for unreadable files.
         raise ValueError('Cannot read the .keras file %r: %s'
                          % (path, _first_line(error))) from None
+    origin = '.keras file %r' % path
     if _looks_like_keras_applications(source):
-        source = _convert_keras_applications(source)
-    copy_weights(source, model, origin='.keras file %r' % path, skip_mismatch=skip_mismatch)
+        _copy_keras_applications(source, model, origin, skip_mismatch)
+    else:
+        _copy_by_path(source, model, origin=origin, skip_mismatch=skip_mismatch)
 
 
 def _looks_like_keras_applications(source):
     return any(layer.name == 'stem_conv' for layer in source.layers)
 
 
-def _convert_keras_applications(keras_model):
-    from efficientnetv2 import convert  # Late import: convert builds on model and this module.
-    return convert.from_keras_applications(keras_model)
+def _copy_keras_applications(source, model, origin, skip_mismatch):
+    """Copies a keras.applications EfficientNet's weights by `convert`'s name map."""
+    if not isinstance(model, model_lib.EfficientNet):
+        raise ValueError('Cannot load %s into %r: keras.applications weights load into an '
+                         'efficientnetv2 EfficientNet only.' % (origin, model.name))
+    model_head = source_head = None
+    if getattr(model, 'include_top', False):
+        model_head = tuple(model.get_layer('predictions').kernel.shape)
+    classifier = [layer for layer in source.layers if layer.name == 'predictions']
+    if classifier:
+        source_head = tuple(classifier[0].kernel.shape)
+    copy_classifier = model_head is not None and model_head == source_head
+    if model_head is not None and not copy_classifier:
+        logging.info('%s has classifier shape %s, the model %s: classifier skipped.', origin,
+                     source_head, model_head)
+    variant = convert.identify_variant(source)
+    if model.model_name and model.model_name != variant:
+        raise ValueError('Cannot load %s into model %r: it holds %s.'
+                         % (origin, _copier.model_label(model), variant))
+    entries, problems = convert.weight_map(source, model, copy_classifier=copy_classifier)
+    loaded, _ = _copier.copy_entries(entries, model, origin, problems, skip_mismatch)
+    logging.info('Copied %d variables from %s; classifier %s. Input the model expects: %s.',
+                 len(loaded), origin, 'loaded' if copy_classifier else 'skipped',
+                 convert.keras_preprocessing(source).describe())
 
 
 def _load_h5(model, path, skip_mismatch):
@@ -508,9 +551,10 @@ def _load_h5(model, path, skip_mismatch):
     if getattr(model, 'include_top', False):
         model_head = tuple(model.get_layer('predictions').kernel.shape)
     origin = 'weights file %r' % path
-    from efficientnetv2 import model as model_lib  # Late import: model imports this lazily.
     if file_head == model_head or not isinstance(model, model_lib.EfficientNet):
-        _with_rollback(model, lambda: _keras_load_weights(model, path, origin, skip_mismatch))
+        # Keras' own loader; it assigns as it reads, so roll back on failure.
+        _copier.with_rollback(model, lambda: _keras_load_weights(model, path, origin,
+                                                                 skip_mismatch))
         return
     # Another head: load into a twin with the file's head, then copy everything else.
     config = dict(model.get_config())
@@ -519,7 +563,7 @@ def _load_h5(model, path, skip_mismatch):
                   classifier_activation=None)
     twin = type(model).from_config(config)
     _keras_load_weights(twin, path, origin, skip_mismatch)
-    copy_weights(twin, model, origin=origin, skip_mismatch=skip_mismatch)
+    _copy_by_path(twin, model, origin=origin, skip_mismatch=skip_mismatch)
 
 
 def _h5_head_shape(path):
@@ -543,21 +587,19 @@ def _keras_load_weights(model, path, origin, skip_mismatch):
     except Exception as error:  # Keras raises ValueError and others with long messages.
         lines = [line for line in str(error).splitlines() if line.strip()]
         detail = ' '.join(lines[:3])
-        raise ValueError('Cannot load %s into model %r: %s' % (origin, _model_label(model),
-                                                               detail[:600])) from None
+        raise ValueError('Cannot load %s into model %r: %s'
+                         % (origin, _copier.model_label(model), detail[:600])) from None
 
 
 def _load_imagenet(model, skip_mismatch):
     """Converts keras.applications' ImageNet weights (downloaded by Keras on first use)."""
-    from efficientnetv2 import architectures
     name = getattr(model, 'model_name', None)
     variant = architectures.get_variant(name) if name else None
     if variant is None or not variant.keras_name:
         raise ValueError("weights='imagenet' needs a variant that keras.applications ships "
                          '(EfficientNetV2 B0-B3/S/M/L, EfficientNet B0-B7). Received model %r.'
-                         % (_model_label(model),))
+                         % (_copier.model_label(model),))
     constructor = getattr(keras.applications, variant.keras_name)
     source = constructor(include_top=True, weights='imagenet', classifier_activation=None)
-    converted = _convert_keras_applications(source)
-    copy_weights(converted, model, origin='keras.applications.%s ImageNet weights'
-                 % variant.keras_name, skip_mismatch=skip_mismatch)
+    _copy_keras_applications(source, model, 'keras.applications.%s ImageNet weights'
+                             % variant.keras_name, skip_mismatch)

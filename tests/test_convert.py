@@ -207,3 +207,22 @@ def test_unmatched_weights_are_named(headless_source):
 def test_include_top_needs_a_classifier(headless_source):
     with pytest.raises(ValueError, match='include_top=True'):
         convert.from_keras_applications(headless_source, include_top=True)
+
+
+def test_conversion_is_all_or_nothing(headless_source):
+    """Every shape is checked before any weight is assigned: a late mismatch leaves the model as
+    it was (a layer-by-layer copy would have filled the stem and early blocks already)."""
+    from efficientnetv2 import _copier
+    from efficientnetv2 import model as model_lib
+
+    target = model_lib.build_model('efficientnetv2-b0', include_top=False)
+    before = [v.numpy() for v in target.weights]
+    entries, problems = convert.weight_map(headless_source, target, copy_classifier=False)
+    assert problems == [] and len(entries) == len(target.weights)
+    last = entries[-1]  # top_bn: the last layer in the source's order.
+    assert last.name.startswith('top_bn/')
+    entries[-1] = last._replace(shape=(7,), value=np.zeros(7, np.float32))
+    with pytest.raises(ValueError, match="top_bn/.*has shape \\[7\\]"):
+        _copier.copy_entries(entries, target, 'keras.applications model')
+    for variable, value in zip(target.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)

@@ -1,6 +1,9 @@
 """Architecture fidelity: exact parameter counts, stage tables, FLOPs, layers and serialization."""
 
+import inspect
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -10,7 +13,10 @@ import tensorflow as tf
 import efficientnetv2
 from efficientnetv2 import architectures
 from efficientnetv2 import blocks
+from efficientnetv2 import config as config_lib
+from efficientnetv2 import convert
 from efficientnetv2 import layers
+from efficientnetv2 import model as model_lib
 from efficientnetv2 import summary
 
 # Trainable counts that keras.applications and timm agree on; totals add BN moving statistics
@@ -120,12 +126,69 @@ def test_batch_norm_statistics_match_keras_applications(name):
     assert summary.count_params(ours) == (keras_trainable, keras_stats)
 
 
-@pytest.mark.parametrize('name,size,gflops', [('efficientnetv2-s', 384, 8.4),
-                                              ('efficientnetv2-b0', 224, 0.72),
-                                              ('efficientnet-b0', 224, 0.39)])
-def test_flops_match_published(name, size, gflops):
+# Multiply-adds of the traced inference graph, exact; the papers round them to 8.4B, 0.72B and
+# 0.39B (V2 paper Table 7, V1 paper Table 2).
+FLOPS = {
+    ('efficientnetv2-s', 384): 8365617152,
+    ('efficientnetv2-b0', 224): 718086176,
+    ('efficientnet-b0', 224): 385814752,
+}
+PUBLISHED_GFLOPS = {'efficientnetv2-s': '8.4', 'efficientnetv2-b0': '0.72',
+                    'efficientnet-b0': '0.39'}
+
+
+@pytest.mark.parametrize('name,size', list(FLOPS))
+def test_flops_are_exact(name, size):
     macs = summary.count_flops(efficientnetv2.get_model(name), size)
-    assert abs(macs / 1e9 - gflops) / gflops < 0.03
+    assert macs == FLOPS[name, size]
+    published = PUBLISHED_GFLOPS[name]  # Agrees to the digits the paper prints.
+    assert '%.*f' % (len(published.split('.')[1]), macs / 1e9) == published
+
+
+def test_summary_command_prints_exact_counts():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+    result = subprocess.run(
+        [sys.executable, '-m', 'efficientnetv2.summary', '--model_name=efficientnetv2-b0',
+         '--image_size=224'], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines()
+            if line.startswith('efficientnetv2-b0')]
+    assert rows == [['efficientnetv2-b0', '224', '7,139,704', '7,200,312', '718,086,176']]
+
+
+def test_softmax_head_is_the_softmax_of_the_logits():
+    logits_model = tiny_model(num_classes=7)
+    probs_model = tiny_model(num_classes=7, classifier_activation='softmax')
+    probs_model.set_weights(logits_model.get_weights())
+    x = tf.random.stateless_uniform([3, 40, 40, 3], seed=(1, 2), minval=-1, maxval=1)
+    logits = logits_model(x, training=False).numpy()
+    probs = probs_model(x, training=False).numpy()
+    assert probs.dtype == np.float32 and np.std(logits) > 1e-3
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(probs, tf.nn.softmax(logits).numpy(), rtol=1e-5, atol=1e-7)
+    named = efficientnetv2.get_model('efficientnetv2-b0', classifier_activation='softmax')
+    assert named.get_layer('predictions').get_config()['activation'] == 'softmax'
+
+
+def test_model_defaults_have_one_source():
+    signature = inspect.signature(efficientnetv2.EfficientNet.__init__).parameters
+    defaults = model_lib.DEFAULT_MODEL_HPARAMS
+    assert defaults['blocks'] == [] and 'include_top' not in defaults
+    for key, value in defaults.items():
+        if key != 'blocks':
+            assert signature[key].default == value, key
+    # The run config, get_model and the keras.applications fingerprints read the same values.
+    assert defaults.items() <= config_lib.default_config().model.as_dict().items()
+    get_model_args = inspect.signature(efficientnetv2.get_model).parameters
+    assert get_model_args['num_classes'].default == defaults['num_classes']
+    b0 = convert.variant_fingerprint(architectures.get_variant('efficientnetv2-b0'))
+    assert b0.head_filters == defaults['feature_size'] == 1280
+    # The built model's config holds every default it was not given.
+    config = tiny_model().get_config()
+    given = ('blocks', 'feature_size', 'num_classes', 'model_name')
+    assert {k: config[k] for k in defaults if k not in given} == {
+        k: v for k, v in defaults.items() if k not in given}
 
 
 def test_survival_probability_decreases_linearly():
@@ -184,6 +247,21 @@ def test_constructors_and_overrides():
     assert model.get_layer('stem').act_fn == 'relu'
     assert model.get_layer('stem').bn.momentum == 0.99
     assert efficientnetv2.EfficientNetB0.__name__ == 'EfficientNetB0'
+    # keras' `classes=` is an alias of `num_classes`.
+    assert efficientnetv2.EfficientNetV2B0(classes=3).output_shape == (None, 3)
+    with pytest.raises(ValueError, match='num_classes or its alias classes'):
+        efficientnetv2.EfficientNetV2B0(classes=3, num_classes=4)
+
+
+def test_constructor_docstrings_state_the_differences_from_keras():
+    doc = efficientnetv2.EfficientNetV2S.__doc__
+    assert 'keras.applications.EfficientNetV2S' in doc
+    for fragment in ("defaults to None (random initialisation), not 'imagenet'",
+                     'The output is logits', 'no input scaling inside the model',
+                     '(x - 128) / 128', '`classes=`'):
+        assert fragment in doc, fragment
+    assert 'ImageNet mean' in efficientnetv2.EfficientNetB0.__doc__
+    assert 'not available for this variant' in efficientnetv2.EfficientNetL2.__doc__
 
 
 def test_dropout_rate_can_change_between_traces():

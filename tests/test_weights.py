@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 import efficientnetv2
+from efficientnetv2 import _copier
 from efficientnetv2 import weights as weights_lib
 
 SIZE = 32
@@ -29,6 +30,9 @@ V1_BASE = ['r1_k3_s11_e1_i32_o16_se0.25', 'r2_k3_s22_e6_i16_o24_se0.25',
 # name: (blocks, width, depth, 10% rounding rule)
 ARCHS = {'efficientnetv2-b0': (V2_BASE, 1.0, 1.0, False),
          'efficientnet-b0': (V1_BASE, 1.0, 1.0, True)}
+# A two-block network (a Fused-MBConv and an MBConv with SE) for fast official-format tests.
+TINY_OFFICIAL = ['r1_k3_s1_e1_i16_o8_c1', 'r1_k3_s2_e4_i8_o16_se0.25']
+ALL_ARCHS = dict(ARCHS, **{'tiny-official': (TINY_OFFICIAL, 1.0, 1.0, False)})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -56,7 +60,7 @@ def round_filters(filters, width, ten_percent):
 
 def official_blocks(name):
     """Per-block specs of a variant in global order: (kind, k, s, e, in, out, se_channels)."""
-    blocks, width, depth, ten_percent = ARCHS[name]
+    blocks, width, depth, ten_percent = ALL_ARCHS[name]
     specs = []
     for text in blocks:
         b = parse_block(text)
@@ -257,6 +261,72 @@ def test_plain_variables_load_when_there_is_no_ema(ckpt_dir):
     x = images()
     np.testing.assert_allclose(model(x).numpy(), reference_logits(plain, name, x),
                                rtol=1e-4, atol=1e-4)
+
+
+def tiny_official(tmp_path, seed=6):
+    """A tiny official-format checkpoint whose raw and EMA values differ, and its model."""
+    name = 'tiny-official'
+    prefix = str(tmp_path / name / 'model.ckpt')
+    plain, shadow = write_official_checkpoint(prefix, name, num_classes=10, seed=seed)
+    model = efficientnetv2.EfficientNet(blocks=TINY_OFFICIAL, num_classes=10, model_name=name,
+                                        input_shape=(SIZE, SIZE, 3))
+    return prefix, plain, shadow, model
+
+
+def test_official_checkpoint_raw_weights_when_ema_is_not_preferred(tmp_path):
+    prefix, plain, shadow, model = tiny_official(tmp_path)
+    x = images()
+    raw, averaged = reference_logits(plain, 'tiny-official', x), reference_logits(
+        shadow, 'tiny-official', x)
+    assert not np.allclose(raw, averaged, atol=1e-3)
+    report = weights_lib.load_official_checkpoint(model, prefix, prefer_ema=False)
+    assert report['from_ema'] == 0 and report['loaded'] == len(model.weights)
+    np.testing.assert_allclose(model(x).numpy(), raw, rtol=1e-4, atol=1e-4)
+    weights_lib.load_weights(model, prefix)  # Default: the EMA copies.
+    np.testing.assert_allclose(model(x).numpy(), averaged, rtol=1e-4, atol=1e-4)
+    weights_lib.load_weights(model, prefix, prefer_ema=False)
+    np.testing.assert_array_equal(model.get_layer('predictions').bias.numpy(),
+                                  plain['tiny-official/head/dense/bias'])
+
+
+def test_trainer_ft_init_ema_false_loads_raw_official_weights(tmp_path):
+    """`train.ft_init_ema=False` reaches the official loader (the trainer's fine-tune start)."""
+    import types
+    from efficientnetv2.train import trainer
+    prefix, plain, shadow, model = tiny_official(tmp_path, seed=7)
+    for ft_init_ema, expected in ((False, plain), (True, shadow)):
+        fake = types.SimpleNamespace(
+            model=model, ema=None, config=types.SimpleNamespace(train=types.SimpleNamespace(
+                ft_init_ckpt=prefix, ft_init_ema=ft_init_ema)))
+        trainer.Trainer._init_from_pretrained(fake)
+        np.testing.assert_array_equal(model.get_layer('stem').conv.kernel.numpy(),
+                                      expected['tiny-official/stem/conv2d/kernel'])
+
+
+def test_copier_checks_every_shape_first_and_rolls_back(tmp_path):
+    model = tiny(seed=8)
+    before = weights_snapshot(model)
+    variables = model.weights
+    good = [_copier.Entry(v.path, v, v.shape, np.full(v.shape, 7.0, np.float32))
+            for v in variables[:-1]]
+    last = variables[-1]
+    bad = _copier.Entry('bad', last, (3,) + tuple(last.shape), np.zeros((3,) + tuple(last.shape)))
+    with pytest.raises(ValueError, match="'bad' has shape"):
+        _copier.copy_entries(good + [bad], model, 'test source')
+    assert_unchanged(model, before)
+
+    def fail():
+        raise OSError('read error')
+
+    with pytest.raises(OSError, match='read error'):  # A failure while assigning: rolled back.
+        _copier.copy_entries(good + [_copier.Entry('late', last, last.shape, fail)], model,
+                             'test source')
+    assert_unchanged(model, before)
+    loaded, problems = _copier.copy_entries(good + [bad], model, 'test source',
+                                            skip_mismatch=True)
+    assert len(loaded) == len(good) and len(problems) == 1
+    assert (variables[0].numpy() == 7.0).all()
+    np.testing.assert_array_equal(last.numpy(), before[-1])
 
 
 def test_other_num_classes_and_no_top_skip_only_the_head(official):

@@ -29,31 +29,10 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from efficientnetv2.variables import ema_variables  # noqa: F401  (re-exported)
+from efficientnetv2.variables import variable_name as _variable_name
+
 SHADOW_SUFFIX = "ExponentialMovingAverage"
-
-
-def ema_variables(model):
-    """Returns the variables the recipe averages: trainable + BN statistics.
-
-    Trainable variables come first (model order), then every non-trainable
-    variable whose path contains `moving_mean` or `moving_variance`.
-
-    Args:
-        model: A built `keras.Model` (or layer).
-
-    Returns:
-        A list of Keras variables without duplicates.
-    """
-    selected = list(model.trainable_variables)
-    seen = {id(v) for v in selected}
-    for variable in model.non_trainable_variables:
-        name = _variable_name(variable)
-        if id(variable) in seen:
-            continue
-        if "moving_mean" in name or "moving_variance" in name:
-            selected.append(variable)
-            seen.add(id(variable))
-    return selected
 
 
 def effective_decay(decay, step=None):
@@ -231,15 +210,6 @@ class ExponentialMovingAverage(tf.Module):
             yield self
         finally:
             self.swap()
-
-
-def _variable_name(variable):
-    """Keras path (`dense/kernel`) or TF name without the `:0` suffix."""
-    path = getattr(variable, "path", None)
-    if path:
-        return path
-    name = variable.name
-    return name[:-2] if name.endswith(":0") else name
 
 
 def _tf_variable(variable):
