@@ -28,7 +28,6 @@ from efficientnetv2 import config as config_lib
 from efficientnetv2 import data
 from efficientnetv2 import model as model_lib
 from efficientnetv2.train import losses
-from efficientnetv2.train import progressive
 
 
 def _relax_image_shape(dataset):
