@@ -217,7 +217,9 @@ DATASET_RECIPES = {
                    label_smoothing=0.0, image_size=224, stages=0),
         eval=dict(image_size=224, batch_size=128),
         model=dict(dropout_rate=1e-6, survival_prob=1.0),
-        data=dict(augname=None, mixup_alpha=0.0, cutmix_alpha=0.0)),
+        # The released code takes the V2 transform ((x-128)/128, bilinear) whenever augname is
+        # None, for every family: V1 and V2-B0..B3 too.
+        data=dict(augname=None, preprocess='v2', mixup_alpha=0.0, cutmix_alpha=0.0)),
     **{name.lower(): _FINETUNE for name in data_registry.FINETUNE_BASES},
     'cifar10': {}, 'cifar100': {}, 'flowers': {}, 'cars': {}, 'tfflowers': {},
     'digits': _DIGITS,

@@ -183,7 +183,7 @@ def test_resolve_family_and_errors():
     assert preprocessing.resolve_family(None, None, 'ft') == 'ft'
     assert preprocessing.resolve_family(None, 'effnetv1_randaug') == 'legacy'
     assert preprocessing.resolve_family('legacy', 'autoaug') == 'legacy'
-    assert preprocessing.resolve_family('legacy', None) == 'v2'  # Released code.
+    assert preprocessing.resolve_family('legacy', None) == 'legacy'  # Explicit wins.
     with pytest.raises(ValueError, match='implies'):
         preprocessing.resolve_family('v2', 'effnetv1_autoaug')
     with pytest.raises(ValueError, match='randaug'):

@@ -39,7 +39,6 @@ All randomness is stateless and driven by a shape-[2] `seed`.
 import dataclasses
 from typing import Optional, Sequence, Tuple
 
-from absl import logging
 import tensorflow as tf
 
 from efficientnetv2.data import augment
@@ -120,15 +119,11 @@ def resolve_family(preprocess: Optional[str], augname: Optional[str],
     Order: the explicit `preprocess`, then the family the augname implies,
     then `default` (e.g. a dataset's hint), then 'v2'.
 
-    The released code picks the family from `augname` alone: the legacy
-    transform only for the `effnetv1_*` names, the V2 transform for None and
-    the V2 policies. The model recipes of V1 and V2-B0..B3 set
-    `preprocess='legacy'` next to `augname='effnetv1_autoaug'`; a config that
-    then sets `augname=None` (the ImageNet-21k recipe) trains and evaluates
-    on the V2 path in the released code, so `preprocess='legacy'` with no
-    augname resolves to 'v2' here too (logged). A legacy transform without
-    augmentation is not a released-code path; `preprocess='legacy'` with a
-    V2 policy name ('randaug', 'autoaug', 'ra_aa') keeps the legacy transform.
+    An explicit `preprocess` always wins. The released code picks the family
+    from `augname` alone (legacy only for the `effnetv1_*` names, V2 for None
+    and the V2 policies); the recipes that differ from a model's own family
+    say so themselves (the ImageNet-21k recipe sets `preprocess='v2'` for
+    every model, as the released code trains V1 and V2-B0..B3 there).
 
     Raises:
         ValueError: for an unknown family, or when `preprocess` contradicts
@@ -145,12 +140,6 @@ def resolve_family(preprocess: Optional[str], augname: Optional[str],
                 f'Argument `preprocess` must agree with augname={augname!r}, '
                 f'which implies the {implied!r} family; received '
                 f'preprocess={preprocess!r}.')
-        if preprocess == 'legacy' and not parse_augname(augname).policies:
-            logging.info(
-                "preprocess='legacy' with augname=%r: the V2 transform, as "
-                "the released code does without an 'effnetv1_*' augname.",
-                augname)
-            return 'v2'
         return preprocess
     family = implied or default or 'v2'
     if family not in FAMILIES:
