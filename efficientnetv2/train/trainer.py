@@ -73,6 +73,23 @@ def check_model_dir(model_dir, config):
             % (model_dir, '; '.join(different)))
 
 
+def model_random_states(model):
+    """The state variables of the model's random generators, by layer path.
+
+    Dropout and stochastic depth draw their masks from Keras `SeedGenerator`s whose state (a
+    key and a counter that grows at each draw) is a variable outside `model.weights`, so a
+    checkpoint of the model alone does not hold it: a restarted run would draw the masks of
+    step 0 again. The trainer checkpoints these states beside the model.
+    """
+    states = {}
+    for top in model.layers:
+        for layer in top._flatten_layers(include_self=True):
+            name = top.name if layer is top else '%s/%s' % (top.name, layer.name)
+            for i, generator in enumerate(getattr(layer, '_seed_generators', ())):
+                states['%s/%d' % (name, i) if i else name] = generator.state
+    return states
+
+
 class Trainer(object):
     """Trains and evaluates one model directory.
 
@@ -142,6 +159,9 @@ class Trainer(object):
         tracked = dict(model=self.model, optimizer=self.optimizer, step=self.global_step)
         if self.ema is not None:
             tracked['ema'] = self.ema
+        random_states = model_random_states(self.model)
+        if random_states:  # Dropout / stochastic-depth draws continue where they stopped.
+            tracked['random'] = random_states
         self.checkpoint = tf.train.Checkpoint(**tracked)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self._write_dir(),
