@@ -19,6 +19,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from efficientnetv2 import config as config_lib
+from efficientnetv2.train import trainer as trainer_lib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 48  # Two stages: steps 0-24 and 24-48.
 BOUNDARY = 24
@@ -151,3 +154,29 @@ def test_killed_and_restarted_run_ends_bit_identical(tmp_path):
     different = sorted((d, n) for n, d in differences.items() if d != 0)
     assert not different, '%d of %d tensors differ; largest: %s' % (
         len(different), len(expected), different[-5:])
+
+
+def _tiny_trainer(model_dir):
+    config = config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=HPARAMS)
+    return trainer_lib.Trainer(config, str(model_dir), strategy=tf.distribute.get_strategy())
+
+
+def test_generator_states_are_checkpointed_and_old_checkpoints_still_restore(tmp_path):
+    first = _tiny_trainer(tmp_path / 'new')
+    states = trainer_lib.model_random_states(first.model)
+    # The residual block's stochastic depth (its name is not unique) and the head's dropout.
+    assert sorted(states) == ['block1b/drop_path', 'top_dropout']
+    for i, state in enumerate(states.values()):
+        state.assign([1000 + i, 77 + i])
+    first.manager.save(checkpoint_number=0)
+    second = _tiny_trainer(tmp_path / 'new')
+    assert second.restore()
+    restored = trainer_lib.model_random_states(second.model)
+    assert [list(v.numpy()) for v in restored.values()] == [[1000, 77], [1001, 78]]
+
+    # A checkpoint written before the generator states were saved still restores.
+    old = _tiny_trainer(tmp_path / 'old')
+    items = {k: v for k, v in old._tracked.items() if k != 'random'}
+    tf.train.CheckpointManager(tf.train.Checkpoint(**items), str(tmp_path / 'old'),
+                               max_to_keep=1).save(checkpoint_number=0)
+    assert _tiny_trainer(tmp_path / 'old').restore()

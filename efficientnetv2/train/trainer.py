@@ -162,6 +162,7 @@ class Trainer(object):
         random_states = model_random_states(self.model)
         if random_states:  # Dropout / stochastic-depth draws continue where they stopped.
             tracked['random'] = random_states
+        self._tracked = tracked
         self.checkpoint = tf.train.Checkpoint(**tracked)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self._write_dir(),
@@ -192,11 +193,19 @@ class Trainer(object):
     def restore(self):
         """Restores the latest checkpoint of model_dir; returns True if there was one."""
         latest = tf.train.latest_checkpoint(self.model_dir)
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched().expect_partial()
-            logging.info('Restored %s at step %d.', latest, int(self.global_step.numpy()))
-            return True
-        return False
+        if not latest:
+            return False
+        checkpoint = self.checkpoint
+        saved = {name.split('/')[0] for name, _ in tf.train.list_variables(latest)}
+        if 'random' in self._tracked and 'random' not in saved:
+            logging.warning('%s holds no random-generator state (written by an older version): '
+                            'dropout and stochastic-depth masks restart from their first draw, '
+                            'so this run does not replay an uninterrupted one exactly.', latest)
+            checkpoint = tf.train.Checkpoint(
+                **{key: value for key, value in self._tracked.items() if key != 'random'})
+        checkpoint.restore(latest).assert_existing_objects_matched().expect_partial()
+        logging.info('Restored %s at step %d.', latest, int(self.global_step.numpy()))
+        return True
 
     def _init_from_pretrained(self):
         path = self.config.train.ft_init_ckpt
@@ -348,8 +357,10 @@ class Trainer(object):
         config = self.config.train
         self.model.dropout_rate = stage.dropout_rate
         skip = 0
-        if step > stage.start_step and self.config.runtime.deterministic:
-            skip = step - stage.start_step  # Replay the data order exactly (same seeds).
+        if step > stage.start_step and self.config.train.seed is not None:
+            # A seeded stage pipeline is the same sequence of batches in every run: pass over
+            # the ones already trained on. (Unseeded, the resumed stage draws new batches.)
+            skip = step - stage.start_step
         logging.info('Stage %d/%d: steps %d-%d, image size %d, RandAugment %.2f, mixup %.3f, '
                      'cutmix %.3f, dropout %.3f%s.', stage.index + 1, len(self.plan.stages),
                      stage.start_step, stage.end_step, stage.image_size, stage.ram,
