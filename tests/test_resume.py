@@ -34,7 +34,7 @@ HPARAMS = ("model.blocks=['r2_k3_s1_e1_i16_o16_c1','r1_k3_s2_e4_i16_o24_se0.25']
            'train.ckpt_interval=8,train.seed=3,train.image_size=20,train.min_image_size=16,'
            'train.stages=2,train.epochs=0.01,train.min_steps=%d,train.keep_ckpt_max=20,'
            'runtime.deterministic=True' % TOTAL_STEPS)
-RUN_TIMEOUT_S = 120
+RUN_TIMEOUT_S = 300  # Generous: the machine may be shared.
 
 
 def _start(model_dir):
@@ -94,7 +94,7 @@ def _run_until(model_dir, step, sig):
             assert time.time() < deadline, 'no checkpoint %d within %d s' % (step, RUN_TIMEOUT_S)
             time.sleep(0.01)
         process.send_signal(sig)
-        return _finish(process, timeout=60)
+        return _finish(process, timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
