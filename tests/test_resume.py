@@ -89,8 +89,8 @@ def _run_until(model_dir, step, sig):
     try:
         deadline = time.time() + RUN_TIMEOUT_S
         while step not in _steps(model_dir):
-            assert process.poll() is None, (
-                'the run ended before checkpoint %d:\n%s' % (step, process.communicate()[0][-3000:]))
+            assert process.poll() is None, 'the run ended before checkpoint %d:\n%s' % (
+                step, process.communicate()[0][-3000:])
             assert time.time() < deadline, 'no checkpoint %d within %d s' % (step, RUN_TIMEOUT_S)
             time.sleep(0.01)
         process.send_signal(sig)
