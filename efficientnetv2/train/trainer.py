@@ -80,6 +80,23 @@ def check_model_dir(model_dir, config):
             % (model_dir, '; '.join(different)))
 
 
+def model_random_states(model):
+    """The state variables of the model's random generators, by layer path.
+
+    Dropout and stochastic depth draw their masks from Keras `SeedGenerator`s whose state (a
+    key and a counter that grows at each draw) is a variable outside `model.weights`, so a
+    checkpoint of the model alone does not hold it: a restarted run would draw the masks of
+    step 0 again. The trainer checkpoints these states beside the model.
+    """
+    states = {}
+    for top in model.layers:
+        for layer in top._flatten_layers(include_self=True):
+            name = top.name if layer is top else '%s/%s' % (top.name, layer.name)
+            for i, generator in enumerate(getattr(layer, '_seed_generators', ())):
+                states['%s/%d' % (name, i) if i else name] = generator.state
+    return states
+
+
 class Trainer(object):
     """Trains and evaluates one model directory.
 
@@ -141,6 +158,10 @@ class Trainer(object):
         tracked = dict(model=self.model, optimizer=self.optimizer, step=self.global_step)
         if self.ema is not None:
             tracked['ema'] = self.ema
+        random_states = model_random_states(self.model)
+        if random_states:  # Dropout / stochastic-depth draws continue where they stopped.
+            tracked['random'] = random_states
+        self._tracked = tracked
         self.checkpoint = tf.train.Checkpoint(**tracked)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self._write_dir(),
@@ -183,11 +204,19 @@ class Trainer(object):
     def restore(self):
         """Restores the latest checkpoint of model_dir; returns True if there was one."""
         latest = tf.train.latest_checkpoint(self.model_dir)
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched().expect_partial()
-            logging.info('Restored %s at step %d.', latest, int(self.global_step.numpy()))
-            return True
-        return False
+        if not latest:
+            return False
+        checkpoint = self.checkpoint
+        saved = {name.split('/')[0] for name, _ in tf.train.list_variables(latest)}
+        if 'random' in self._tracked and 'random' not in saved:
+            logging.warning('%s holds no random-generator state (written by an older version): '
+                            'dropout and stochastic-depth masks restart from their first draw, '
+                            'so this run does not replay an uninterrupted one exactly.', latest)
+            checkpoint = tf.train.Checkpoint(
+                **{key: value for key, value in self._tracked.items() if key != 'random'})
+        checkpoint.restore(latest).assert_existing_objects_matched().expect_partial()
+        logging.info('Restored %s at step %d.', latest, int(self.global_step.numpy()))
+        return True
 
     def _init_from_pretrained(self):
         path = self.config.train.ft_init_ckpt
@@ -352,8 +381,10 @@ class Trainer(object):
         config = self.config.train
         self.task.set_stage(self.model, stage)
         skip = 0
-        if step > stage.start_step and self.config.runtime.deterministic:
-            skip = step - stage.start_step  # Replay the data order exactly (same seeds).
+        if step > stage.start_step and self.config.train.seed is not None:
+            # A seeded stage pipeline is the same sequence of batches in every run: pass over
+            # the ones already trained on. (Unseeded, the resumed stage draws new batches.)
+            skip = step - stage.start_step
         self.task.log_stage(stage, len(self.plan.stages), step)
         iterator = iter(self._train_dataset(stage, skip))
         train_loop = self._stage_train_loop()
