@@ -286,3 +286,40 @@ def test_model_passes_bn_group_size_to_every_batch_norm():
                if isinstance(n, layers.BatchNorm))
     with pytest.raises(ValueError, match='bn_group_size must be an integer >= 0'):
         model_lib.EfficientNet(blocks=blocks, feature_size=32, bn_group_size=-1)
+
+
+class _Extended:
+    def __init__(self, devices):
+        self.worker_devices = devices
+
+
+class _FakeStrategy:
+    def __init__(self, devices):
+        self.extended = _Extended(devices)
+
+
+class TPUStrategy(_FakeStrategy):
+    """Named as TensorFlow's: distribute recognises a TPU strategy by its class name."""
+
+
+class _DefaultStrategy:
+    @property
+    def extended(self):
+        raise RuntimeError('The default strategy has no worker devices.')
+
+
+@pytest.mark.parametrize('strategy,logical_gpus,precision', [
+    (TPUStrategy(['/job:worker/replica:0/task:0/device:TPU:%d' % i for i in range(8)]), [],
+     'mixed_bfloat16'),
+    (_FakeStrategy(['/job:localhost/replica:0/task:0/device:GPU:0',
+                    '/job:localhost/replica:0/task:0/device:GPU:1']), [], 'mixed_float16'),
+    (_FakeStrategy(['/job:localhost/replica:0/task:0/device:CPU:0']), ['GPU:0'], 'float32'),
+    (_DefaultStrategy(), ['/device:GPU:0'], 'mixed_float16'),
+    (_DefaultStrategy(), [], 'float32'),
+])
+def test_default_precision_follows_the_device_kind(monkeypatch, strategy, logical_gpus,
+                                                   precision):
+    # The strategy's own devices decide; a GPU elsewhere on the host does not (third case).
+    monkeypatch.setattr(distribute.tf.config, 'list_logical_devices',
+                        lambda kind=None: list(logical_gpus) if kind == 'GPU' else [])
+    assert distribute.default_precision(strategy) == precision
