@@ -21,17 +21,21 @@ find_python() {
   echo python3
 }
 
-PYTHON="$(find_python)"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-VENV="$WORK/venv"
-"$PYTHON" -m venv "$VENV"
+# OLD_TF_VENV: keep the environment there and reuse it on the next run (only the project is
+# reinstalled); by default a fresh one is made and removed.
+VENV="${OLD_TF_VENV:-$WORK/venv}"
 PIP=("$VENV/bin/python" -m pip --quiet --disable-pip-version-check)
-"${PIP[@]}" install --upgrade pip
-# The TensorFlow wheel is the CPU build here (no GPU); setup.py names 'tensorflow', so this is
-# the distribution that satisfies it (tensorflow-cpu would not, and pip would add 2.21).
-"${PIP[@]}" install "tensorflow==$OLDEST_TF_VERSION" "keras==$KERAS_VERSION" \
-  "tensorflow-datasets==$TFDS_VERSION"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$(find_python)" -m venv "$VENV"
+  "${PIP[@]}" install --upgrade pip
+  # The TensorFlow wheel is the CPU build here (no GPU); setup.py names 'tensorflow', so this
+  # is the distribution that satisfies it (tensorflow-cpu would not: pip would add 2.21).
+  "${PIP[@]}" install "tensorflow==$OLDEST_TF_VERSION" "keras==$KERAS_VERSION" \
+    "tensorflow-datasets==$TFDS_VERSION"
+fi
+"${PIP[@]}" install --force-reinstall --no-deps "$ROOT"
 "${PIP[@]}" install "$ROOT[test]"
 
 export TF_CPP_MIN_LOG_LEVEL=2

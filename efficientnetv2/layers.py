@@ -83,7 +83,8 @@ class BatchNorm(keras.layers.BatchNormalization):
         return super().add_weight(*args, **kwargs)
 
     def _can_fuse(self, inputs):
-        return (self.fused and not self.synchronized and not self.renorm
+        # Keras 3.12 (the TPU pin) has no batch renormalization and no `renorm` attribute.
+        return (self.fused and not self.synchronized and not getattr(self, 'renorm', False)
                 and self.scale and self.center and len(inputs.shape) == 4
                 and self.axis in (1, 3, -1))
 
