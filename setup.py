@@ -30,8 +30,11 @@ setup(
     python_requires='>=3.10',
     packages=find_packages(include=['efficientnetv2', 'efficientnetv2.*']),
     install_requires=[
-        'tensorflow>=2.16,<2.22',  # Keras 3; developed and tested on 2.21.
-        'keras>=3.3',
+        # Keras 3. Developed and tested on TF 2.21 with Keras 3.15; the oldest pair, TF 2.16.1
+        # with Keras 3.12.4 (what tpu/setup.sh installs on Cloud TPU VM images, whose TF is
+        # 2.16-2.18 on Python 3.10), is smoke-tested by .ci/old_tf_smoke.sh.
+        'tensorflow>=2.16,<2.22',
+        'keras>=3.12',
         'tensorflow-datasets>=4.9',
         'absl-py>=1.0',
         'PyYAML>=5.4',
@@ -45,7 +48,6 @@ setup(
     ]},
     classifiers=[
         'Programming Language :: Python :: 3',
-        'License :: OSI Approved :: Apache Software License',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',
     ],
 )

@@ -54,11 +54,26 @@ class BatchNorm(keras.layers.BatchNormalization):
     As in TF1's fused batch norm used by the official code, the moving variance is updated with
     the unbiased (Bessel-corrected) batch variance; normalisation uses the biased one.
     Set `synchronized=True` for cross-replica statistics (TPU, multi-GPU).
+
+    `group_size` (with `synchronized=True`): the batch statistics are summed over groups of that
+    many consecutive replicas (0 or at least the replica count: over all of them). The
+    official TPU batch norm uses groups of min(8, replicas). On TPU one `CrossReplicaSum` with
+    a group assignment computes the group sums; under the other strategies each replica puts
+    its sums in its group's row of a zero matrix and the rows are all-reduced.
     """
 
-    def __init__(self, fused=True, **kwargs):
+    def __init__(self, fused=True, group_size=0, **kwargs):
         super().__init__(**kwargs)
         self.fused = fused
+        self.group_size = self.check_group_size(group_size)
+
+    @staticmethod
+    def check_group_size(group_size):
+        """Returns `group_size` if it is an integer >= 0, else raises a ValueError."""
+        if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 0:
+            raise ValueError('bn_group_size must be an integer >= 0 (replicas per batch-norm '
+                             'group; 0: all replicas). Received: %r' % (group_size,))
+        return group_size
 
     def add_weight(self, *args, **kwargs):
         # Replicas update the moving statistics from their own batches; averaging the updates
@@ -68,7 +83,8 @@ class BatchNorm(keras.layers.BatchNormalization):
         return super().add_weight(*args, **kwargs)
 
     def _can_fuse(self, inputs):
-        return (self.fused and not self.synchronized and not self.renorm
+        # Keras 3.12 (the TPU pin) has no batch renormalization and no `renorm` attribute.
+        return (self.fused and not self.synchronized and not getattr(self, 'renorm', False)
                 and self.scale and self.center and len(inputs.shape) == 4
                 and self.axis in (1, 3, -1))
 
@@ -97,9 +113,48 @@ class BatchNorm(keras.layers.BatchNormalization):
                 epsilon=self.epsilon, data_format=data_format, is_training=False)
         return tf.cast(outputs, self.compute_dtype)
 
+    def _moments(self, inputs, mask):
+        context = tf.distribute.get_replica_context()
+        if not self.synchronized or mask is not None or context is None:
+            return super()._moments(inputs, mask)
+        replicas = context.num_replicas_in_sync
+        group = self.group_size or replicas
+        if group >= replicas:
+            return super()._moments(inputs, mask)  # Keras' all-replica statistics.
+        if replicas % group:
+            raise ValueError('group_size (%d) must divide the number of replicas (%d); set '
+                             'model.bn_group_size to a divisor, or to 0 for all replicas.'
+                             % (group, replicas))
+        return self._grouped_moments(inputs, self._reduction_axes, context, group)
+
+    @staticmethod
+    def _grouped_moments(x, axes, context, group_size):
+        """Mean and biased variance over this replica's group of replicas (float32).
+
+        Each replica contributes its sum, sum of squares and count; they are summed over the
+        group of `group_size` consecutive replica ids that this replica belongs to.
+        """
+        total = tf.reduce_sum(x, axis=axes)
+        count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
+        local = tf.stack([total, tf.reduce_sum(tf.square(x), axis=axes),
+                          tf.fill(tf.shape(total), count)])
+        replicas = context.num_replicas_in_sync
+        if 'TPUStrategy' in type(context.strategy).__name__:
+            assignment = [[g * group_size + i for i in range(group_size)]
+                          for g in range(replicas // group_size)]
+            sums = tf.raw_ops.CrossReplicaSum(input=local, group_assignment=assignment)
+        else:
+            group = tf.cast(context.replica_id_in_sync_group, tf.int32) // group_size
+            rows = tf.one_hot(group, replicas // group_size, dtype=x.dtype)
+            table = context.all_reduce(tf.distribute.ReduceOp.SUM, rows[:, None, None] * local)
+            sums = tf.gather(table, group)
+        mean = tf.math.divide_no_nan(sums[0], sums[2])
+        variance = tf.maximum(tf.math.divide_no_nan(sums[1], sums[2]) - tf.square(mean), 0.0)
+        return mean, variance
+
     def get_config(self):
         config = super().get_config()
-        config['fused'] = self.fused
+        config.update(fused=self.fused, group_size=self.group_size)
         return config
 
 

@@ -14,6 +14,31 @@ from efficientnetv2 import hparams
 from efficientnetv2 import layers
 
 POOLING = (None, 'avg', 'max')
+<<<<<<< HEAD
+=======
+DEFAULT_MODEL_HPARAMS = dict(
+    model_name=None,
+    blocks=[],
+    width_coefficient=1.0,
+    depth_coefficient=1.0,
+    depth_divisor=8,
+    min_depth=8,
+    round_filters_10pct=False,
+    feature_size=1280,
+    dropout_rate=0.2,
+    survival_prob=0.8,
+    bn_momentum=0.9,
+    bn_epsilon=1e-3,
+    act_fn='silu',
+    sync_bn=False,
+    bn_group_size=8,  # Replicas per group of synchronized batch norm; 0: all (SPEC 1.11).
+    fused_bn=True,
+    conv_dropout=0.0,
+    headbias=None,
+    num_classes=1000,
+    data_format='channels_last',
+)
+>>>>>>> wt-f
 
 
 def _block_name(stage, repeat):
@@ -52,6 +77,8 @@ class EfficientNet(keras.Model):
         bn_epsilon: batch-norm epsilon.
         act_fn: activation name (silu, relu, ...).
         sync_bn: cross-replica batch norm (TPU, multi-GPU).
+        bn_group_size: with sync_bn, batch statistics are shared within groups of this many
+            replicas (8: the released TPU code's min(8, replicas)); 0: all replicas.
         fused_bn: use TensorFlow's fused batch-norm kernel where possible.
         conv_dropout: dropout inside MBConv blocks after the depthwise conv (official option).
         headbias: initial value of the classifier bias (None: 0).
@@ -68,7 +95,7 @@ class EfficientNet(keras.Model):
     def __init__(self, blocks, width_coefficient=1.0, depth_coefficient=1.0, depth_divisor=8,
                  min_depth=8, round_filters_10pct=False, feature_size=1280, dropout_rate=0.2,
                  survival_prob=0.8, bn_momentum=0.9, bn_epsilon=1e-3, act_fn='silu',
-                 sync_bn=False, fused_bn=True, conv_dropout=0.0, headbias=None,
+                 sync_bn=False, fused_bn=True, conv_dropout=0.0, headbias=None, bn_group_size=8,
                  include_top=True, num_classes=1000, pooling=None, input_shape=None,
                  classifier_activation=None, data_format='channels_last', model_name=None,
                  name=None, **kwargs):
@@ -142,12 +169,29 @@ class EfficientNet(keras.Model):
 
         super().__init__(inputs=inputs, outputs=x, name=name or model_name or 'efficientnet',
                          **kwargs)
+<<<<<<< HEAD
         self._init_args = dict(config, input_shape=tuple(input_shape))
+=======
+        self._init_args = dict(
+            blocks=list(blocks), width_coefficient=width_coefficient,
+            depth_coefficient=depth_coefficient, depth_divisor=depth_divisor,
+            min_depth=min_depth, round_filters_10pct=round_filters_10pct,
+            feature_size=feature_size, dropout_rate=dropout_rate, survival_prob=survival_prob,
+            bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, act_fn=act_fn, sync_bn=sync_bn,
+            fused_bn=fused_bn, conv_dropout=conv_dropout, headbias=headbias,
+            bn_group_size=bn_group_size,
+            include_top=include_top, num_classes=num_classes, pooling=pooling,
+            input_shape=tuple(input_shape), classifier_activation=classifier_activation,
+            data_format=data_format, model_name=model_name)
+>>>>>>> wt-f
         self.model_name = model_name
         self.include_top = include_top
         self.num_classes = num_classes
         self.stages = stages
         self.endpoint_names = _reduction_endpoints(block_specs)
+        for layer in self._flatten_layers(include_self=False):  # Validates the value too.
+            if isinstance(layer, layers.BatchNorm):
+                layer.group_size = layers.BatchNorm.check_group_size(bn_group_size)
 
     def get_config(self):
         config = dict(self._init_args)

@@ -7,6 +7,7 @@ these jobs with `python tests/distributed_worker.py JOB ...` and read what they 
     loss_scale  one loss-scaled step where a single replica overflows (stock vs synced), then
                 a few mixed_float16 training steps on two replicas with the synced optimizer
     any_worker  multi-worker agreement on a stop request (needs TF_CONFIG)
+    bn_groups   one synchronized batch-norm step on 4 replicas with batch-norm groups of 2 / all
     tpu         `get_strategy('tpu')` against unreachable or non-TPU endpoints (JSON lines)
 """
 
@@ -135,6 +136,52 @@ def any_worker(args):
     print(json.dumps(dict(index=index, rounds=rounds)))
 
 
+def bn_groups(args):
+    """Saves inputs, outputs, input gradients and moving statistics of one synchronized
+    BatchNorm training step on 4 logical CPUs, per group size (and the error for 3)."""
+    tf = _configure_cpus(4)
+    import numpy as np
+    from efficientnetv2 import layers
+    strategy = tf.distribute.MirroredStrategy(['/cpu:%d' % i for i in range(4)])
+    rng = np.random.RandomState(0)
+    # Replica r: 3 images of 2x2x5 with their own offset and spread, so groups differ.
+    x = np.stack([rng.normal(2.0 * r - 3.0, 1.0 + r, (3, 2, 2, 5)) for r in range(4)])
+    c = rng.normal(0.0, 1.0, x.shape)
+    gamma, beta = rng.uniform(0.5, 1.5, 5), rng.normal(0.0, 1.0, 5)
+    arrays = dict(x=x, c=c, gamma=gamma, beta=beta)
+    inputs = strategy.experimental_distribute_values_from_function(
+        lambda ctx: (tf.constant(x[ctx.replica_id_in_sync_group], tf.float32),
+                     tf.constant(c[ctx.replica_id_in_sync_group], tf.float32)))
+    for group_size in (2, 0, 3):
+        with strategy.scope():
+            bn = layers.BatchNorm(synchronized=True, group_size=group_size, momentum=0.75,
+                                  epsilon=1e-3, name='bn%d' % group_size)
+            bn.build((None, 2, 2, 5))
+            bn.gamma.assign(gamma)
+            bn.beta.assign(beta)
+
+        def replica_fn(images, weights):
+            with tf.GradientTape() as tape:
+                tape.watch(images)
+                outputs = bn(images, training=True)
+                loss = tf.reduce_sum(outputs * weights)
+            return outputs, tape.gradient(loss, images)
+
+        try:
+            outputs, grads = tf.function(lambda: strategy.run(replica_fn, args=inputs))()
+        except ValueError as e:
+            arrays['error%d' % group_size] = np.array(str(e))
+            continue
+        arrays['y%d' % group_size] = np.stack(
+            [t.numpy() for t in strategy.experimental_local_results(outputs)])
+        arrays['dx%d' % group_size] = np.stack(
+            [t.numpy() for t in strategy.experimental_local_results(grads)])
+        for name in ('moving_mean', 'moving_variance'):
+            copies = strategy.experimental_local_results(getattr(bn, name).value)
+            arrays['%s%d' % (name, group_size)] = np.stack([t.numpy() for t in copies])
+    np.savez(args.out, **arrays)
+
+
 def _free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
@@ -187,10 +234,13 @@ def main():
     job = jobs.add_parser('loss_scale')
     job.add_argument('--model_dir', required=True)
     jobs.add_parser('any_worker')
+    job = jobs.add_parser('bn_groups')
+    job.add_argument('--out', required=True)
     job = jobs.add_parser('tpu')
     job.add_argument('--timeout', type=float, default=3.0)
     args = parser.parse_args()
-    dict(train=train, loss_scale=loss_scale, any_worker=any_worker, tpu=tpu)[args.job](args)
+    dict(train=train, loss_scale=loss_scale, any_worker=any_worker, bn_groups=bn_groups,
+         tpu=tpu)[args.job](args)
 
 
 if __name__ == '__main__':

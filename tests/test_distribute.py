@@ -228,3 +228,98 @@ def test_tpu_strategy_fails_fast_and_clearly_without_a_tpu():
     assert 'not reachable: timed out' in results['grpc_silent']['message']
     # A real gRPC worker is connected to; only the TPU system is missing there.
     assert 'TPU_SYSTEM' in results['grpc_worker_without_tpu']['message']
+
+
+def _batch_norm_reference(x, c, gamma, beta, epsilon):
+    """Training-mode batch norm of one batch [N, H, W, C] by hand: outputs, biased mean and
+    variance, and the gradient of sum(c * outputs) with respect to x."""
+    axes = (0, 1, 2)
+    mean, variance = x.mean(axis=axes), x.var(axis=axes)
+    scale = np.sqrt(variance + epsilon)
+    normalized = (x - mean) / scale
+    upstream = c * gamma
+    grad = (upstream - upstream.mean(axis=axes)
+            - normalized * (upstream * normalized).mean(axis=axes)) / scale
+    return normalized * gamma + beta, mean, variance, grad
+
+
+def test_batch_norm_groups_share_statistics_within_each_group_only(tmp_path):
+    out = tmp_path / 'bn.npz'
+    _finish([_start([WORKER, 'bn_groups', '--out', str(out)])], timeout=180)
+    d = dict(np.load(out))
+    x, c, momentum = d['x'], d['c'], 0.75
+    for group_size, groups in ((2, [[0, 1], [2, 3]]), (0, [[0, 1, 2, 3]])):
+        means, variances = [], []
+        for group in groups:
+            # The group's replicas normalise their images as one batch of 3 * len(group).
+            y, mean, variance, grad = _batch_norm_reference(
+                np.concatenate(x[group]), np.concatenate(c[group]), d['gamma'], d['beta'],
+                1e-3)
+            means.append(mean)
+            variances.append(variance)
+            np.testing.assert_allclose(np.concatenate(d['y%d' % group_size][group]), y,
+                                       rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(np.concatenate(d['dx%d' % group_size][group]), grad,
+                                       rtol=1e-4, atol=1e-4)
+        # Moving statistics: the mean over replicas of their group's update; equal everywhere.
+        for name, batch, initial in (('moving_mean', means, 0.0),
+                                     ('moving_variance', variances, 1.0)):
+            expected = momentum * initial + (1 - momentum) * np.mean(batch, axis=0)
+            for copy in d['%s%d' % (name, group_size)]:
+                np.testing.assert_allclose(copy, expected, rtol=1e-4, atol=1e-5)
+    # Pairs differ from all four replicas (the replicas' data differ in offset and spread).
+    assert np.max(np.abs(d['y2'] - d['y0'])) > 0.1
+    assert 'group_size (3) must divide the number of replicas (4)' in str(d['error3'])
+
+
+def test_model_passes_bn_group_size_to_every_batch_norm():
+    from efficientnetv2 import layers
+    from efficientnetv2 import model as model_lib
+    assert model_lib.DEFAULT_MODEL_HPARAMS['bn_group_size'] == 8  # As the released TPU code.
+    blocks = ['r1_k3_s1_e1_i16_o8_c1', 'r1_k3_s2_e4_i8_o16_se0.25']
+    model = model_lib.EfficientNet(blocks=blocks, feature_size=32, num_classes=3, sync_bn=True,
+                                   bn_group_size=2)
+    norms = [layer for layer in model._flatten_layers() if isinstance(layer, layers.BatchNorm)]
+    assert len(norms) == 6 and all(n.group_size == 2 and n.synchronized for n in norms)
+    clone = model_lib.EfficientNet.from_config(model.get_config())
+    assert all(n.group_size == 2 for n in clone._flatten_layers()
+               if isinstance(n, layers.BatchNorm))
+    with pytest.raises(ValueError, match='bn_group_size must be an integer >= 0'):
+        model_lib.EfficientNet(blocks=blocks, feature_size=32, bn_group_size=-1)
+
+
+class _Extended:
+    def __init__(self, devices):
+        self.worker_devices = devices
+
+
+class _FakeStrategy:
+    def __init__(self, devices):
+        self.extended = _Extended(devices)
+
+
+class TPUStrategy(_FakeStrategy):
+    """Named as TensorFlow's: distribute recognises a TPU strategy by its class name."""
+
+
+class _DefaultStrategy:
+    @property
+    def extended(self):
+        raise RuntimeError('The default strategy has no worker devices.')
+
+
+@pytest.mark.parametrize('strategy,logical_gpus,precision', [
+    (TPUStrategy(['/job:worker/replica:0/task:0/device:TPU:%d' % i for i in range(8)]), [],
+     'mixed_bfloat16'),
+    (_FakeStrategy(['/job:localhost/replica:0/task:0/device:GPU:0',
+                    '/job:localhost/replica:0/task:0/device:GPU:1']), [], 'mixed_float16'),
+    (_FakeStrategy(['/job:localhost/replica:0/task:0/device:CPU:0']), ['GPU:0'], 'float32'),
+    (_DefaultStrategy(), ['/device:GPU:0'], 'mixed_float16'),
+    (_DefaultStrategy(), [], 'float32'),
+])
+def test_default_precision_follows_the_device_kind(monkeypatch, strategy, logical_gpus,
+                                                   precision):
+    # The strategy's own devices decide; a GPU elsewhere on the host does not (third case).
+    monkeypatch.setattr(distribute.tf.config, 'list_logical_devices',
+                        lambda kind=None: list(logical_gpus) if kind == 'GPU' else [])
+    assert distribute.default_precision(strategy) == precision

@@ -19,13 +19,22 @@ case "$RECIPE" in
 esac
 MODEL_DIR="${MODEL_DIR:-$BUCKET/runs/efficientnetv2-$RECIPE}"
 if [[ -n "$POD" ]]; then  # Reach all hosts through the TPU name; leave the local chips alone.
-  LAUNCH="TPU_LOAD_LIBRARY=0 nohup python3 main.py --tpu=$TPU_NAME --tpu_zone=$ZONE --gcp_project=$PROJECT"
-else
-  LAUNCH="nohup python3 main.py --tpu=local"
+  LAUNCH="TPU_LOAD_LIBRARY=0 python3 main.py --tpu=$TPU_NAME --tpu_zone=$ZONE --gcp_project=$PROJECT"
+else  # One host: TensorFlow drives the local chips through the PJRT plugin in libtpu.
+  LAUNCH="NEXT_PLUGGABLE_DEVICE_USE_C_API=true TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so"
+  LAUNCH+=" python3 main.py --tpu=local"
 fi
 LOG="train-$RECIPE.log"
+USER_FLAGS="$(printf ' %q' "$@")"  # Quoted, so that they reach main.py as given.
+[[ $# -gt 0 ]] || USER_FLAGS=""
+# The log ends with main.py's exit status: 0 done, 143 stopped by SIGTERM after a checkpoint
+# (preemption: re-create the TPU and re-run this command to resume), anything else a failure.
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${GCLOUD_TPU[@]}" --worker=0 --command="
-  cd ~/efficientnetv2 && $LAUNCH --strategy=tpu --mode=train $ARGS --model_dir=$MODEL_DIR $* \
-    > ~/$LOG 2>&1 < /dev/null &"
+cat > ~/train-$RECIPE.sh <<'EOS'
+cd ~/efficientnetv2
+$LAUNCH --strategy=tpu --mode=train $ARGS --model_dir=$MODEL_DIR$USER_FLAGS
+echo \"main.py exit status: \$?\"
+EOS
+nohup bash ~/train-$RECIPE.sh > ~/$LOG 2>&1 < /dev/null &"
 echo "Started. Log: ~/$LOG on worker 0 (tpu-vm ssh ... --command='tail -f ~/$LOG');"
 echo "checkpoints and TensorBoard summaries: $MODEL_DIR"
