@@ -53,7 +53,7 @@ PY
 # tests import the installed package (tests/ itself is added, for test_model's table).
 cd "$ROOT"
 set +e
-"$VENV/bin/pytest" -q -p no:cacheprovider tests/test_smoke.py
+EFFICIENTNETV2_SMOKE_ALL_MODELS=1 "$VENV/bin/pytest" -q -p no:cacheprovider tests/test_smoke.py
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

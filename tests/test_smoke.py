@@ -30,6 +30,10 @@ def test_versions_are_in_the_supported_range():
     assert int(keras.__version__.split('.')[0]) == 3, keras.__version__
 
 
+@pytest.mark.skipif(
+    not os.environ.get('EFFICIENTNETV2_SMOKE_ALL_MODELS'),
+    reason='tests/test_model.py checks all 18 counts in the normal suite; .ci/old_tf_smoke.sh '
+           'sets EFFICIENTNETV2_SMOKE_ALL_MODELS=1 to build them on the oldest TensorFlow.')
 def test_every_variant_builds_with_its_published_parameter_count():
     names = architectures.list_models()
     assert len(names) == 18 and sorted(names) == sorted(PARAMS)
@@ -93,9 +97,11 @@ def test_digits_run_trains_resumes_and_exports(tmp_path):
     out = loaded.signatures['serving_default'](images=tf.constant(images))
     assert out['probabilities'].shape == (2, 10)
     np.testing.assert_allclose(np.sum(out['probabilities'].numpy(), axis=-1), 1.0, atol=1e-5)
-    scaled = export.preprocess_eval(tf.constant(images), 24, 'v2').numpy()
-    np.testing.assert_allclose(export.tflite_predict(paths['tflite'], scaled),
-                               resumed.model(scaled, training=False).numpy(), atol=1e-4)
+    # TFLite takes [1, 24, 24, 3] pixels and runs the same eval transform inside.
+    pixels = np.random.RandomState(2).randint(0, 256, (2, 24, 24, 3)).astype(np.float32)
+    served = loaded.signatures['serving_default'](images=tf.constant(pixels))['logits']
+    np.testing.assert_allclose(export.tflite_predict(paths['tflite'], pixels), served.numpy(),
+                               atol=1e-4)
     reloaded = keras.models.load_model(paths['keras'])
     batch = np.random.RandomState(1).normal(size=(2, 24, 24, 3)).astype(np.float32)
     np.testing.assert_allclose(reloaded(batch, training=False).numpy(),
