@@ -232,8 +232,6 @@ def test_real_trial_on_digits(tmp_path):
                  timing_warmup=1, backbone='efficientnetv2-b0',
                  hparam_str="train.batch_size=32,eval.batch_size=120,eval.steps=1,"
                             "model.feature_size=32")
-    space = space_lib.SearchSpace(architectures.get_variant('efficientnetv2-b0').blocks)
-    del space
     (record,) = search.run(s, search.train_trial)
     assert record['status'] == 'ok', record['error']
     assert 0.0 <= record['accuracy'] <= 1.0
