@@ -184,3 +184,8 @@ def get_variant(name):
         raise ValueError('Unknown model name %r.%s Valid names: %s.'
                          % (name, hint, ', '.join(list_models())))
     return VARIANTS[key]
+
+# Table 3's Fused-MBConv ablation of B4 (efficientnetv2/fused_ablation.py): looked up by name,
+# not listed by list_models().
+from efficientnetv2 import fused_ablation as _fused_ablation  # noqa: E402
+VARIANTS.update((v.name, v) for v in _fused_ablation.variants())

@@ -1,0 +1,559 @@
+"""Trials, reward, the claim-file work queue, resume and result tables.
+
+Layout of `output_dir` (local or any `tf.io.gfile` path such as gs://):
+
+    settings.json                the search's settings (a resumed search must match them)
+    trials/000012/claim          who runs trial 12 (JSON: owner, host, pid, time)
+    trials/000012/heartbeat      rewritten while the trial runs (stale-claim detection)
+    trials/000012/arch.json      the architecture, written at claim time
+    trials/000012/model/         the trainer's model_dir (checkpoints removed after the trial)
+    trials/000012/result.json    written last: status 'ok' or 'failed', metrics, error
+    results.csv, results.json    every finished trial, rebuilt after each trial
+    best.json                    the top trials by reward, with their block strings
+    tensorboard/                 reward, accuracy, step-time ratio, params by trial index
+
+A trial is finished when its result.json exists; a resumed search skips those (failed ones
+too, so a deterministic failure does not loop). Claims make trials independent work items: any
+number of processes on any number of machines run `run()` on the same output_dir and each
+trial runs once (see `TrialStore.try_claim` for the race handling).
+
+Reward (paper): `A * S**w * P**v` with top-1 accuracy A (a fraction), S the median train-step
+time of the trial's model divided by the backbone's, both measured in the same process on the
+same device, batch and image size, and P the trainable parameters in millions (a unit change
+multiplies every reward by the same constant, so the ranking does not depend on it).
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import socket
+import statistics
+import threading
+import time
+import traceback
+import uuid
+
+from absl import logging
+import numpy as np
+
+from efficientnetv2.nas import space as space_lib
+
+SEARCHES = ('random', 'evolution')
+# Settings that define which trials a search runs; a resume with other values is refused.
+IDENTITY_KEYS = ('backbone', 'dataset_cfg', 'search', 'seed', 'epochs', 'image_size',
+                 'hparam_str', 'repeat_delta', 'reward_w', 'reward_v')
+CSV_COLUMNS = ('trial', 'status', 'reward', 'accuracy', 'step_time', 'step_time_ratio',
+               'params', 'seconds', 'arch', 'blocks', 'owner', 'error')
+
+
+@dataclasses.dataclass
+class Settings:
+    """One search. `hparam_str` is applied to every trial's config (e.g. the batch size)."""
+
+    output_dir: str
+    backbone: str = 'efficientnet-b0'
+    dataset_cfg: str = 'digits'
+    data_dir: str = None
+    trials: int = 1000
+    search: str = 'random'
+    epochs: float = 10.0
+    image_size: int = 128
+    hparam_str: str = ''
+    reward_w: float = -0.07
+    reward_v: float = -0.05
+    seed: int = 0
+    repeat_delta: int = 1
+    population: int = 20          # Evolution: the most recent finished trials that breed.
+    tournament: int = 5           # Evolution: sample size; its best trial is the parent.
+    timing_steps: int = 10        # Timed train steps (median), after `timing_warmup`.
+    timing_warmup: int = 2
+    timing_batch: int = 0         # 0: the trial's train.batch_size.
+    claim_timeout: float = 3600.0  # A claim whose heartbeat is older is taken over.
+    settle_s: float = 2.0         # Non-local claims: wait before checking who won.
+    keep_checkpoints: bool = False
+    top_k: int = 5
+
+    def validate(self):
+        if self.search not in SEARCHES:
+            raise ValueError('search must be one of %s. Received: %r' % (SEARCHES, self.search))
+        for name in ('trials', 'image_size', 'timing_steps', 'population', 'tournament'):
+            if getattr(self, name) < 1:
+                raise ValueError('%s must be >= 1. Received: %r' % (name, getattr(self, name)))
+        if not self.epochs > 0:
+            raise ValueError('epochs must be > 0. Received: %r' % (self.epochs,))
+        return self
+
+    def identity(self):
+        return {k: getattr(self, k) for k in IDENTITY_KEYS}
+
+
+def reward(accuracy, step_time_ratio, params_millions, w=-0.07, v=-0.05):
+    """The paper's multi-objective reward `A * S**w * P**v`."""
+    if not (step_time_ratio > 0 and params_millions > 0):
+        raise ValueError('step time ratio and parameters must be > 0. Received: %r, %r'
+                         % (step_time_ratio, params_millions))
+    return float(accuracy) * float(step_time_ratio) ** w * float(params_millions) ** v
+
+
+# -- measuring ----------------------------------------------------------------------------
+
+def measure_step_time(model, image_size, batch_size, steps=10, warmup=2, strategy=None,
+                      num_classes=None):
+    """Median seconds of one training step of `model` (warm: tracing and warm-up excluded).
+
+    The step is forward in training mode, softmax cross-entropy, gradients and an SGD update,
+    run by `strategy` (default: the current one) on one fixed random batch, so the input
+    pipeline is not measured. Each timed step is synchronised by reading its loss.
+    """
+    import keras
+    import tensorflow as tf
+    strategy = strategy or tf.distribute.get_strategy()
+    num_classes = num_classes or int(model.outputs[0].shape[-1])
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype('float32')
+    labels = np.eye(num_classes, dtype='float32')[rng.integers(num_classes, size=batch_size)]
+    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    with strategy.scope():
+        optimizer = keras.optimizers.SGD(1e-3)
+        optimizer.build(model.trainable_variables)
+
+    def step_fn(x, y):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(x, training=True), tf.float32)
+            loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(y, logits))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    @tf.function
+    def step(it):
+        x, y = next(it)
+        return strategy.reduce('SUM', strategy.run(step_fn, args=(x, y)), axis=None)
+
+    for _ in range(max(1, warmup)):
+        step(iterator).numpy()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step(iterator).numpy()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def trial_config(settings, block_strings, trial_index):
+    """The run config of one trial: backbone recipe, dataset, reduced size and length."""
+    from efficientnetv2 import config as config_lib
+    config = config_lib.build_config(settings.backbone, settings.dataset_cfg,
+                                     data_dir=settings.data_dir)
+    config.override(dict(
+        train=dict(epochs=float(settings.epochs), image_size=int(settings.image_size), stages=0,
+                   seed=int(settings.seed) * 100003 + trial_index),
+        eval=dict(image_size=int(settings.image_size))))
+    if settings.hparam_str:
+        config.override(settings.hparam_str)
+    config.override(dict(model=dict(blocks=list(block_strings))))
+    return config_lib.validate(config)
+
+
+class TrialContext(object):
+    """Per-process state shared by the trials of one worker: the backbone's step time."""
+
+    def __init__(self, settings, space):
+        self.settings = settings
+        self.space = space
+        self.backbone_blocks = [s for s in _backbone_blocks(settings.backbone)]
+        self.backbone_step_time = None
+
+
+def _backbone_blocks(backbone):
+    from efficientnetv2 import architectures
+    return list(architectures.get_variant(backbone).blocks)
+
+
+def train_trial(trial, settings, context):
+    """The real trial: train + evaluate with this project's trainer, time a step, count params.
+
+    Returns a dict with accuracy, step_time, backbone_step_time, params.
+    """
+    import keras
+    from efficientnetv2 import model as model_lib
+    from efficientnetv2 import summary
+    from efficientnetv2.train import trainer as trainer_lib
+    keras.backend.clear_session()
+    config = trial_config(settings, trial['blocks'], trial['trial'])
+    trainer = trainer_lib.Trainer(config, trial['model_dir'])
+    result = trainer.train(evaluate_each_stage=True)
+    if result is None:  # Stopped on request (SIGTERM): not a result.
+        raise InterruptedError('Training stopped on request; the trial resumes next time.')
+    batch = settings.timing_batch or int(config.train.batch_size)
+
+    def timed(block_strings):
+        args = config.model.as_dict()
+        args['blocks'] = list(block_strings)
+        with trainer.strategy.scope():
+            model = model_lib.EfficientNet(**args)
+        seconds = measure_step_time(model, settings.image_size, batch, settings.timing_steps,
+                                    settings.timing_warmup, trainer.strategy)
+        return model, seconds
+
+    if context.backbone_step_time is None:
+        # Measured once per process, after the first trainer set the precision policy.
+        _, context.backbone_step_time = timed(context.backbone_blocks)
+        logging.info('Backbone %s: %.4f s per train step (batch %d, %d px).',
+                     settings.backbone, context.backbone_step_time, batch, settings.image_size)
+    model, step_time = timed(trial['blocks'])
+    trainable, _ = summary.count_params(model)
+    return dict(accuracy=float(result['top_1']), step_time=step_time,
+                backbone_step_time=context.backbone_step_time, params=int(trainable))
+
+
+# -- the store ------------------------------------------------------------------------------
+
+def _gfile():
+    import tensorflow as tf
+    return tf.io.gfile
+
+
+def _is_local(path):
+    return '://' not in path
+
+
+def _write_text(path, text):
+    """Writes via a temporary name and a rename, so readers never see half a file."""
+    gfile = _gfile()
+    tmp = '%s.tmp-%s' % (path, uuid.uuid4().hex[:8])
+    with gfile.GFile(tmp, 'w') as f:
+        f.write(text)
+    gfile.rename(tmp, path, overwrite=True)
+
+
+def _read_json(path):
+    gfile = _gfile()
+    try:
+        with gfile.GFile(path, 'r') as f:
+            return json.loads(f.read())
+    except Exception:  # Missing or being replaced: treated as absent.
+        return None
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError):
+        return True
+    return True
+
+
+class TrialStore(object):
+    """Trial directories, claims and result tables under one output_dir."""
+
+    def __init__(self, output_dir, settings=None):
+        self.output_dir = output_dir
+        self.settings = settings
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.owner = '%s:%d:%s' % (self.host, self.pid, uuid.uuid4().hex[:8])
+        _gfile().makedirs(os.path.join(output_dir, 'trials'))
+
+    def trial_dir(self, index):
+        return os.path.join(self.output_dir, 'trials', '%06d' % index)
+
+    def _path(self, index, name):
+        return os.path.join(self.trial_dir(index), name)
+
+    def is_finished(self, index):
+        return _gfile().exists(self._path(index, 'result.json'))
+
+    def check_settings(self, settings):
+        """Writes settings.json, or refuses a resume whose trial-defining settings differ."""
+        path = os.path.join(self.output_dir, 'settings.json')
+        saved = _read_json(path)
+        if saved is not None:
+            different = ['%s: %r saved, %r now' % (k, saved.get(k), v)
+                         for k, v in settings.identity().items() if saved.get(k) != v]
+            if different:
+                raise ValueError('output_dir %s holds a search with other settings (%s). Use '
+                                 'another --output_dir or the same settings.'
+                                 % (self.output_dir, '; '.join(different)))
+        else:
+            _write_text(path, json.dumps(dataclasses.asdict(settings), indent=2))
+
+    # Claims.
+
+    def _stale(self, claim, index):
+        if claim is None:
+            return True
+        if claim.get('host') == self.host and claim.get('owner') != self.owner:
+            if not _pid_alive(claim.get('pid')):
+                return True  # Its process on this machine is gone (killed search).
+        timeout = self.settings.claim_timeout if self.settings else 3600.0
+        if not timeout:
+            return False
+        gfile = _gfile()
+        beat = self._path(index, 'heartbeat')
+        path = beat if gfile.exists(beat) else self._path(index, 'claim')
+        try:
+            mtime = gfile.stat(path).mtime_nsec / 1e9
+        except Exception:
+            return False
+        return time.time() - mtime > timeout
+
+    def try_claim(self, index):
+        """Claims trial `index` for this process; True if it is ours to run.
+
+        Local paths: the claim is created with O_CREAT | O_EXCL, atomic on POSIX file systems
+        (NFS v3+ included), so exactly one process wins. Other file systems (gs://): the claim
+        is written under a unique temporary name and renamed onto `claim` without overwrite;
+        the rename's existence check and write are not one atomic step there, so after
+        `settle_s` seconds the claim is read back and only the owner it names runs the trial.
+        Two processes that both passed the check overwrite each other within that window and
+        the last writer wins; a trial runs twice only if a process stalls for longer than
+        `settle_s` between its check and its write (then both write the same result files).
+        A stale claim (owner process gone on this host, or heartbeat older than claim_timeout)
+        is removed, if it is still the same claim, and the race above decides the new owner.
+        """
+        gfile = _gfile()
+        if self.is_finished(index):
+            return False
+        path = self._path(index, 'claim')
+        gfile.makedirs(self.trial_dir(index))
+        if gfile.exists(path):
+            claim = _read_json(path)
+            if not self._stale(claim, index):
+                return False
+            if _read_json(path) == claim:
+                logging.warning('Trial %d: taking over the stale claim of %s.', index,
+                                (claim or {}).get('owner'))
+                try:
+                    gfile.remove(path)
+                except Exception:
+                    return False
+        content = json.dumps(dict(owner=self.owner, host=self.host, pid=self.pid,
+                                  time=time.time()))
+        if _is_local(path):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, 'w') as f:
+                f.write(content)
+            return True
+        tmp = '%s.%s' % (path, self.owner.replace(':', '_'))
+        with gfile.GFile(tmp, 'w') as f:
+            f.write(content)
+        try:
+            gfile.rename(tmp, path, overwrite=False)
+        except Exception:
+            gfile.remove(tmp)
+            return False
+        time.sleep(self.settings.settle_s if self.settings else 2.0)
+        return (_read_json(path) or {}).get('owner') == self.owner
+
+    def heartbeat(self, index, interval):
+        """A started thread rewriting the trial's heartbeat file; `.set()` the result to stop."""
+        stop = threading.Event()
+        path = self._path(index, 'heartbeat')
+
+        def beat():
+            while True:
+                try:
+                    _write_text(path, '%f' % time.time())
+                except Exception as e:  # A missed beat only ages the claim.
+                    logging.warning('Heartbeat of trial %d failed: %s', index, e)
+                if stop.wait(interval):
+                    return
+
+        threading.Thread(target=beat, daemon=True).start()
+        return stop
+
+    # Architectures and results.
+
+    def read_arch(self, index):
+        items = _read_json(self._path(index, 'arch.json'))
+        return None if items is None else space_lib.arch_from_json(items)
+
+    def write_arch(self, index, arch):
+        _write_text(self._path(index, 'arch.json'),
+                    json.dumps(space_lib.arch_to_json(arch)))
+
+    def write_result(self, index, record):
+        _write_text(self._path(index, 'result.json'), json.dumps(record, indent=2))
+
+    def results(self):
+        """Every finished trial's record, by trial index."""
+        gfile = _gfile()
+        pattern = os.path.join(self.output_dir, 'trials', '*', 'result.json')
+        records = [_read_json(p) for p in gfile.glob(pattern)]
+        return sorted((r for r in records if r), key=lambda r: r['trial'])
+
+    def write_tables(self, top_k=5):
+        records = self.results()
+        _write_text(os.path.join(self.output_dir, 'results.json'),
+                    json.dumps(records, indent=2))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction='ignore')
+        writer.writeheader()
+        for r in records:
+            row = dict(r)
+            row['blocks'] = ' '.join(r.get('blocks') or [])
+            writer.writerow(row)
+        _write_text(os.path.join(self.output_dir, 'results.csv'), buffer.getvalue())
+        best = best_trials(records, top_k)
+        _write_text(os.path.join(self.output_dir, 'best.json'), json.dumps(best, indent=2))
+        return records
+
+
+def best_trials(records, top_k=5):
+    ok = [r for r in records if r.get('status') == 'ok' and r.get('reward') is not None]
+    return sorted(ok, key=lambda r: (-r['reward'], r['trial']))[:top_k]
+
+
+# -- proposing architectures --------------------------------------------------------------------
+
+def propose(index, settings, space, store, random_archs):
+    """The architecture of trial `index`: random, or a mutation of a tournament winner."""
+    if settings.search == 'random':
+        return random_archs[index]
+    records = [r for r in store.results() if r.get('status') == 'ok']
+    if len(records) < min(settings.population, 2) or index < settings.population:
+        return random_archs[index]
+    # Regularized evolution: the most recently finished `population` trials breed.
+    records.sort(key=lambda r: (r.get('finished', 0), r['trial']))
+    population = records[-settings.population:]
+    rng = np.random.default_rng([int(settings.seed), index, 1])
+    picks = rng.choice(len(population), size=min(settings.tournament, len(population)),
+                       replace=False)
+    parent = max((population[i] for i in picks), key=lambda r: (r['reward'], -r['trial']))
+    seen = {r['arch'] for r in records}
+    child = space.mutate(space_lib.arch_from_json(parent['arch_choices']), rng)
+    for _ in range(20):
+        if space_lib.arch_key(child) not in seen:
+            break
+        child = space.mutate(child, rng)
+    return child
+
+
+# -- the worker loop --------------------------------------------------------------------------
+
+def _tensorboard_log(settings, record):
+    try:
+        import tensorflow as tf
+        writer = tf.summary.create_file_writer(os.path.join(settings.output_dir, 'tensorboard'))
+        with writer.as_default(step=record['trial']):
+            for key in ('reward', 'accuracy', 'step_time_ratio', 'step_time'):
+                if record.get(key) is not None:
+                    tf.summary.scalar(key, record[key])
+            if record.get('params'):
+                tf.summary.scalar('params_millions', record['params'] / 1e6)
+            tf.summary.text('blocks', ' '.join(record.get('blocks') or []))
+        writer.close()
+    except Exception as e:  # Summaries never fail a search.
+        logging.warning('TensorBoard summary of trial %d failed: %s', record['trial'], e)
+
+
+def _remove_checkpoints(model_dir):
+    gfile = _gfile()
+    for pattern in ('ckpt-*', 'checkpoint'):
+        for path in gfile.glob(os.path.join(model_dir, pattern)):
+            try:
+                gfile.remove(path)
+            except Exception:
+                pass
+
+
+def run_trial(index, arch, settings, space, store, context, trial_fn):
+    """Runs one claimed trial and writes its result; failures become 'failed' records."""
+    blocks = space.to_blocks(arch)
+    trial = dict(trial=index, arch=space_lib.arch_key(arch), blocks=blocks,
+                 model_dir=os.path.join(store.trial_dir(index), 'model'))
+    record = dict(trial=index, arch=trial['arch'], arch_choices=space_lib.arch_to_json(arch),
+                  blocks=blocks, owner=store.owner, status='failed', reward=None,
+                  accuracy=None, step_time=None, step_time_ratio=None, params=None, error='')
+    start = time.time()
+    stop = store.heartbeat(index, max(1.0, min(60.0, (settings.claim_timeout or 240) / 4)))
+    try:
+        metrics = trial_fn(trial, settings, context)
+        accuracy = float(metrics['accuracy'])
+        ratio = float(metrics['step_time']) / float(metrics['backbone_step_time'])
+        params = int(metrics['params'])
+        if not all(math.isfinite(x) for x in (accuracy, ratio)):
+            raise FloatingPointError('non-finite accuracy %r or step-time ratio %r'
+                                     % (accuracy, ratio))
+        record.update(status='ok', accuracy=accuracy, step_time=float(metrics['step_time']),
+                      step_time_ratio=ratio, params=params,
+                      reward=reward(accuracy, ratio, params / 1e6, settings.reward_w,
+                                    settings.reward_v))
+    except (KeyboardInterrupt, InterruptedError):
+        stop.set()
+        raise
+    except Exception as e:  # NaN (TrainingError), OOM (ResourceExhaustedError), bugs, ...
+        record['error'] = '%s: %s' % (type(e).__name__, str(e)[:2000])
+        logging.error('Trial %d (%s) failed: %s\n%s', index, trial['arch'], record['error'],
+                      traceback.format_exc(limit=5))
+    finally:
+        stop.set()
+    record['seconds'] = time.time() - start
+    record['finished'] = time.time()
+    store.write_result(index, record)
+    if not settings.keep_checkpoints:
+        _remove_checkpoints(trial['model_dir'])
+    _tensorboard_log(settings, record)
+    logging.info('Trial %d %s: %s reward %s.', index, trial['arch'], record['status'],
+                 record['reward'])
+    return record
+
+
+def run(settings, trial_fn=None, max_trials=None):
+    """Runs this process's share of a search (claims trials until none is left).
+
+    Args:
+        settings: a `Settings`.
+        trial_fn: `fn(trial, settings, context) -> dict(accuracy, step_time,
+            backbone_step_time, params)`; default `train_trial` (trains for real).
+        max_trials: stop after running this many trials in this process (None: no limit).
+
+    Returns:
+        The records of the trials this process ran.
+    """
+    settings.validate()
+    from efficientnetv2 import architectures
+    architectures.get_variant(settings.backbone)  # Clear error for an unknown backbone.
+    space = space_lib.SearchSpace(_backbone_blocks(settings.backbone), settings.repeat_delta)
+    store = TrialStore(settings.output_dir, settings)
+    store.check_settings(settings)
+    context = TrialContext(settings, space)
+    random_archs = space.random_archs(settings.trials, settings.seed)
+    trial_fn = trial_fn or train_trial
+    ran = []
+    for index in range(settings.trials):
+        if max_trials is not None and len(ran) >= max_trials:
+            break
+        if not store.try_claim(index):
+            continue
+        arch = store.read_arch(index)
+        if arch is None:
+            arch = propose(index, settings, space, store, random_archs)
+            store.write_arch(index, arch)
+        ran.append(run_trial(index, arch, settings, space, store, context, trial_fn))
+        store.write_tables(settings.top_k)
+    store.write_tables(settings.top_k)
+    return ran
+
+
+def format_best(records, backbone, top_k=5):
+    """The best trials as text: reward, metrics and block strings ready for get_model."""
+    lines = []
+    for r in best_trials(records, top_k):
+        lines.append('trial %d  reward %.4f  top-1 %.4f  step-time x%.3f  params %.2fM  %s'
+                     % (r['trial'], r['reward'], r['accuracy'], r['step_time_ratio'],
+                        r['params'] / 1e6, r['arch']))
+        lines.append('    efficientnetv2.get_model(%r, blocks=%r)' % (backbone, r['blocks']))
+    failed = sum(1 for r in records if r.get('status') != 'ok')
+    lines.append('%d trials finished, %d failed.' % (len(records), failed))
+    return '\n'.join(lines)
