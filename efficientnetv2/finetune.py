@@ -130,7 +130,7 @@ def freeze(model, num_stages=None, stages=None, freeze_bn=True):
         The frozen stage names.
     """
     groups, frozen = _resolve(model, num_stages, stages)
-    model.trainable = True
+    unfreeze(model)
     for name in frozen:
         for layer in groups[name]:
             layer.trainable = False
@@ -150,7 +150,12 @@ def freeze(model, num_stages=None, stages=None, freeze_bn=True):
 
 def unfreeze(model):
     """Makes every layer and variable trainable again (batch norm back in training mode)."""
-    model.trainable = True
+    # Keras skips `model.trainable = True` when the model's own flag is already True, and a
+    # layer's setter does not reach variables frozen one by one: set both explicitly.
+    for layer in model._flatten_layers(include_self=True):
+        layer.trainable = True
+        for variable in layer._trainable_variables:
+            variable.trainable = True
 
 
 def trainable_counts(model):
