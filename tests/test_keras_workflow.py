@@ -12,6 +12,7 @@ import efficientnetv2
 from efficientnetv2 import data
 from efficientnetv2 import keras_workflow as kw
 from efficientnetv2 import model as model_lib
+from efficientnetv2.train import progressive
 
 TINY_BLOCKS = ['r1_k3_s1_e1_i16_o8_c1', 'r1_k3_s2_e4_i8_o16_c1', 'r1_k3_s2_e4_i16_o24_se0.25']
 STEPS = 2
@@ -118,7 +119,7 @@ def test_fixed_size_model_is_refused():
 
 
 def test_step_plan_is_scaled_to_epochs():
-    plan = efficientnetv2.train.progressive.build_stage_plan(
+    plan = progressive.build_stage_plan(
         num_stages=4, total_steps=1000, final_image_size=64, final_ram=10, final_mixup=0,
         final_cutmix=0, final_dropout=0.2)
     assert [(f, e) for _, f, e in kw.stage_epochs(plan, 10)] == [(0, 2), (2, 5), (5, 7), (7, 10)]
@@ -231,8 +232,7 @@ def test_ema_file_is_saved_and_read_back_on_resume(tmp_path):
     fresh = tiny_model()
     ema2 = efficientnetv2.ModelEMA(decay=0.9, filepath=path).build(fresh)
     ema2.set_model(fresh)
-    _restore_only = kw._restore
-    _restore_only(fresh, str(tmp_path / 'last.keras'))
+    kw._restore(fresh, str(tmp_path / 'last.keras'))
     ema2.restore()
     with ema2.average_weights():
         for want, variable in zip(expected, ema2.variables):
