@@ -9,7 +9,10 @@ pooling and the classifier. Here they are named from the model's layers::
     'top'             the 1x1 head convolution (top / top_conv, top_bn, top_activation)
     'head'            pooling, dropout and the classifier
 
-The recipe (measured in `benchmarks/finetune_transfer.py`, see README "Keras workflows")::
+Typical use (README "Keras workflows" has a measured comparison on a small transfer task,
+`benchmarks/finetune_transfer.py`: with a shallow network and a distant task, training every
+layer from the pretrained weights won; freezing pays off for deep pretrained networks and
+close tasks)::
 
     model = efficientnetv2.finetune.replace_head(pretrained, num_classes=5)
     efficientnetv2.finetune.freeze(model, num_stages=2, freeze_bn=True)  # stem + stages 1-2
