@@ -8,8 +8,13 @@
 
 from efficientnetv2 import architectures
 from efficientnetv2 import convert
+from efficientnetv2 import finetune
+from efficientnetv2 import keras_workflow
 from efficientnetv2 import summary
 from efficientnetv2.architectures import list_models
+from efficientnetv2.keras_workflow import fit_progressive
+from efficientnetv2.keras_workflow import ModelEMA
+from efficientnetv2.keras_workflow import progressive_plan
 from efficientnetv2.model import EfficientNet
 from efficientnetv2.model import model_hparams
 from efficientnetv2.weights import get_feature_extractor

@@ -1,0 +1,239 @@
+"""Fine-tuning helpers: stage names, freezing by stage, batch-norm mode, a new classifier.
+
+Stages follow the paper's tables (EfficientNetV2 Table 4): stage 0 is the stem convolution,
+stages 1..N are the MBConv / Fused-MBConv stages, the last is the 1x1 head convolution with
+pooling and the classifier. Here they are named from the model's layers::
+
+    'stem'            stem (this project) / stem_conv, stem_bn, stem_activation (keras.applications)
+    'stage1'..'stageN'  the blocks `block<k><letter>` (block1a, block2a, block2b, ...)
+    'top'             the 1x1 head convolution (top / top_conv, top_bn, top_activation)
+    'head'            pooling, dropout and the classifier
+
+Typical use (README "Keras workflows" has a measured comparison on a small transfer task,
+`benchmarks/finetune_transfer.py`: with a shallow network and a distant task, training every
+layer from the pretrained weights won; freezing pays off for deep pretrained networks and
+close tasks)::
+
+    model = efficientnetv2.finetune.replace_head(pretrained, num_classes=5)
+    efficientnetv2.finetune.freeze(model, num_stages=2, freeze_bn=True)  # stem + stages 1-2
+    model.compile(keras.optimizers.Adam(1e-3), ...)   # ~10x below the from-scratch rate
+    model.fit(...)
+
+Freeze before `compile` (Keras collects the trainable variables when it builds the train
+function; recompile after changing what is frozen).
+"""
+
+import collections
+import re
+
+import keras
+
+from efficientnetv2 import model as model_lib
+
+__all__ = ['stage_names', 'stage_layers', 'freeze', 'unfreeze', 'trainable_counts',
+           'replace_head', 'prepare']
+
+_BLOCK = re.compile(r'^block(\d+)[a-z]+(_|$)')
+_TOP = re.compile(r'^top(_conv|_bn|_activation)?$')
+
+
+def stage_layers(model):
+    """Ordered dict stage name -> list of the model's top-level layers in that stage.
+
+    Raises:
+        ValueError: the model has no `block<k><letter>` layers (not an EfficientNet-style
+            model; name the layers to freeze yourself with `layer.trainable = False`).
+    """
+    groups = collections.OrderedDict()
+    blocks = collections.OrderedDict()
+    seen_body = False
+    preamble = []
+    for layer in model.layers:
+        name = layer.name
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        match = _BLOCK.match(name)
+        if name == 'stem' or name.startswith('stem_'):
+            groups.setdefault('stem', []).append(layer)
+            seen_body = True
+        elif match:
+            blocks.setdefault('stage%d' % int(match.group(1)), []).append(layer)
+            seen_body = True
+        elif _TOP.match(name):
+            groups.setdefault('top', []).append(layer)
+        elif seen_body:
+            groups.setdefault('head', []).append(layer)
+        else:
+            preamble.append(layer)  # Input scaling of keras.applications: no trainable weights.
+    if not blocks:
+        raise ValueError(
+            'Model %r has no block<k><letter> layers (block1a, block2a, ...): stage names are '
+            'only defined for EfficientNet-style models. Its layers: %s.'
+            % (model.name, [layer.name for layer in model.layers][:20]))
+    ordered = collections.OrderedDict()
+    ordered['stem'] = preamble + groups.get('stem', [])
+    for key in sorted(blocks, key=lambda k: int(k[5:])):
+        ordered[key] = blocks[key]
+    for key in ('top', 'head'):
+        if key in groups:
+            ordered[key] = groups[key]
+    return ordered
+
+
+def stage_names(model):
+    """['stem', 'stage1', ..., 'stageN', 'top', 'head'] ('top'/'head' when the model has them)."""
+    return list(stage_layers(model))
+
+
+def _batch_norms(layer):
+    return [sub for sub in layer._flatten_layers(include_self=True)
+            if isinstance(sub, keras.layers.BatchNormalization)]
+
+
+def _resolve(model, num_stages, stages):
+    groups = stage_layers(model)
+    names = list(groups)
+    block_stages = [n for n in names if n.startswith('stage')]
+    if (num_stages is None) == (stages is None):
+        raise ValueError('Pass exactly one of `num_stages` (freeze the stem and the first N '
+                         'stages) or `stages` (a list of stage names). Valid names: %s.' % names)
+    if stages is None:
+        if num_stages == 'all':
+            num_stages = len(block_stages)
+        if (isinstance(num_stages, bool) or not isinstance(num_stages, int)
+                or not 0 <= num_stages <= len(block_stages)):
+            raise ValueError('Argument `num_stages` must be an int in [0, %d] or \'all\'; '
+                             'received num_stages=%r.' % (len(block_stages), num_stages))
+        stages = ['stem'] + block_stages[:num_stages]
+        if num_stages == len(block_stages) and 'top' in groups:
+            stages.append('top')
+    unknown = [s for s in stages if s not in groups]
+    if unknown:
+        raise ValueError('Unknown stage names %s. Valid names: %s.' % (unknown, names))
+    return groups, list(stages)
+
+
+def freeze(model, num_stages=None, stages=None, freeze_bn=True):
+    """Freezes the stem and the first `num_stages` stages (or the named `stages`).
+
+    Everything else is made trainable first, so calls do not accumulate.
+
+    Args:
+        model: an EfficientNet-style Keras model (this project's or keras.applications').
+        num_stages: freeze 'stem' and 'stage1'..'stage<num_stages>'; 0 freezes the stem only;
+            'all' freezes every stage and 'top' (only the head trains).
+        stages: alternatively, the stage names to freeze (see `stage_names`).
+        freeze_bn: True: EVERY batch-norm layer of the model is set untrainable, so Keras runs
+            it in inference mode (moving statistics used and kept, gamma/beta fixed): the usual
+            choice for small target sets and small batches. False: batch norm keeps training
+            mode everywhere (batch statistics; moving statistics follow the new data); in the
+            frozen stages only its gamma and beta are fixed.
+
+    Returns:
+        The frozen stage names.
+    """
+    groups, frozen = _resolve(model, num_stages, stages)
+    unfreeze(model)
+    for name in frozen:
+        for layer in groups[name]:
+            layer.trainable = False
+    if freeze_bn:
+        for norm in _batch_norms(model):
+            norm.trainable = False
+    else:
+        for name in frozen:
+            for layer in groups[name]:
+                for norm in _batch_norms(layer):
+                    norm.trainable = True  # Training mode ...
+                    for variable in (norm.gamma, norm.beta):
+                        if variable is not None:
+                            variable.trainable = False  # ... with fixed scale and offset.
+    return frozen
+
+
+def unfreeze(model):
+    """Makes every layer and variable trainable again (batch norm back in training mode)."""
+    # Keras skips `model.trainable = True` when the model's own flag is already True, and a
+    # layer's setter does not reach variables frozen one by one: set both explicitly.
+    for layer in model._flatten_layers(include_self=True):
+        layer.trainable = True
+        for variable in layer._trainable_variables:
+            variable.trainable = True
+
+
+def trainable_counts(model):
+    """Ordered dict stage name -> number of trainable variables in that stage."""
+    counts = collections.OrderedDict()
+    trainable = {id(v) for v in model.trainable_variables}
+    for name, layers in stage_layers(model).items():
+        counts[name] = sum(1 for layer in layers for v in layer.weights if id(v) in trainable)
+    return counts
+
+
+def _copy_flags(source, target):
+    for a, b in zip(source._flatten_layers(include_self=True),
+                    target._flatten_layers(include_self=True)):
+        b.trainable = a.trainable
+    for a, b in zip(source.weights, target.weights):
+        b.trainable = a.trainable
+
+
+def replace_head(model, num_classes, head_name='predictions', dropout_rate=None):
+    """A model with a new `num_classes`-way classifier on the same pooled features.
+
+    This project's models (`EfficientNet` with `include_top=True`) are rebuilt from their config
+    with `num_classes` and every weight but the classifier's copied (trainable flags too), so
+    the result is again an `EfficientNet` (settable dropout, `.keras` round trip). Any other
+    Functional model: a new Dense layer (same name, activation and bias use) is put on the input
+    of the layer `head_name` (default 'predictions', else the last layer when it is Dense).
+
+    Args:
+        model: the pretrained model (its weights are shared, not copied, in the Functional case).
+        num_classes: width of the new classifier.
+        head_name: name of the classifier to replace.
+        dropout_rate: this project's models only: a new classifier dropout rate.
+
+    Returns:
+        The new model (the original is left unchanged).
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError('Argument `num_classes` must be a positive int; received %r.'
+                         % (num_classes,))
+    if isinstance(model, model_lib.EfficientNet):
+        if not model.include_top:
+            raise ValueError('The model has no classifier (include_top=False); build it with '
+                             'include_top=True, or add your own head on its features.')
+        config = model.get_config()
+        config['num_classes'] = num_classes
+        if dropout_rate is not None:
+            config['dropout_rate'] = float(dropout_rate)
+        new = model_lib.EfficientNet.from_config(config)
+        for layer in model.layers:
+            if layer.name == head_name or not layer.weights:
+                continue
+            target = new.get_layer(layer.name)
+            target.set_weights(layer.get_weights())
+            _copy_flags(layer, target)
+        return new
+    names = [layer.name for layer in model.layers]
+    if head_name in names:
+        head = model.get_layer(head_name)
+    elif model.layers and isinstance(model.layers[-1], keras.layers.Dense):
+        head = model.layers[-1]
+    else:
+        raise ValueError('No classifier named %r and the last layer is not Dense; pass '
+                         'head_name (one of %s).' % (head_name, names))
+    if not isinstance(head, keras.layers.Dense):
+        raise ValueError('Layer %r is a %s, not a Dense classifier.'
+                         % (head.name, type(head).__name__))
+    features = head.input
+    dense = keras.layers.Dense(num_classes, activation=head.activation, use_bias=head.use_bias,
+                               name=head.name, dtype=head.dtype_policy)
+    return keras.Model(model.inputs, dense(features), name=model.name)
+
+
+def prepare(model, num_classes, num_stages=2, freeze_bn=True, **kwargs):
+    """The recipe's model: `replace_head(model, num_classes)` then `freeze(...)`."""
+    new = replace_head(model, num_classes, **kwargs)
+    freeze(new, num_stages=num_stages, freeze_bn=freeze_bn)
+    return new
