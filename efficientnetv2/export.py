@@ -498,10 +498,12 @@ class ExportVerificationError(ValueError):
 
 
 # Tolerances of `verify_exports`, on the max difference relative to the reference's scale
-# (max |difference| / max |reference|): float32 artifacts run the same network and differ only
-# by float rounding (kernels, op order). Dynamic-range TFLite stores int8 weights and quantises
-# activations on the fly, so it is held to the class probabilities instead: max absolute
-# probability difference (softmax of both logits) <= 0.1 (a tiny test model measured 0.03).
+# (max |difference| / max |reference|). Float32 artifacts run the same network and differ only
+# by float rounding (kernels, op order): 1e-4 (TF) and 1e-3 (TFLite, ONNX Runtime). Dynamic-
+# range TFLite stores int8 weights and quantises activations on the fly: 0.1, ten per cent of
+# the largest logit (a test model measured 0.8%); it catches a wrong artifact (other weights,
+# other preprocessing), while the float TFLite row, with the same in-graph preprocessing, is
+# the tight check of that preprocessing.
 TOLERANCES = {'saved_model:serving_default': 1e-4, 'saved_model:serving_bytes': 1e-4,
               'feature_vector': 1e-4, 'tflite': 1e-3, 'tflite_dynamic': 0.1,
               'keras': 1e-5, 'onnx': 1e-3}
@@ -539,24 +541,13 @@ def _compare(name, inputs, output, reference, logits=True):
     if output.shape != reference.shape:
         raise ExportVerificationError('%s: output shape %s, expected %s.'
                                       % (name, output.shape, reference.shape), [])
-    if name == 'tflite_dynamic':  # Held to the probabilities (see TOLERANCES).
-        output, reference = _softmax(output), _softmax(reference)
-        compared = 'probabilities'
-    else:
-        compared = 'logits' if logits else 'features'
     abs_diff = float(np.max(np.abs(output - reference)))
     rel_diff = abs_diff / max(float(np.max(np.abs(reference))), 1e-12)
-    measure = abs_diff if compared == 'probabilities' else rel_diff
-    return dict(artifact=name, inputs=inputs, compared=compared, max_abs=abs_diff,
-                max_rel=rel_diff, tolerance=TOLERANCES[name],
+    return dict(artifact=name, inputs=inputs, compared='logits' if logits else 'features',
+                max_abs=abs_diff, max_rel=rel_diff, tolerance=TOLERANCES[name],
                 top1=(float(np.mean(output.argmax(-1) == reference.argmax(-1))) if logits
                       else None),
-                training_ops=[], ok=bool(measure <= TOLERANCES[name]))
-
-
-def _softmax(logits):
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+                training_ops=[], ok=bool(rel_diff <= TOLERANCES[name]))
 
 
 def verify_exports(model, paths, image_size, preprocess='v2', center_crop=True):
@@ -644,12 +635,11 @@ def format_table(rows):
               'top-1 agree', 'result')
     lines = [header]
     for row in rows:
-        measure = 'abs' if row['compared'] == 'probabilities' else 'rel'
         result = 'ok' if row['ok'] else 'FAIL'
         if row['training_ops']:
             result += ' (training ops: %s)' % ', '.join(row['training_ops'])
         lines.append((row['artifact'], row['inputs'], row['compared'], '%.2e' % row['max_abs'],
-                      '%.2e' % row['max_rel'], '%s <= %.0e' % (measure, row['tolerance']),
+                      '%.2e' % row['max_rel'], 'rel <= %.0e' % row['tolerance'],
                       '-' if row['top1'] is None else '%.0f%%' % (100 * row['top1']), result))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return '\n'.join('  '.join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
