@@ -408,7 +408,8 @@ def test_export_formats_are_checked(model, tmp_path, monkeypatch):
         export.export_all(model, str(tmp_path / 'a'), SIZE, formats=['keras', 'onnyx'])
     # Without the [onnx] extra: a clear error naming it, before anything is written.
     monkeypatch.setitem(sys.modules, 'tf2onnx', None)
-    with pytest.raises(ImportError, match=r"tf2onnx is missing.*pip install 'efficientnetv2\[onnx\]'"):
+    with pytest.raises(ImportError,
+                       match=r"tf2onnx is missing.*pip install 'efficientnetv2\[onnx\]'"):
         export.export_all(model, str(tmp_path / 'b'), SIZE, formats=['keras', 'onnx'])
     assert not os.path.exists(tmp_path / 'b')
 
