@@ -23,6 +23,7 @@ from absl import logging
 
 from efficientnetv2 import architectures
 from efficientnetv2 import distribute
+from efficientnetv2 import export as export_lib
 
 MODES = ('train', 'eval', 'traineval', 'export', 'infer')
 
@@ -44,6 +45,9 @@ flags.DEFINE_string('tpu_zone', None, 'GCE zone of the TPU.')
 flags.DEFINE_string('gcp_project', None, 'GCP project of the TPU.')
 flags.DEFINE_string('export_dir', None, '--mode=export: output directory '
                     '(default <model_dir>/export).')
+flags.DEFINE_list('export_formats', list(export_lib.DEFAULT_FORMATS),
+                  '--mode=export: formats to write and check, among %s (onnx needs '
+                  "pip install 'efficientnetv2[onnx]')." % ', '.join(export_lib.FORMATS))
 flags.DEFINE_list('images', [], '--mode=infer: image files (JPEG/PNG).')
 
 FLAGS = flags.FLAGS
@@ -170,10 +174,10 @@ def main(argv):
         from efficientnetv2 import predict
         try:
             if FLAGS.mode == 'export':
-                predict.export(config, model_dir, FLAGS.export_dir)
+                predict.export(config, model_dir, FLAGS.export_dir, FLAGS.export_formats)
             else:
                 predict.infer(config, model_dir, FLAGS.images)
-        except (FileNotFoundError, ValueError) as e:
+        except (FileNotFoundError, ValueError, ImportError) as e:
             logging.error('%s', e)
             return 1
         return 0

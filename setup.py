@@ -42,7 +42,8 @@ setup(
         'numpy',
         'scikit-learn>=1.0',  # Only for its bundled 'digits' images (the offline default data).
     ],
-    extras_require={'test': ['pytest>=7']},
+    extras_require={'test': ['pytest>=7'],
+                    'onnx': ['tf2onnx>=1.17', 'onnx>=1.16', 'onnxruntime>=1.18']},
     entry_points={'console_scripts': [
         'efficientnetv2-summary=efficientnetv2.summary:main',
     ]},

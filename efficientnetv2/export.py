@@ -1,4 +1,5 @@
-"""Exporting a trained `EfficientNet`: SavedModel (classifier, feature vector), TFLite, `.keras`.
+"""Exporting a trained `EfficientNet`: SavedModel (classifier, feature vector), TFLite, `.keras`,
+ONNX; and checking every written artifact against the Keras model.
 
 Export the weights you want to serve: for a trained model that is the EMA copy (swap it in
 before calling these functions).
@@ -18,13 +19,21 @@ before calling these functions).
   call_training_endpoint='serve_training')` fine-tunes it.
 - `export_tflite`: float32 or dynamic-range quantised TFLite flatbuffer at a fixed size.
 - `export_keras`: the whole Keras model as a `.keras` file.
+- `export_onnx`: the network alone (no preprocessing) as ONNX, input float32 `[N, S, S, 3]`
+  already preprocessed (needs the `[onnx]` extra: tf2onnx, onnx, onnxruntime).
+- `export_all` writes the formats asked for and, by default, `verify_exports` checks each one
+  against the Keras model on a few synthetic images (non-square ones among them) and raises
+  `ExportVerificationError` naming any artifact outside its tolerance.
 
 Evaluation preprocessing: the serving signatures and TFLite run
 `efficientnetv2.data.preprocessing.preprocess_for_eval`, the same function as the eval input
 pipeline and `--mode=infer` (crop rule, resize and pixel scaling of the family 'v2', 'legacy' or
-'ft'; `center_crop=False` for models evaluated without a crop, such as digits).
+'ft'; `center_crop=False` for models evaluated without a crop, such as digits). The ONNX file
+leaves it to the caller: tf2onnx turns the legacy TF1 bicubic resize into an ONNX `Resize` with
+another cubic coefficient (-0.5 instead of -0.75), and the bytes signature does not convert.
 """
 
+import importlib
 import os
 import warnings
 
@@ -38,6 +47,11 @@ from efficientnetv2.data import preprocessing
 PREPROCESS = preprocessing.FAMILIES
 TOP_K = 5
 QUANTIZE = (None, 'dynamic')
+# What export_all can write; all but ONNX by default (ONNX needs the optional [onnx] extra).
+FORMATS = ('saved_model', 'feature_vector', 'tflite', 'tflite_dynamic', 'keras', 'onnx')
+DEFAULT_FORMATS = FORMATS[:-1]
+ONNX_OPSET = 17
+ONNX_EXTRA = ('tf2onnx', 'onnx', 'onnxruntime')
 
 
 def _check_preprocess(preprocess, allow_none=False):
@@ -338,29 +352,359 @@ def export_keras(model, path):
     return path
 
 
+# ------------------------------------------------------------------------------------------------
+# ONNX.
+
+
+def _import_onnx_extra(names=ONNX_EXTRA):
+    """Imports the optional ONNX packages; a clear error naming the extra when one is missing."""
+    modules = []
+    for name in names:
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError as e:
+            raise ImportError(
+                "ONNX export needs the optional packages %s (%s is missing): "
+                "pip install 'efficientnetv2[onnx]'" % (', '.join(ONNX_EXTRA), name)) from e
+    return modules
+
+
+def export_onnx(model, path, image_size, opset=ONNX_OPSET, preprocess=None, center_crop=True):
+    """Converts the network (logits, no preprocessing) to ONNX with tf2onnx.
+
+    The ONNX input `images` is float32 `[N, S, S, 3]` (NHWC, any N) already preprocessed:
+    `preprocessing.preprocess_for_eval(pixels, S, preprocess, center_crop)`, i.e. the eval crop,
+    the resize to S x S and the family's pixel scaling; the output `logits` is `[N, K]`. The
+    preprocessing is not put in the ONNX graph on purpose: tf2onnx converts the legacy TF1
+    bicubic resize to an ONNX `Resize` with cubic coefficient -0.5 instead of -0.75 (logits off
+    by ~10% on a 300x260 input), and the encoded-bytes signature does not convert at all.
+
+    Args:
+        model: an `EfficientNet` (its output, usually logits, is the ONNX output).
+        path: output `.onnx` file.
+        image_size: the model's input side S.
+        opset: ONNX opset (tf2onnx 1.17 supports up to 18).
+        preprocess, center_crop: recorded in the file's metadata (`metadata_props`) so that a
+            user can see which eval transform to apply; None: not recorded.
+
+    Returns:
+        The file size in bytes.
+
+    Raises:
+        ImportError: tf2onnx / onnx are not installed (`pip install 'efficientnetv2[onnx]'`).
+    """
+    _check_image_size(image_size)
+    _check_preprocess(preprocess, allow_none=True)
+    tf2onnx, onnx = _import_onnx_extra(('tf2onnx', 'onnx'))
+    spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name='images')
+
+    def forward(images):
+        return tf.cast(model(_model_input(images, model), training=False), tf.float32)
+
+    function = tf.function(forward, input_signature=[spec])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model_proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec],
+                                                       opset=opset)
+    # A stable output name: rename the graph output (tf2onnx names it after the TF tensor).
+    old_name = model_proto.graph.output[0].name
+    for node in model_proto.graph.node:
+        node.output[:] = ['logits' if o == old_name else o for o in node.output]
+    model_proto.graph.output[0].name = 'logits'
+    metadata = {'input': 'images: float32 [N, %d, %d, 3] RGB, NHWC, already preprocessed'
+                         % (image_size, image_size),
+                'output': 'logits: float32 [N, %d]' % int(model.output.shape[-1]),
+                'image_size': str(image_size)}
+    if preprocess is not None:
+        metadata.update(preprocess=preprocess, center_crop=str(bool(center_crop)),
+                        preprocessing='efficientnetv2.data.preprocessing.preprocess_for_eval('
+                                      'pixels, %d, %r, center_crop=%s)'
+                                      % (image_size, preprocess, bool(center_crop)))
+    for key, value in metadata.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model_proto)
+    data = model_proto.SerializeToString()
+    with open(path, 'wb') as f:
+        f.write(data)
+    logging.info('Wrote ONNX model %s (opset %d, %.1f MB).', path, opset, len(data) / 2**20)
+    return len(data)
+
+
+def onnx_predict(path, images):
+    """Runs an ONNX file of `export_onnx` with onnxruntime (CPU) on preprocessed images."""
+    (onnxruntime,) = _import_onnx_extra(('onnxruntime',))
+    session = onnxruntime.InferenceSession(os.fspath(path), providers=['CPUExecutionProvider'])
+    (feed,) = session.get_inputs()
+    return session.run(None, {feed.name: np.asarray(images, np.float32)})[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks of the exported artifacts.
+
+# Op types that only a training graph holds: random numbers (dropout, stochastic depth) and
+# variable updates (batch-norm moving averages). FusedBatchNorm* is checked for is_training.
+_RANDOM_OP_PREFIXES = ('Random', 'StatelessRandom', 'TruncatedNormal', 'StatelessTruncated',
+                       'Multinomial')
+_ASSIGN_OPS = ('AssignVariableOp', 'AssignAddVariableOp', 'AssignSubVariableOp', 'Assign',
+               'AssignAdd', 'AssignSub')
+
+
+def training_ops(graph_def):
+    """Training-only ops of a `GraphDef` and the functions of its library.
+
+    Returns:
+        A sorted list of 'op_type' strings ('FusedBatchNormV3(is_training)' for a batch norm in
+        training mode); empty for an inference-only graph.
+    """
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    found = set()
+    for node in nodes:
+        if node.op.startswith(_RANDOM_OP_PREFIXES) or node.op in _ASSIGN_OPS:
+            found.add(node.op)
+        elif node.op.startswith('FusedBatchNorm') and 'is_training' in node.attr:
+            if node.attr['is_training'].b:
+                found.add('%s(is_training)' % node.op)
+    return sorted(found)
+
+
+def signature_training_ops(loaded, names=None):
+    """{signature: training-only ops} of a loaded SavedModel's signatures (all by default)."""
+    names = list(loaded.signatures) if names is None else names
+    return {name: training_ops(loaded.signatures[name].graph.as_graph_def()) for name in names}
+
+
+def onnx_training_ops(path):
+    """Training-only ONNX ops (Dropout, random generators, training-mode BatchNormalization)."""
+    (onnx,) = _import_onnx_extra(('onnx',))
+    found = set()
+    for node in onnx.load(os.fspath(path)).graph.node:
+        if node.op_type == 'Dropout' or node.op_type.startswith('Random'):
+            found.add(node.op_type)
+        elif node.op_type == 'BatchNormalization' and any(
+                a.name == 'training_mode' and a.i for a in node.attribute):
+            found.add('BatchNormalization(training_mode)')
+    return sorted(found)
+
+
+class ExportVerificationError(ValueError):
+    """An exported artifact does not reproduce the Keras model; `rows` is the parity table."""
+
+    def __init__(self, message, rows):
+        super().__init__(message)
+        self.rows = rows
+
+
+# Tolerances of `verify_exports`, on the max difference relative to the reference's scale
+# (max |difference| / max |reference|). Float32 artifacts run the same network and differ only
+# by float rounding (kernels, op order): 1e-4 (TF) and 1e-3 (TFLite, ONNX Runtime). Dynamic-
+# range TFLite stores int8 weights and quantises activations on the fly: 0.1, ten per cent of
+# the largest logit (a test model measured 0.8%); it catches a wrong artifact (other weights,
+# other preprocessing), while the float TFLite row, with the same in-graph preprocessing, is
+# the tight check of that preprocessing.
+TOLERANCES = {'saved_model:serving_default': 1e-4, 'saved_model:serving_bytes': 1e-4,
+              'feature_vector': 1e-4, 'tflite': 1e-3, 'tflite_dynamic': 0.1,
+              'keras': 1e-5, 'onnx': 1e-3}
+CHECK_SHAPES = ((260, 300), (300, 200))  # Non-square (H, W) pixels, resized to S inside.
+
+
+def check_images(image_size, seed=0):
+    """The verification images: {name: uint8 [n, h, w, 3]}, smooth synthetic scenes with noise.
+
+    Two 260 x 300 images (wider than tall; resized to S), two S x S and one 300 x 200.
+    """
+    rng = np.random.RandomState(seed)
+    shapes = [('%dx%d' % CHECK_SHAPES[0], CHECK_SHAPES[0], 2),
+              ('%dx%d' % (image_size, image_size), (image_size, image_size), 2),
+              ('%dx%d' % CHECK_SHAPES[1], CHECK_SHAPES[1], 1)]
+    images = {}
+    for name, (height, width), count in shapes:
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        batch = []
+        for _ in range(count):
+            frequency = rng.uniform(0.5, 4.0, (3, 2)) * 2 * np.pi
+            phase = rng.uniform(0, 2 * np.pi, 3)
+            image = np.stack([np.sin(frequency[c, 0] * y / height + frequency[c, 1] * x / width
+                                     + phase[c]) for c in range(3)], axis=-1) * 90 + 128
+            top, left = rng.randint(0, height // 2), rng.randint(0, width // 2)
+            image[top:top + height // 3, left:left + width // 3] = rng.uniform(0, 255, 3)
+            image += rng.normal(0, 12, image.shape)
+            batch.append(np.clip(np.round(image), 0, 255).astype(np.uint8))
+        images[name] = np.stack(batch)
+    return images
+
+
+def _compare(name, inputs, output, reference, logits=True):
+    output, reference = np.asarray(output, np.float64), np.asarray(reference, np.float64)
+    if output.shape != reference.shape:
+        raise ExportVerificationError('%s: output shape %s, expected %s.'
+                                      % (name, output.shape, reference.shape), [])
+    abs_diff = float(np.max(np.abs(output - reference)))
+    rel_diff = abs_diff / max(float(np.max(np.abs(reference))), 1e-12)
+    return dict(artifact=name, inputs=inputs, compared='logits' if logits else 'features',
+                max_abs=abs_diff, max_rel=rel_diff, tolerance=TOLERANCES[name],
+                top1=(float(np.mean(output.argmax(-1) == reference.argmax(-1))) if logits
+                      else None),
+                training_ops=[], ok=bool(rel_diff <= TOLERANCES[name]))
+
+
+def verify_exports(model, paths, image_size, preprocess='v2', center_crop=True):
+    """Runs every artifact in `paths` (as `export_all` lays them out) against the Keras model.
+
+    The check images (`check_images`) go through each artifact's own input path: pixels of each
+    size to `serving_default`, PNG files of mixed sizes to `serving_bytes`, S x S pixels to the
+    TFLite files (their input is fixed); preprocessed images (`preprocess_for_eval`) to the
+    feature vector, the `.keras` file and ONNX. The reference is `model(preprocess_for_eval(
+    pixels, image_size, preprocess, center_crop), training=False)`. The SavedModel signatures
+    and the ONNX graph are also searched for training-only ops (`training_ops`).
+
+    Returns:
+        The parity table: one dict per artifact (artifact, inputs, compared, max_abs, max_rel,
+        tolerance, top1, training_ops, ok).
+
+    Raises:
+        ExportVerificationError: an artifact exceeds its tolerance (see `TOLERANCES`) or holds
+            training-only ops; the message names it and carries the table.
+    """
+    images = check_images(image_size)
+    names = list(images)
+    prepped = {k: preprocessing.preprocess_for_eval(v, image_size, preprocess,
+                                                    center_crop).numpy()
+               for k, v in images.items()}
+    every = np.concatenate([prepped[k] for k in names])
+    logits = tf.cast(model(_model_input(every, model), training=False), tf.float32).numpy()
+    split = np.cumsum([len(images[k]) for k in names])[:-1]
+    by_name = dict(zip(names, np.split(logits, split)))
+    square = names[1]
+    all_label = ' + '.join('%dx%s px' % (len(images[k]), k) for k in names)
+    rows = []
+
+    if 'saved_model' in paths:
+        loaded = tf.saved_model.load(os.fspath(paths['saved_model']))
+        served = np.concatenate([
+            loaded.signatures['serving_default'](images=tf.constant(images[k], tf.float32))
+            ['logits'].numpy() for k in names])
+        rows.append(_compare('saved_model:serving_default', all_label, served, logits))
+        files = [tf.io.encode_png(image).numpy() for k in names for image in images[k]]
+        served = loaded.signatures['serving_bytes'](image_bytes=tf.constant(files))['logits']
+        rows.append(_compare('saved_model:serving_bytes', all_label.replace(' px', ' PNG'),
+                             served.numpy(), logits))
+        found = signature_training_ops(loaded)
+        for row in rows[-2:]:
+            row['training_ops'] = found[row['artifact'].split(':')[1]]
+    if 'feature_vector' in paths:
+        loaded = tf.saved_model.load(os.fspath(paths['feature_vector']))
+        features = loaded.signatures['serving_default'](images=tf.constant(every))
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # Keras: a tensor for the ['images'] input list.
+            reference = _pooled_features_model(model)(_model_input(every, model),
+                                                      training=False)
+        rows.append(_compare('feature_vector', all_label + ', preprocessed',
+                             features['feature_vector'].numpy(), reference, logits=False))
+        rows[-1]['training_ops'] = sorted(set().union(*signature_training_ops(loaded).values()))
+    for key in ('tflite', 'tflite_dynamic'):
+        if key in paths:
+            out = tflite_predict(paths[key], images[square].astype(np.float32))
+            rows.append(_compare(key, '%dx%s px' % (len(images[square]), square), out,
+                                 by_name[square]))
+    if 'keras' in paths:
+        restored = keras.saving.load_model(os.fspath(paths['keras']))
+        out = restored(_model_input(every, restored), training=False)
+        rows.append(_compare('keras', all_label + ', preprocessed',
+                             tf.cast(out, tf.float32).numpy(), logits))
+    if 'onnx' in paths:
+        rows.append(_compare('onnx', all_label + ', preprocessed',
+                             onnx_predict(paths['onnx'], every), logits))
+        rows[-1]['training_ops'] = onnx_training_ops(paths['onnx'])
+    for row in rows:
+        if row['training_ops']:
+            row['ok'] = False
+    failed = [row['artifact'] for row in rows if not row['ok']]
+    if failed:
+        raise ExportVerificationError(
+            'Exported artifact(s) %s do not reproduce the Keras model (or hold training-only '
+            'ops):\n%s' % (', '.join(failed), format_table(rows)), rows)
+    return rows
+
+
+def format_table(rows):
+    """The parity table of `verify_exports` as text."""
+    header = ('artifact', 'inputs', 'compared', 'max abs diff', 'max rel diff', 'tolerance',
+              'top-1 agree', 'result')
+    lines = [header]
+    for row in rows:
+        result = 'ok' if row['ok'] else 'FAIL'
+        if row['training_ops']:
+            result += ' (training ops: %s)' % ', '.join(row['training_ops'])
+        lines.append((row['artifact'], row['inputs'], row['compared'], '%.2e' % row['max_abs'],
+                      '%.2e' % row['max_rel'], 'rel <= %.0e' % row['tolerance'],
+                      '-' if row['top1'] is None else '%.0f%%' % (100 * row['top1']), result))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return '\n'.join('  '.join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
+                     for line in lines)
+
+
+def check_formats(formats):
+    """The export formats as a tuple; a clear error for unknown names or a missing extra."""
+    formats = tuple(DEFAULT_FORMATS if formats is None else formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError('export formats must be among %s. Received: %s'
+                         % (', '.join(FORMATS), ', '.join(unknown) or 'none'))
+    if 'onnx' in formats:
+        _import_onnx_extra()
+    return formats
+
+
 def export_all(model, export_dir, image_size, preprocess='v2', class_names=None,
-               center_crop=True):
-    """Writes every format under `export_dir`, as `main.py --mode=export` does.
+               center_crop=True, formats=None, verify=True):
+    """Writes the formats asked for under `export_dir`, as `main.py --mode=export` does.
 
     Layout: `saved_model/`, `feature_vector/`, `model.tflite` (float32),
-    `model_dynamic.tflite` (dynamic-range quantised), `model.keras`. The SavedModel and both
-    TFLite files run the evaluation transform (`preprocess`, `center_crop`) inside; the TFLite
-    input is `[1, S, S, 3]` pixels in 0..255.
+    `model_dynamic.tflite` (dynamic-range quantised), `model.keras`, `model.onnx`. The
+    SavedModel and both TFLite files run the evaluation transform (`preprocess`, `center_crop`)
+    inside; the TFLite input is `[1, S, S, 3]` pixels in 0..255; the ONNX input is
+    `[N, S, S, 3]` already preprocessed (see `export_onnx`).
+
+    Args:
+        formats: names from `FORMATS`; default `DEFAULT_FORMATS` (all but 'onnx').
+        verify: check every written artifact with `verify_exports` (logs the parity table).
 
     Returns:
         A dict from format name to path.
+
+    Raises:
+        ValueError: an unknown format.
+        ImportError: 'onnx' without the `[onnx]` extra installed.
+        ExportVerificationError: an artifact does not reproduce the Keras model.
     """
+    formats = check_formats(formats)
     os.makedirs(export_dir, exist_ok=True)
-    paths = dict(saved_model=os.path.join(export_dir, 'saved_model'),
-                 feature_vector=os.path.join(export_dir, 'feature_vector'),
-                 tflite=os.path.join(export_dir, 'model.tflite'),
-                 tflite_dynamic=os.path.join(export_dir, 'model_dynamic.tflite'),
-                 keras=os.path.join(export_dir, 'model.keras'))
-    export_saved_model(model, paths['saved_model'], image_size, preprocess, class_names,
-                       center_crop=center_crop)
-    export_feature_vector(model, paths['feature_vector'])
+    names = dict(saved_model='saved_model', feature_vector='feature_vector',
+                 tflite='model.tflite', tflite_dynamic='model_dynamic.tflite',
+                 keras='model.keras', onnx='model.onnx')
+    paths = {f: os.path.join(export_dir, names[f]) for f in FORMATS if f in formats}
+    if 'saved_model' in paths:
+        export_saved_model(model, paths['saved_model'], image_size, preprocess, class_names,
+                           center_crop=center_crop)
+    if 'feature_vector' in paths:
+        export_feature_vector(model, paths['feature_vector'])
     for key, quantize in (('tflite', None), ('tflite_dynamic', 'dynamic')):
-        export_tflite(model, paths[key], image_size, quantize=quantize, preprocess=preprocess,
-                      center_crop=center_crop)
-    export_keras(model, paths['keras'])
+        if key in paths:
+            export_tflite(model, paths[key], image_size, quantize=quantize,
+                          preprocess=preprocess, center_crop=center_crop)
+    if 'keras' in paths:
+        export_keras(model, paths['keras'])
+    if 'onnx' in paths:
+        export_onnx(model, paths['onnx'], image_size, preprocess=preprocess,
+                    center_crop=center_crop)
+    if verify:
+        try:
+            rows = verify_exports(model, paths, image_size, preprocess, center_crop)
+        except ExportVerificationError as e:
+            logging.error('%s', e)
+            raise
+        logging.info('Export parity against the Keras model:\n%s', format_table(rows))
     return paths

@@ -67,22 +67,41 @@ def load_trained_model(config, model_dir):
     return model
 
 
-def export(config, model_dir, export_dir=None):
-    """Writes SavedModel (classifier and feature vector), TFLite and .keras files."""
+def export(config, model_dir, export_dir=None, formats=None):
+    """Writes the export formats (default `export.DEFAULT_FORMATS`) and checks each one.
+
+    Every written artifact is run against the Keras model on a few images
+    (`export.verify_exports`); the parity table is printed and logged.
+
+    Returns:
+        (paths, rows): format name to path, and the parity table.
+
+    Raises:
+        ValueError: unknown format names; `export.ExportVerificationError` (a ValueError) when
+            an artifact does not reproduce the Keras model.
+        ImportError: 'onnx' asked for without the `[onnx]` extra.
+    """
+    formats = export_lib.check_formats(formats)  # Before loading anything.
     info = data.get_dataset_info(config.data.dataset, data_dir=config.data.data_dir)
     model = load_trained_model(config, model_dir)
     export_dir = export_dir or os.path.join(model_dir, 'export')
     transform = eval_transform(config, info)
-    logging.info('Export: %s, %d px, %s preprocessing, centre crop %s.',
+    logging.info('Export: %s, %d px, %s preprocessing, centre crop %s, formats %s.',
                  config.model.model_name, transform['image_size'], transform['family'],
-                 'on' if transform['center_crop'] else 'off')
+                 'on' if transform['center_crop'] else 'off', ', '.join(formats))
     paths = export_lib.export_all(model, export_dir, image_size=transform['image_size'],
                                   preprocess=transform['family'],
                                   class_names=class_names(info),
-                                  center_crop=transform['center_crop'])
+                                  center_crop=transform['center_crop'], formats=formats,
+                                  verify=False)
     for kind, path in paths.items():
         logging.info('Exported %s: %s', kind, path)
-    return paths
+    rows = export_lib.verify_exports(model, paths, transform['image_size'],
+                                     transform['family'], transform['center_crop'])
+    table = export_lib.format_table(rows)
+    logging.info('Export parity against the Keras model:\n%s', table)
+    print(table)
+    return paths, rows
 
 
 def infer(config, model_dir, image_paths, top_k=5):

@@ -26,8 +26,13 @@ def tiny_model(**kwargs):
     model = efficientnetv2.EfficientNet(blocks=TINY, feature_size=48, num_classes=len(CLASSES),
                                         model_name='tiny', **kwargs)
     rng = np.random.RandomState(0)
-    for v in model.weights:  # Non-trivial batch-norm statistics and a spread of logits.
-        if 'moving' in v.path or 'gamma' in v.path:
+    # Non-trivial batch-norm statistics and a spread of logits, with outputs that depend on the
+    # input (moving means of the order of the activations' spread, not above it: a network whose
+    # every batch norm shifts by +1 outputs nearly the same logits for any image).
+    for v in model.weights:
+        if 'moving_mean' in v.path:
+            v.assign(rng.normal(0, 0.2, v.shape))
+        elif 'moving_variance' in v.path or 'gamma' in v.path:
             v.assign(rng.uniform(0.5, 1.5, v.shape))
         elif 'predictions/kernel' in v.path:
             v.assign(rng.normal(0, 1.0, v.shape))
@@ -292,3 +297,171 @@ def test_bad_arguments_are_explained(model, tmp_path):
     softmax = tiny_model(classifier_activation='softmax')
     with pytest.raises(ValueError, match='classifier_activation=None'):
         export.export_saved_model(softmax, str(tmp_path / 'f'), SIZE)
+
+
+# ------------------------------------------------------------------------------------------------
+# export_all: every written artifact checked against the Keras model.
+
+DEFAULT_ROWS = ['saved_model:serving_default', 'saved_model:serving_bytes', 'feature_vector',
+                'tflite', 'tflite_dynamic', 'keras']
+
+
+@pytest.fixture(scope='module')
+def exported(model, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp('export_all'))
+    paths = export.export_all(model, path, SIZE, 'legacy', CLASSES, verify=False)
+    return paths
+
+
+@pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated')
+def test_every_default_artifact_reproduces_the_keras_model(model, exported):
+    assert sorted(exported) == sorted(export.DEFAULT_FORMATS)
+    rows = export.verify_exports(model, exported, SIZE, 'legacy')
+    by_name = {row['artifact']: row for row in rows}
+    assert list(by_name) == DEFAULT_ROWS
+    assert all(row['ok'] and not row['training_ops'] for row in rows)
+    for name in DEFAULT_ROWS:
+        if name != 'tflite_dynamic':  # Float32: the same network up to float rounding.
+            assert by_name[name]['max_rel'] < 1e-5, (name, by_name[name])
+    assert by_name['keras']['max_abs'] == 0.0
+    # Quantised: off by more than float rounding, well within its tolerance.
+    assert 1e-4 < by_name['tflite_dynamic']['max_rel'] < 0.2 * export.TOLERANCES['tflite_dynamic']
+    assert by_name['tflite_dynamic']['top1'] == 1.0
+    # The non-square 260x300 and 300x200 images (resized inside) are part of the check.
+    assert '2x260x300 px' in by_name['saved_model:serving_default']['inputs']
+    assert '1x300x200 PNG' in by_name['saved_model:serving_bytes']['inputs']
+    table = export.format_table(rows)
+    assert len(table.splitlines()) == 1 + len(DEFAULT_ROWS) and 'FAIL' not in table
+
+
+def test_check_images_are_non_square_and_varied():
+    images = export.check_images(SIZE)
+    assert {k: v.shape for k, v in images.items()} == {
+        '260x300': (2, 260, 300, 3), '64x64': (2, 64, 64, 3), '300x200': (1, 300, 200, 3)}
+    for batch in images.values():
+        assert batch.dtype == np.uint8 and batch.std() > 30
+    assert not np.array_equal(*images['64x64'])
+
+
+def _perturbed(model):
+    """A copy of the model with one batch-norm scale negated (a wrong artifact's weights)."""
+    copy = tiny_model()
+    copy.set_weights(model.get_weights())
+    variable = next(v for v in copy.weights if v.path == 'block3b/bn/gamma')
+    variable.assign(-variable)
+    return copy
+
+
+def _verification_error(model, paths, preprocess='legacy', **kwargs):
+    with pytest.raises(export.ExportVerificationError) as error:
+        export.verify_exports(model, paths, SIZE, preprocess, **kwargs)
+    return error.value
+
+
+@pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated')
+def test_a_broken_artifact_fails_verification_and_is_named(model, exported, tmp_path):
+    # SavedModel written with the wrong preprocessing family: both signatures fail.
+    wrong = str(tmp_path / 'saved_model')
+    export.export_saved_model(model, wrong, SIZE, 'v2', CLASSES)
+    error = _verification_error(model, dict(exported, saved_model=wrong))
+    assert 'saved_model:serving_default, saved_model:serving_bytes do not' in str(error)
+    failed = [row['artifact'] for row in error.rows if not row['ok']]
+    assert failed == ['saved_model:serving_default', 'saved_model:serving_bytes']
+    assert 'FAIL' in str(error) and 'feature_vector' in str(error)  # The table is in the message.
+    # Float TFLite with other weights.
+    tflite = str(tmp_path / 'model.tflite')
+    export.export_tflite(_perturbed(model), tflite, SIZE, preprocess='legacy')
+    error = _verification_error(model, dict(exported, tflite=tflite))
+    assert [row['artifact'] for row in error.rows if not row['ok']] == ['tflite']
+    # The feature vector of other weights.
+    features = str(tmp_path / 'feature_vector')
+    export.export_feature_vector(_perturbed(model), features)
+    error = _verification_error(model, dict(exported, feature_vector=features))
+    assert [row['artifact'] for row in error.rows if not row['ok']] == ['feature_vector']
+    # Dynamic-range TFLite of other weights.
+    dynamic = str(tmp_path / 'model_dynamic.tflite')
+    export.export_tflite(_perturbed(model), dynamic, SIZE, quantize='dynamic', preprocess='legacy')
+    error = _verification_error(model, dict(exported, tflite_dynamic=dynamic))
+    assert [row['artifact'] for row in error.rows if not row['ok']] == ['tflite_dynamic']
+    # Verified for a no-crop eval, the float centre-cropping artifacts all fail (the .keras and
+    # the feature vector take preprocessed input: they stay correct).
+    error = _verification_error(model, exported, center_crop=False)
+    failed = [row['artifact'] for row in error.rows if not row['ok']]
+    assert failed[:3] == ['saved_model:serving_default', 'saved_model:serving_bytes', 'tflite']
+    assert 'keras' not in failed and 'feature_vector' not in failed
+
+
+def test_export_all_verifies_by_default(model, tmp_path, monkeypatch):
+    original = export.export_keras
+    monkeypatch.setattr(export, 'export_keras', lambda m, path: original(_perturbed(m), path))
+    with pytest.raises(export.ExportVerificationError, match=r'artifact\(s\) keras do not'):
+        export.export_all(model, str(tmp_path / 'out'), SIZE, formats=['keras'])
+    monkeypatch.setattr(export, 'export_keras', original)
+    paths = export.export_all(model, str(tmp_path / 'ok'), SIZE, formats=['keras'])
+    assert paths == {'keras': str(tmp_path / 'ok' / 'model.keras')}
+
+
+def test_export_formats_are_checked(model, tmp_path, monkeypatch):
+    assert export.check_formats(None) == export.DEFAULT_FORMATS
+    assert 'onnx' in export.FORMATS and 'onnx' not in export.DEFAULT_FORMATS
+    with pytest.raises(ValueError, match=r'must be among saved_model, .*onnx. Received: onnyx'):
+        export.export_all(model, str(tmp_path / 'a'), SIZE, formats=['keras', 'onnyx'])
+    # Without the [onnx] extra: a clear error naming it, before anything is written.
+    monkeypatch.setitem(sys.modules, 'tf2onnx', None)
+    with pytest.raises(ImportError,
+                       match=r"tf2onnx is missing.*pip install 'efficientnetv2\[onnx\]'"):
+        export.export_all(model, str(tmp_path / 'b'), SIZE, formats=['keras', 'onnx'])
+    assert not os.path.exists(tmp_path / 'b')
+
+
+# ------------------------------------------------------------------------------------------------
+# Exported graphs are inference-only.
+
+
+def test_exported_graphs_hold_no_training_ops(model, exported):
+    loaded = tf.saved_model.load(exported['saved_model'])
+    assert export.signature_training_ops(loaded) == {'serving_default': [], 'serving_bytes': []}
+    features = tf.saved_model.load(exported['feature_vector'])
+    assert export.signature_training_ops(features) == {'serving_default': []}
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    serve = features.serve.get_concrete_function(spec).graph.as_graph_def()
+    assert export.training_ops(serve) == []
+    # The check finds them where they are: the fine-tuning endpoint runs batch norm in training
+    # mode (moving-average updates) and stochastic depth (random numbers).
+    training = features.serve_training.get_concrete_function(spec).graph.as_graph_def()
+    found = export.training_ops(training)
+    assert 'AssignVariableOp' in found and 'FusedBatchNormV3(is_training)' in found
+    assert any(op.startswith('StatelessRandom') for op in found), found
+
+
+# ------------------------------------------------------------------------------------------------
+# ONNX (needs the [onnx] extra: pip install 'efficientnetv2[onnx]').
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')
+def test_onnx_network_reproduces_the_keras_model(model, exported, tmp_path):
+    pytest.importorskip('tf2onnx')
+    onnx = pytest.importorskip('onnx')
+    pytest.importorskip('onnxruntime')
+    paths = export.export_all(model, str(tmp_path), SIZE, 'legacy', CLASSES, formats=['onnx'])
+    (row,) = export.verify_exports(model, paths, SIZE, 'legacy')
+    assert row['artifact'] == 'onnx' and row['ok'] and row['training_ops'] == []
+    assert row['max_rel'] < 1e-5 and row['top1'] == 1.0
+    # The input contract: the eval transform applied by the user, here to a 260x300 image.
+    image = export.check_images(SIZE)['260x300']
+    prepped = preprocessing.preprocess_for_eval(image, SIZE, 'legacy').numpy()
+    np.testing.assert_allclose(export.onnx_predict(paths['onnx'], prepped),
+                               model(prepped).numpy(), rtol=0, atol=1e-5)
+    proto = onnx.load(paths['onnx'])
+    assert [i.name for i in proto.graph.input] == ['images']
+    assert [o.name for o in proto.graph.output] == ['logits']
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert metadata['preprocess'] == 'legacy' and metadata['image_size'] == str(SIZE)
+    assert metadata['center_crop'] == 'True'
+    # A broken ONNX file (one weight tensor changed) fails and is named.
+    weights = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    values = onnx.numpy_helper.to_array(weights) * 1.5
+    weights.CopyFrom(onnx.numpy_helper.from_array(values, weights.name))
+    onnx.save(proto, paths['onnx'])
+    error = _verification_error(model, paths)
+    assert [r['artifact'] for r in error.rows if not r['ok']] == ['onnx']

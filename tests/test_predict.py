@@ -68,6 +68,14 @@ def test_export_and_infer_take_the_run_config(digits_run, digit_files, tmp_path)
     assert not bool(loaded.center_crop.numpy())
     interpreter = tf.lite.Interpreter(model_path=str(export_dir / 'model.tflite'))
     assert list(interpreter.get_input_details()[0]['shape']) == [1, 40, 40, 3]
+    # Every artifact was run against the Keras model: the parity table, one 'ok' row each.
+    table = _table(done.stdout)
+    assert sorted(table) == ['feature_vector', 'keras', 'saved_model:serving_bytes',
+                             'saved_model:serving_default', 'tflite', 'tflite_dynamic']
+    assert all(row[-1] == 'ok' for row in table.values()), done.stdout
+    assert float(table['tflite'][4]) <= 1e-3 and float(table['keras'][3]) == 0.0
+    assert 'Export parity against the Keras model' in done.stderr
+    assert not os.path.exists(export_dir / 'model.onnx')  # ONNX only when asked for.
 
     done = _main('--mode=infer', '--model_dir=%s' % digits_run,
                  '--images=%s' % ','.join(digit_files))
@@ -86,6 +94,39 @@ def test_export_and_infer_take_the_run_config(digits_run, digit_files, tmp_path)
                                    served['top_k_probabilities'][i].numpy(), atol=2e-3)
         assert 0.3 < sum(p for _, p in printed[path]) <= 1.0 + 5e-3
         np.testing.assert_allclose(served['probabilities'][i].numpy().sum(), 1.0, atol=1e-5)
+
+
+def _table(stdout):
+    """{artifact: row cells} of the parity table printed by --mode=export."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('artifact '))
+    rows = {}
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        cells = re.split(r'\s{2,}', line.strip())
+        rows[cells[0]] = cells
+    return rows
+
+
+def test_export_formats_flag(digits_run, tmp_path):
+    done = _main('--mode=export', '--model_dir=%s' % digits_run, '--export_formats=keras,onnyx',
+                 '--export_dir=%s' % (tmp_path / 'bad'))
+    assert done.returncode != 0 and 'Traceback' not in done.stderr
+    assert 'must be among saved_model, feature_vector, tflite' in done.stderr
+    assert 'Received: onnyx' in done.stderr
+    done = _main('--mode=export', '--model_dir=%s' % digits_run, '--export_formats=keras,onnx',
+                 '--export_dir=%s' % (tmp_path / 'onnx'))
+    try:
+        import tf2onnx  # noqa: F401  (the [onnx] extra)
+    except ImportError:
+        assert done.returncode != 0 and 'Traceback' not in done.stderr
+        assert "pip install 'efficientnetv2[onnx]'" in done.stderr
+        return
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = _table(done.stdout)
+    assert sorted(table) == ['keras', 'onnx'] and table['onnx'][-1] == 'ok'
+    assert sorted(os.listdir(tmp_path / 'onnx')) == ['model.keras', 'model.onnx']
 
 
 def test_explicit_overrides_are_applied_and_logged(digits_run, digit_files):
