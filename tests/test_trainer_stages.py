@@ -53,6 +53,9 @@ def test_three_stages_trace_once_and_evaluate_at_both_sizes(tmp_path, monkeypatc
     np.testing.assert_allclose([c['cutmix_alpha'] for c in train_calls], [0.1, 0.2, 0.3])
     np.testing.assert_allclose([c['dropout'] for c in train_calls],
                                [s.dropout_rate for s in plan])
+    # Each stage's pipeline ends at the stage's last step (nothing decoded past it).
+    assert [c['num_batches'] for c in train_calls] == [s.end_step - s.start_step for s in plan]
+    assert [c['skip_batches'] for c in train_calls] == [0, 0, 0]
     eval_sizes = [c['image_size'] for c in calls if not c['is_training']]
     assert eval_sizes == [12, 32, 18, 32, 24, 32]
 

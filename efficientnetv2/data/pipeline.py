@@ -7,6 +7,7 @@ pipeline reads, in what order, how often), then chains the stages:
 
     source -> cache -> shuffle -> decode + crop (skipping corrupt images)
     -> resize/flip/augment/normalise + one-hot labels -> batch -> mix -> cast
+    -> skip/take batches (a resumed or bounded training stage) -> prefetch
 
 Every pipeline yields `(images, labels)`: images `[batch, size, size, 3]` of
 `image_dtype`, labels `[batch, num_classes]` float32 (one-hot, multi-hot or
@@ -155,11 +156,17 @@ class Order:
     deterministic: bool  # Keep element order (seeded or eval pipelines).
     repeat: bool
     shuffle_buffer: Optional[int]  # None: no shuffling.
+    skip_batches: int  # Batches passed over at the start (a resumed stage).
+    num_batches: Optional[int]  # Batches yielded after those; None: all.
 
     @classmethod
     def resolve(cls, *, is_training: bool, num_images: int, input_context,
-                seed, repeat, shuffle_buffer) -> 'Order':
+                seed, repeat, shuffle_buffer, skip_batches=0,
+                num_batches=None) -> 'Order':
         """Checks the arguments and derives this pipeline's seeds."""
+        _check_positive_int('skip_batches', skip_batches, minimum=0)
+        if num_batches is not None:
+            _check_positive_int('num_batches', num_batches, minimum=0)
         if input_context is not None:
             pipeline = (input_context.input_pipeline_id,
                         input_context.num_input_pipelines)
@@ -174,7 +181,8 @@ class Order:
         return cls(pipeline=pipeline, seeds=_derive_seeds(seed, pipeline[0]),
                    deterministic=seed is not None or not is_training,
                    repeat=bool(is_training if repeat is None else repeat),
-                   shuffle_buffer=buffer)
+                   shuffle_buffer=buffer, skip_batches=int(skip_batches),
+                   num_batches=None if num_batches is None else int(num_batches))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -222,12 +230,18 @@ def _decode_stage(dataset: tf.data.Dataset, kind: str, plan: Plan):
     Encoded images are decoded inside `ignore_errors`. A sentinel ends every
     pass over the data; a scan over the surviving (ordered) indices counts
     the gaps left by dropped images, and raises if a whole pass yields none.
+    In-memory pixels cannot fail: `plan.order.skip_batches` batches are
+    passed over here, before any crop, and the indices (hence the per-image
+    seeds) continue where the skipped ones stop.
     """
     repeat = plan.order.repeat
     if kind == 'pixels':
         if repeat:
             dataset = dataset.repeat()
-        return dataset.enumerate().map(
+        start = _element_skip(plan, kind)
+        if start:
+            dataset = dataset.skip(start)
+        return dataset.enumerate(start=start).map(
             _plain(lambda i, e: (i, _crop_element(plan, i, e[0], kind), e[1])),
             num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -260,6 +274,19 @@ def _decode_stage(dataset: tf.data.Dataset, kind: str, plan: Plan):
                                     tf.logical_not(is_sentinel)))
     return dataset.map(
         _plain(lambda i, image, label, is_sentinel: (i, image, label)))
+
+
+def _element_skip(plan: Plan, kind: str) -> int:
+    """Elements to pass over before decoding: whole batches of pixels only.
+
+    A batch holds `batch_size` consecutive elements, so skipping `n` batches
+    of in-memory pixels is skipping `n * batch_size` elements, which costs no
+    crop or augmentation. Encoded images may fail to decode and leave gaps,
+    so their batches are skipped after batching (`build_dataset`).
+    """
+    if kind != 'pixels':
+        return 0
+    return plan.order.skip_batches * plan.batching.batch_size
 
 
 def _count_skips(plan: Plan, state, element):
@@ -321,7 +348,8 @@ def _finish_element(plan: Plan, index, image, label):
     return image, label
 
 
-def _batch_stage(dataset, plan: Plan):
+def _batch_stage(dataset, plan: Plan, first_batch: int = 0):
+    """Batches, mixes (batch `b` seeded by its index `first_batch + b`), casts."""
     batching = plan.batching
     dataset = dataset.batch(batching.batch_size,
                             drop_remainder=batching.drop_remainder,
@@ -329,7 +357,7 @@ def _batch_stage(dataset, plan: Plan):
                             deterministic=plan.order.deterministic)
     if batching.mixes(plan.is_training):
         mix_seed = tf.constant(plan.order.seeds[2], tf.int64)
-        dataset = dataset.enumerate().map(
+        dataset = dataset.enumerate(start=first_batch).map(
             _plain(lambda b, batch: mixing.mix_batch(
                 batch[0], batch[1], batching.mixup_alpha,
                 batching.cutmix_alpha, seed=tf.stack([mix_seed, b]))),
@@ -377,7 +405,9 @@ def build_dataset(
         cache: Union[None, bool, str] = None,
         shuffle_buffer: Optional[int] = None,
         repeat: Optional[bool] = None,
-        solarize_wrap: bool = True) -> tf.data.Dataset:
+        solarize_wrap: bool = True,
+        skip_batches: int = 0,
+        num_batches: Optional[int] = None) -> tf.data.Dataset:
     """Builds a batched input pipeline for a named dataset.
 
     Call it again with new `image_size`, `ram`, `mixup_alpha` and
@@ -424,6 +454,14 @@ def build_dataset(
         solarize_wrap: Solarize's threshold wraps modulo 256 as in the
             released code (RandAugment M=10 and 20 invert the whole image);
             False clamps it (no-op at 256 and above). See `augment.solarize`.
+        skip_batches: pass over this many batches first; the batches that
+            follow are exactly those of the unskipped pipeline (a seeded
+            stage resumed mid-way). In-memory sources (digits) skip before
+            cropping, at almost no cost; encoded images are decoded and
+            dropped, since a corrupt image changes how many make a batch.
+        num_batches: yield at most this many batches (after `skip_batches`),
+            e.g. the steps left in a training stage; None: no limit. The
+            pipeline then stops decoding at its last needed batch.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)`: images
@@ -453,7 +491,8 @@ def build_dataset(
         order=Order.resolve(
             is_training=training, num_images=num_images,
             input_context=input_context, seed=seed, repeat=repeat,
-            shuffle_buffer=shuffle_buffer))
+            shuffle_buffer=shuffle_buffer, skip_batches=skip_batches,
+            num_batches=num_batches))
     source = sources.make_source(
         info, split, data_dir, is_training=training,
         pipeline=plan.order.pipeline, seed=plan.order.seeds[0])
@@ -468,7 +507,16 @@ def build_dataset(
     data = data.map(_plain(functools.partial(_finish_element, plan)),
                     num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=plan.order.deterministic)
-    data = _batch_stage(data, plan)
+    skipped = plan.order.skip_batches if _element_skip(plan, source.kind) else 0
+    data = _batch_stage(data, plan, first_batch=skipped)
+    if plan.order.skip_batches > skipped:
+        data = data.skip(plan.order.skip_batches - skipped)
+    if plan.order.num_batches is not None:
+        # Ends the pipeline at its last needed batch: the final prefetch then
+        # winds the upstream stages down in its own thread as soon as that
+        # batch is made, instead of decoding ahead until the iterator is
+        # deleted (which waits for work in flight).
+        data = data.take(plan.order.num_batches)
     options = tf.data.Options()
     options.threading.max_intra_op_parallelism = 1
     data = data.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -160,7 +160,7 @@ class ClassificationTask(object):
     # -- input pipelines --------------------------------------------------------------------
 
     def build_train_dataset(self, stage, input_context=None, image_dtype=tf.float32,
-                            skip_batches=0, relax_shapes=False):
+                            skip_batches=0, relax_shapes=False, num_batches=None):
         """The training pipeline of a stage (size, RandAugment, mixup, cutmix of `stage`).
 
         Args:
@@ -169,6 +169,9 @@ class ClassificationTask(object):
             image_dtype: the images' dtype (bfloat16 on TPU).
             skip_batches: batches to skip (exact data replay on resume).
             relax_shapes: report unknown image height/width (one trace for all stages).
+            num_batches: batches to yield after the skipped ones, e.g. the stage's remaining
+                steps times the replicas this pipeline feeds; None: endless. A bounded
+                pipeline stops decoding at its last needed batch.
         """
         config = self.config
         batch = self.global_batch
@@ -183,9 +186,8 @@ class ClassificationTask(object):
             image_dtype=image_dtype, input_context=input_context,
             seed=None if config.train.seed is None else config.train.seed + stage.index,
             cache=config.data.cache, shuffle_buffer=config.data.shuffle_buffer,
-            solarize_wrap=config.data.solarize_wrap)
-        if skip_batches:
-            dataset = dataset.skip(skip_batches)
+            solarize_wrap=config.data.solarize_wrap, skip_batches=skip_batches,
+            num_batches=num_batches)
         return _relax_image_shape(dataset) if relax_shapes else dataset
 
     def build_eval_dataset(self, image_size=None, input_context=None, image_dtype=tf.float32,

@@ -278,11 +278,27 @@ class Trainer(object):
 
     # -- data -------------------------------------------------------------------------------
 
-    def _train_dataset(self, stage, skip_batches=0):
+    def _train_dataset(self, stage, step):
+        """The stage's distributed pipeline from `step`: exactly the batches it still needs.
+
+        Each step takes one batch per replica, so an input pipeline feeding `r` replicas
+        passes over `r` batches per step already trained (seeded runs: the same sequence of
+        batches in every run; unseeded, a resumed stage draws new ones) and ends after `r`
+        batches per remaining step. Ending there matters: an endless pipeline keeps decoding
+        ahead, and deleting its iterator at the stage end waits for that work.
+        """
+        skip_steps = 0
+        if step > stage.start_step and self.config.train.seed is not None:
+            skip_steps = step - stage.start_step
+        remaining = stage.end_step - step
+
         def dataset_fn(input_context):
+            per_step = max(1, input_context.num_replicas_in_sync //
+                           input_context.num_input_pipelines)
             return self.task.build_train_dataset(
                 stage, input_context=input_context, image_dtype=self._image_dtype(),
-                skip_batches=skip_batches, relax_shapes=not self.jit_compile)
+                skip_batches=skip_steps * per_step, num_batches=remaining * per_step,
+                relax_shapes=not self.jit_compile)
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -380,13 +396,8 @@ class Trainer(object):
     def _run_stage(self, stage, step):
         config = self.config.train
         self.task.set_stage(self.model, stage)
-        skip = 0
-        if step > stage.start_step and self.config.train.seed is not None:
-            # A seeded stage pipeline is the same sequence of batches in every run: pass over
-            # the ones already trained on. (Unseeded, the resumed stage draws new batches.)
-            skip = step - stage.start_step
         self.task.log_stage(stage, len(self.plan.stages), step)
-        iterator = iter(self._train_dataset(stage, skip))
+        iterator = iter(self._train_dataset(stage, step))
         train_loop = self._stage_train_loop()
         trace_seconds = self._trace(train_loop, iterator,
                                     min(config.steps_per_loop, stage.end_step - step))
