@@ -188,4 +188,5 @@ def get_variant(name):
 # Table 3's Fused-MBConv ablation of B4 (efficientnetv2/fused_ablation.py): looked up by name,
 # not listed by list_models().
 from efficientnetv2 import fused_ablation as _fused_ablation  # noqa: E402
-VARIANTS.update((v.name, v) for v in _fused_ablation.variants())
+VARIANTS.update(
+    (v.name, v) for v in _fused_ablation.variants(VARIANTS[_fused_ablation.BASE_MODEL]))

@@ -87,10 +87,12 @@ def fuse_blocks(block_strings, num_fused, drop_se=True):
     return out
 
 
-def variants():
-    """The registered `architectures.Variant`s (B4's recipe with fused block strings)."""
-    from efficientnetv2 import architectures
-    base = architectures.VARIANTS[BASE_MODEL]
+def variants(base):
+    """The Table 3 variants of `base` (B4's `architectures.Variant`) with fused block strings.
+
+    `architectures` registers them under their names; it passes its B4 in, so this module
+    imports nothing of the registry (no import cycle).
+    """
     return [dataclasses.replace(base, name=variant_name(n), keras_name=None,
                                 blocks=tuple(fuse_blocks(base.blocks, n)))
             for n in FUSED_STAGES]

@@ -21,6 +21,7 @@ where floats are expected; bools are never accepted as numbers.
 
 import ast
 import copy
+import os
 import difflib
 import math
 import numbers
@@ -299,12 +300,18 @@ class Config(object):
         return keys
 
     def to_yaml(self, path=None):
-        """Serialises the config to YAML; writes it to `path` when given and returns the text."""
+        """Serialises the config to YAML; writes it to `path` when given and returns the text.
+
+        The file is written whole or not at all (a temporary file renamed into place), so a
+        process polling for it (an evaluator started before its trainer) never reads half.
+        """
         text = yaml.safe_dump(self.as_dict(), default_flow_style=False, sort_keys=False)
         if path:
             import tensorflow as tf  # Only needed for gs:// paths; keep the module light.
-            with tf.io.gfile.GFile(path, 'w') as f:
+            partial = '%s.tmp-%d' % (path, os.getpid())
+            with tf.io.gfile.GFile(partial, 'w') as f:
                 f.write(text)
+            tf.io.gfile.rename(partial, path, overwrite=True)
         return text
 
     # -- overrides --------------------------------------------------------------------------

@@ -14,31 +14,6 @@ from efficientnetv2 import hparams
 from efficientnetv2 import layers
 
 POOLING = (None, 'avg', 'max')
-<<<<<<< HEAD
-=======
-DEFAULT_MODEL_HPARAMS = dict(
-    model_name=None,
-    blocks=[],
-    width_coefficient=1.0,
-    depth_coefficient=1.0,
-    depth_divisor=8,
-    min_depth=8,
-    round_filters_10pct=False,
-    feature_size=1280,
-    dropout_rate=0.2,
-    survival_prob=0.8,
-    bn_momentum=0.9,
-    bn_epsilon=1e-3,
-    act_fn='silu',
-    sync_bn=False,
-    bn_group_size=8,  # Replicas per group of synchronized batch norm; 0: all (SPEC 1.11).
-    fused_bn=True,
-    conv_dropout=0.0,
-    headbias=None,
-    num_classes=1000,
-    data_format='channels_last',
-)
->>>>>>> wt-f
 
 
 def _block_name(stage, repeat):
@@ -169,21 +144,7 @@ class EfficientNet(keras.Model):
 
         super().__init__(inputs=inputs, outputs=x, name=name or model_name or 'efficientnet',
                          **kwargs)
-<<<<<<< HEAD
         self._init_args = dict(config, input_shape=tuple(input_shape))
-=======
-        self._init_args = dict(
-            blocks=list(blocks), width_coefficient=width_coefficient,
-            depth_coefficient=depth_coefficient, depth_divisor=depth_divisor,
-            min_depth=min_depth, round_filters_10pct=round_filters_10pct,
-            feature_size=feature_size, dropout_rate=dropout_rate, survival_prob=survival_prob,
-            bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, act_fn=act_fn, sync_bn=sync_bn,
-            fused_bn=fused_bn, conv_dropout=conv_dropout, headbias=headbias,
-            bn_group_size=bn_group_size,
-            include_top=include_top, num_classes=num_classes, pooling=pooling,
-            input_shape=tuple(input_shape), classifier_activation=classifier_activation,
-            data_format=data_format, model_name=model_name)
->>>>>>> wt-f
         self.model_name = model_name
         self.include_top = include_top
         self.num_classes = num_classes
