@@ -45,6 +45,9 @@ setup(
     extras_require={'test': ['pytest>=7'],
                     'onnx': ['tf2onnx>=1.17', 'onnx>=1.16', 'onnxruntime>=1.18']},
     entry_points={'console_scripts': [
+        'efficientnetv2-train=efficientnetv2.cli:run',  # = python main.py (same flags)
+        'efficientnetv2-export=efficientnetv2.cli:run_export',  # The same, --mode=export default.
+        'efficientnetv2-nas=efficientnetv2.console:nas',  # = python -m efficientnetv2.nas
         'efficientnetv2-summary=efficientnetv2.summary:main',
     ]},
     classifiers=[

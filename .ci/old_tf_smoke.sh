@@ -2,7 +2,8 @@
 # CI: the lower bound of the supported range. In a fresh virtual environment with the oldest
 # TensorFlow that setup.py admits (CPU) and the Keras and tensorflow-datasets versions that
 # tpu/setup.sh installs on a Cloud TPU VM (tpu/versions.sh), installs this project as a user
-# would (`pip install .`, not editable) and runs tests/test_smoke.py against that install.
+# would (`pip install .`, not editable), runs tests/test_smoke.py against that install, then its
+# console scripts (efficientnetv2-train, -summary, -export) from an empty directory.
 # Uses Python 3.10 (as on the TPU VM images) when one is found; OLD_TF_PYTHON overrides.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -60,4 +61,43 @@ if [ "$status" -eq 5 ]; then
   echo "pytest collected no tests" >&2
   exit 1
 fi
-exit "$status"
+if [ "$status" -ne 0 ]; then
+  exit "$status"
+fi
+
+# The installed commands (setup.py's console scripts), run from an empty directory: they must
+# need nothing of the checkout, and write nothing where they run unless told to.
+BIN="$VENV/bin"
+RUN="$WORK/run"
+mkdir "$WORK/empty"
+cd "$WORK/empty"
+set +e
+"$BIN/efficientnetv2-train" --helpshort >"$WORK/help.txt"
+status=$?
+set -e
+# absl ends --help / --helpshort with exit status 1; a missing script or a crash fails below.
+if [ "$status" -ne 1 ] || ! grep -q -- '--model_dir:' "$WORK/help.txt"; then
+  echo "efficientnetv2-train --helpshort: exit $status, flags not listed" >&2
+  exit 1
+fi
+"$BIN/efficientnetv2-summary" --model_name=efficientnetv2-b0 --image_size=224 \
+  | tee "$WORK/summary.txt"
+grep -Eq '^efficientnetv2-b0 +224 +7,139,704 +7,200,312 ' "$WORK/summary.txt"
+# A tiny real run: two blocks, one epoch of digits at 16 px, then its export (default formats,
+# each checked against the Keras model by the exporter).
+TINY="model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1'],model.feature_size=32"
+TINY+=",train.epochs=1,train.stages=0,train.image_size=16,train.min_image_size=16"
+TINY+=",eval.image_size=16,train.batch_size=128"
+"$BIN/efficientnetv2-train" --mode=train --strategy=cpu --model_dir="$RUN" --hparam_str="$TINY"
+"$BIN/efficientnetv2-export" --model_dir="$RUN"
+for file in config.yaml export/saved_model/saved_model.pb export/model.keras export/model.tflite; do
+  if [ ! -s "$RUN/$file" ]; then
+    echo "efficientnetv2-export: $RUN/$file is missing" >&2
+    exit 1
+  fi
+done
+if [ -n "$(ls -A "$WORK/empty")" ]; then
+  echo "the commands wrote into the current directory: $(ls -A "$WORK/empty")" >&2
+  exit 1
+fi
+echo "installed commands: ok"
