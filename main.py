@@ -8,8 +8,6 @@ flags, same behaviour).
 """
 
 from efficientnetv2 import cli
-from efficientnetv2.cli import _stopped_early  # noqa: F401  (tests use them from main.py)
-from efficientnetv2.cli import EXIT_PREEMPTED  # noqa: F401
 
 if __name__ == '__main__':
     cli.run()

@@ -134,12 +134,9 @@ def test_sigkill_mid_run_then_restart_reaches_the_same_final_step(tmp_path, refe
 
 
 def test_exit_code_tells_a_stopped_run_from_a_finished_one():
-    import importlib.util
     import types
-    spec = importlib.util.spec_from_file_location('efficientnetv2_main', os.path.join(ROOT,
-                                                                                    'main.py'))
-    main = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(main)
+
+    from efficientnetv2 import cli as main  # What main.py runs.
     assert main.EXIT_PREEMPTED == 143
 
     def trainer(stop, step):
