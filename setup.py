@@ -23,7 +23,7 @@ setup(
     name='efficientnetv2',
     version=_version(),
     description='EfficientNet (V1) and EfficientNetV2 for TensorFlow 2 / Keras 3: models, '
-                'progressive training, export.',
+    'progressive training, export.',
     long_description=_readme(),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
@@ -42,14 +42,18 @@ setup(
         'numpy',
         'scikit-learn>=1.0',  # Only for its bundled 'digits' images (the offline default data).
     ],
-    extras_require={'test': ['pytest>=7'],
-                    'onnx': ['tf2onnx>=1.17', 'onnx>=1.16', 'onnxruntime>=1.18']},
-    entry_points={'console_scripts': [
-        'efficientnetv2-train=efficientnetv2.cli:run',  # = python main.py (same flags)
-        'efficientnetv2-export=efficientnetv2.cli:run_export',  # The same, --mode=export default.
-        'efficientnetv2-nas=efficientnetv2.console:nas',  # = python -m efficientnetv2.nas
-        'efficientnetv2-summary=efficientnetv2.summary:main',
-    ]},
+    extras_require={
+        'test': ['pytest>=7'],
+        'onnx': ['tf2onnx>=1.17', 'onnx>=1.16', 'onnxruntime>=1.18'],
+    },
+    entry_points={
+        'console_scripts': [
+            'efficientnetv2-train=efficientnetv2.cli:run',  # = python main.py (same flags)
+            'efficientnetv2-export=efficientnetv2.cli:run_export',  # The same, --mode=export default.
+            'efficientnetv2-nas=efficientnetv2.console:nas',  # = python -m efficientnetv2.nas
+            'efficientnetv2-summary=efficientnetv2.summary:main',
+        ]
+    },
     classifiers=[
         'Programming Language :: Python :: 3',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',

@@ -62,6 +62,7 @@ METHODS = (
 def write_folders(root, per_class, seed=0):
     """PNG folders from sklearn digits (8x8, gray -> RGB)."""
     from sklearn import datasets as sk_datasets
+
     digits = sk_datasets.load_digits()
     pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     rng = np.random.RandomState(seed)
@@ -78,23 +79,28 @@ def write_folders(root, per_class, seed=0):
             os.makedirs(directory, exist_ok=True)
             for i in chosen:
                 image = np.repeat(pixels[i][..., None], 3, axis=-1)
-                tf.io.write_file(os.path.join(directory, '%04d.png' % i),
-                                 tf.io.encode_png(image))
+                tf.io.write_file(os.path.join(directory, '%04d.png' % i), tf.io.encode_png(image))
             counts[folder] = counts.get(folder, 0) + len(chosen)
     return counts
 
 
 def digit_info(directory):
     # Digits: no flips (they change the meaning), mild crops, no eval centre crop.
-    return dataclasses.replace(data.folder_dataset_info(directory), random_flip=False,
-                               train_area_range=(0.8, 1.0), eval_center_crop=False)
+    return dataclasses.replace(
+        data.folder_dataset_info(directory),
+        random_flip=False,
+        train_area_range=(0.8, 1.0),
+        eval_center_crop=False,
+    )
 
 
 def compile_model(model, lr, total_steps):
     schedule = keras.optimizers.schedules.CosineDecay(lr, total_steps)
-    model.compile(keras.optimizers.Adam(schedule),
-                  keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1),
-                  metrics=[keras.metrics.CategoricalAccuracy(name='top_1')])
+    model.compile(
+        keras.optimizers.Adam(schedule),
+        keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1),
+        metrics=[keras.metrics.CategoricalAccuracy(name='top_1')],
+    )
     return model
 
 
@@ -104,18 +110,30 @@ def pretrain(root, seed):
     steps = info.get_split('train').num_images // BATCH
     model = model_lib.EfficientNet(BLOCKS, feature_size=128, num_classes=5, dropout_rate=0.1)
     compile_model(model, 3e-3, FLAGS.pretrain_epochs * steps)
-    plan = efficientnetv2.progressive_plan(epochs=FLAGS.pretrain_epochs,
-                                           image_size=FLAGS.image_size, num_stages=2,
-                                           ram=(2.0, 5.0), dropout=(0.05, 0.1))
+    plan = efficientnetv2.progressive_plan(
+        epochs=FLAGS.pretrain_epochs,
+        image_size=FLAGS.image_size,
+        num_stages=2,
+        ram=(2.0, 5.0),
+        dropout=(0.05, 0.1),
+    )
 
     def dataset_fn(stage):
-        return data.build_dataset(info, 'train', image_size=stage.image_size, batch_size=BATCH,
-                                  augname='randaug', ram=stage.ram, seed=seed)
+        return data.build_dataset(
+            info,
+            'train',
+            image_size=stage.image_size,
+            batch_size=BATCH,
+            augname='randaug',
+            ram=stage.ram,
+            seed=seed,
+        )
 
     val = data.build_dataset(info, 'eval', image_size=FLAGS.image_size, batch_size=64)
     start = time.time()
-    result = efficientnetv2.fit_progressive(model, dataset_fn, plan, steps_per_epoch=steps,
-                                            validation_data=val, ema=0.99, verbose=0)
+    result = efficientnetv2.fit_progressive(
+        model, dataset_fn, plan, steps_per_epoch=steps, validation_data=val, ema=0.99, verbose=0
+    )
     result.ema.copy_to_model()
     top1 = model.evaluate(val, verbose=0, return_dict=True)['top_1']
     return model, top1, time.time() - start
@@ -133,8 +151,15 @@ def finetune_once(root, pretrained, method, seed):
     else:
         model = model_lib.EfficientNet(BLOCKS, feature_size=128, num_classes=5, dropout_rate=0.1)
     compile_model(model, lr, FLAGS.epochs * steps)
-    train = data.build_dataset(info, 'train', image_size=FLAGS.image_size, batch_size=BATCH,
-                               augname='randaug', ram=5.0, seed=seed)
+    train = data.build_dataset(
+        info,
+        'train',
+        image_size=FLAGS.image_size,
+        batch_size=BATCH,
+        augname='randaug',
+        ram=5.0,
+        seed=seed,
+    )
     val = data.build_dataset(info, 'eval', image_size=FLAGS.image_size, batch_size=64)
     start = time.time()
     model.fit(train, epochs=FLAGS.epochs, steps_per_epoch=steps, verbose=0)
@@ -148,23 +173,50 @@ def main(_):
     counts = write_folders(root, FLAGS.per_class)
     logging.info('Image folders in %s: %s', root, counts)
     pretrained, pre_top1, pre_seconds = pretrain(root, seed=0)
-    print('pretrain on digits 0-4 (%d images, %d epochs, %d -> %d px): top-1 %.3f, %.0f s'
-          % (counts['pretrain'], FLAGS.pretrain_epochs, FLAGS.image_size // 2, FLAGS.image_size,
-             pre_top1, pre_seconds))
+    print(
+        'pretrain on digits 0-4 (%d images, %d epochs, %d -> %d px): top-1 %.3f, %.0f s'
+        % (
+            counts['pretrain'],
+            FLAGS.pretrain_epochs,
+            FLAGS.image_size // 2,
+            FLAGS.image_size,
+            pre_top1,
+            pre_seconds,
+        )
+    )
     rows = []
     for method in METHODS:
         results = [finetune_once(root, pretrained, method, seed) for seed in range(FLAGS.seeds)]
         top1 = [r[0] for r in results]
-        rows.append((method[0], np.mean(top1), min(top1), max(top1),
-                     np.mean([r[1] for r in results]), results[0][2], method[4]))
-    print('\nfine-tune on digits 5-9: %d train images (%d per class), %d val, %d epochs, '
-          '%d seeds' % (counts['transfer/train'], FLAGS.per_class, counts['transfer/val'],
-                        FLAGS.epochs, FLAGS.seeds))
+        rows.append(
+            (
+                method[0],
+                np.mean(top1),
+                min(top1),
+                max(top1),
+                np.mean([r[1] for r in results]),
+                results[0][2],
+                method[4],
+            )
+        )
+    print(
+        '\nfine-tune on digits 5-9: %d train images (%d per class), %d val, %d epochs, '
+        '%d seeds'
+        % (
+            counts['transfer/train'],
+            FLAGS.per_class,
+            counts['transfer/val'],
+            FLAGS.epochs,
+            FLAGS.seeds,
+        )
+    )
     print('| method | lr | trainable variables | top-1 (mean, min-max) | train s |')
     print('| --- | --- | --- | --- | --- |')
     for name, mean, low, high, seconds, variables, lr in rows:
-        print('| %s | %g | %d | %.1f%% (%.1f-%.1f) | %.0f |'
-              % (name, lr, variables, 100 * mean, 100 * low, 100 * high, seconds))
+        print(
+            '| %s | %g | %d | %.1f%% (%.1f-%.1f) | %.0f |'
+            % (name, lr, variables, 100 * mean, 100 * low, 100 * high, seconds)
+        )
     if not FLAGS.work_dir:
         shutil.rmtree(root, ignore_errors=True)
 

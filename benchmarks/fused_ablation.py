@@ -21,22 +21,30 @@ from absl import logging  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='benchmarks/fused_ablation.py', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog='benchmarks/fused_ablation.py',
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument('--image_size', type=int, default=380)
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--steps', type=int, default=10, help='timed steps (median)')
     parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--policy', default=None,
-                        help='Keras dtype policy, e.g. mixed_float16 (GPU), mixed_bfloat16')
+    parser.add_argument(
+        '--policy',
+        default=None,
+        help='Keras dtype policy, e.g. mixed_float16 (GPU), mixed_bfloat16',
+    )
     parser.add_argument('--no_flops', action='store_true', help='skip FLOP counting')
-    parser.add_argument('--variants', default=None,
-                        help='comma-separated subset of the four names (default: all)')
+    parser.add_argument(
+        '--variants', default=None, help='comma-separated subset of the four names (default: all)'
+    )
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
 
     import keras
     import tensorflow as tf
+
     import efficientnetv2
     from efficientnetv2 import fused_ablation
     from efficientnetv2 import summary
@@ -47,16 +55,26 @@ def main(argv=None):
         wanted = [n.strip() for n in args.variants.split(',') if n.strip()]
         unknown = [n for n in wanted if n not in names]
         if unknown:
-            parser.error('unknown variant(s) %s; valid: %s' % (unknown, ', '.join(names)))
+            parser.error('unknown variant(s) {}; valid: {}'.format(unknown, ', '.join(names)))
         names = wanted
     if args.policy:
         keras.config.set_dtype_policy(args.policy)
     device = 'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'
-    print('device: %s, image size %d, batch %d, %d timed steps, policy %s'
-          % (device, args.image_size, args.batch, args.steps,
-             keras.config.dtype_policy().name), flush=True)
+    print(
+        'device: %s, image size %d, batch %d, %d timed steps, policy %s'
+        % (device, args.image_size, args.batch, args.steps, keras.config.dtype_policy().name),
+        flush=True,
+    )
     header = '%-26s %9s %9s %9s %9s %10s %8s %8s' % (
-        'model', 'params', 'paper', 'GFLOPs', 'paper', 'imgs/s', 'TPUv3', 'V100')
+        'model',
+        'params',
+        'paper',
+        'GFLOPs',
+        'paper',
+        'imgs/s',
+        'TPUv3',
+        'V100',
+    )
     print(header)
     for name in names:
         keras.backend.clear_session()
@@ -65,12 +83,24 @@ def main(argv=None):
         model = efficientnetv2.get_model(name)
         trainable, _ = summary.count_params(model)
         flops = float('nan') if args.no_flops else summary.count_flops(model, args.image_size)
-        seconds = search.measure_step_time(model, args.image_size, args.batch, args.steps,
-                                           args.warmup)
+        seconds = search.measure_step_time(
+            model, args.image_size, args.batch, args.steps, args.warmup
+        )
         paper = fused_ablation.PAPER_TABLE3[name]
-        print('%-26s %8.2fM %8.1fM %9.2f %9.1f %10.1f %8d %8d' % (
-            name, trainable / 1e6, paper['params'] / 1e6, flops / 1e9, paper['flops'] / 1e9,
-            args.batch / seconds, paper['tpu'], paper['v100']), flush=True)
+        print(
+            '%-26s %8.2fM %8.1fM %9.2f %9.1f %10.1f %8d %8d'
+            % (
+                name,
+                trainable / 1e6,
+                paper['params'] / 1e6,
+                flops / 1e9,
+                paper['flops'] / 1e9,
+                args.batch / seconds,
+                paper['tpu'],
+                paper['v100'],
+            ),
+            flush=True,
+        )
 
 
 if __name__ == '__main__':

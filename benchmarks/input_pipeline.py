@@ -32,8 +32,12 @@ from efficientnetv2 import data
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--num_images', type=int, default=256,
-                        help='JPEGs written for the train split (eval gets a quarter).')
+    parser.add_argument(
+        '--num_images',
+        type=int,
+        default=256,
+        help='JPEGs written for the train split (eval gets a quarter).',
+    )
     parser.add_argument('--num_shards', type=int, default=8, help='TFRecord files per split.')
     parser.add_argument('--image_size', type=int, default=224)
     parser.add_argument('--batch', type=int, default=32)
@@ -50,8 +54,10 @@ def natural_image(rng, height=375, width=500):
     """Smooth colour fields at two scales plus grain: JPEG sizes like photos."""
     coarse = rng.uniform(0, 255, (1, 6, 8, 3)).astype(np.float32)
     fine = rng.normal(0, 40, (1, 48, 64, 3)).astype(np.float32)
-    image = (tf.image.resize(coarse, [height, width], 'bicubic') +
-             tf.image.resize(fine, [height, width], 'bicubic'))[0]
+    image = (
+        tf.image.resize(coarse, [height, width], 'bicubic')
+        + tf.image.resize(fine, [height, width], 'bicubic')
+    )[0]
     image += rng.normal(0, 6, (height, width, 3)).astype(np.float32)
     return tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)
 
@@ -67,12 +73,18 @@ def write_records(directory, prefix, num_images, num_shards, rng):
                 encoded = tf.io.encode_jpeg(natural_image(rng), quality=90).numpy()
                 sizes.append(len(encoded))
                 label = int(rng.integers(1, 1001))
-                example = tf.train.Example(features=tf.train.Features(feature={
-                    'image/encoded': tf.train.Feature(
-                        bytes_list=tf.train.BytesList(value=[encoded])),
-                    'image/class/label': tf.train.Feature(
-                        int64_list=tf.train.Int64List(value=[label])),
-                }))
+                example = tf.train.Example(
+                    features=tf.train.Features(
+                        feature={
+                            'image/encoded': tf.train.Feature(
+                                bytes_list=tf.train.BytesList(value=[encoded])
+                            ),
+                            'image/class/label': tf.train.Feature(
+                                int64_list=tf.train.Int64List(value=[label])
+                            ),
+                        }
+                    )
+                )
                 writer.write(example.SerializeToString())
     return float(np.mean(sizes))
 
@@ -91,24 +103,27 @@ def pipeline_rate(dataset, warmup, steps, batch):
 def build_model(name):
     try:
         import efficientnetv2
+
         return efficientnetv2.get_model(name, weights=None), 'efficientnetv2.get_model'
     except (ImportError, AttributeError):
-        return (keras.applications.EfficientNetV2B0(weights=None, include_preprocessing=False),
-                'keras.applications.EfficientNetV2B0')
+        return (
+            keras.applications.EfficientNetV2B0(weights=None, include_preprocessing=False),
+            'keras.applications.EfficientNetV2B0',
+        )
 
 
 def model_rate(name, images, labels, steps):
     """Images per second of a plain tf.function train step (RMSprop)."""
     model, source = build_model(name)
-    optimizer = keras.optimizers.RMSprop(learning_rate=0.01, rho=0.9, momentum=0.9,
-                                         epsilon=1e-3)
+    optimizer = keras.optimizers.RMSprop(learning_rate=0.01, rho=0.9, momentum=0.9, epsilon=1e-3)
 
     @tf.function
     def train_step(batch_images, batch_labels):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(batch_images, training=True), tf.float32)
-            loss = tf.reduce_mean(keras.losses.categorical_crossentropy(
-                batch_labels, logits, from_logits=True))
+            loss = tf.reduce_mean(
+                keras.losses.categorical_crossentropy(batch_labels, logits, from_logits=True)
+            )
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
@@ -129,17 +144,25 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as directory:
         start = time.perf_counter()
         jpeg_bytes = write_records(directory, 'train', args.num_images, args.num_shards, rng)
-        write_records(directory, 'validation', max(args.num_images // 4, 1),
-                      max(args.num_shards // 4, 1), rng)
+        write_records(
+            directory, 'validation', max(args.num_images // 4, 1), max(args.num_shards // 4, 1), rng
+        )
         write_seconds = time.perf_counter() - start
 
         common = dict(data_dir=directory, image_size=args.image_size, batch_size=args.batch)
-        train = data.build_dataset('imagenet', split='trainval', is_training=True,
-                                   augname='randaug', ram=args.ram, mixup_alpha=args.mixup,
-                                   **common)
+        train = data.build_dataset(
+            'imagenet',
+            split='trainval',
+            is_training=True,
+            augname='randaug',
+            ram=args.ram,
+            mixup_alpha=args.mixup,
+            **common,
+        )
         train_rate = pipeline_rate(train, args.warmup, args.steps, args.batch)
-        evaluation = data.build_dataset('imagenet', split='eval', is_training=False,
-                                        repeat=True, **common)
+        evaluation = data.build_dataset(
+            'imagenet', split='eval', is_training=False, repeat=True, **common
+        )
         eval_rate = pipeline_rate(evaluation, args.warmup, args.steps, args.batch)
         images, labels = next(iter(train))
 
@@ -149,9 +172,11 @@ def main(argv=None):
         ('eval pipeline (centre crop)', eval_rate),
         (f'{args.model} train step, batch {args.batch} ({model_source})', step_rate),
     ]
-    print(f'\n{args.num_images} JPEGs of 500x375 (mean {jpeg_bytes / 1024:.0f} KiB, written in '
-          f'{write_seconds:.0f} s), {args.image_size} px, batch {args.batch}, '
-          f'{os.cpu_count()} CPU cores, TF {tf.__version__}')
+    print(
+        f'\n{args.num_images} JPEGs of 500x375 (mean {jpeg_bytes / 1024:.0f} KiB, written in '
+        f'{write_seconds:.0f} s), {args.image_size} px, batch {args.batch}, '
+        f'{os.cpu_count()} CPU cores, TF {tf.__version__}'
+    )
     width = max(len(name) for name, _ in rows)
     print(f'{"measured":<{width}}  images/s')
     for name, rate in rows:

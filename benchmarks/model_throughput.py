@@ -52,24 +52,39 @@ MODES = ('forward', 'train')
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--models', default='efficientnetv2-b0,efficientnetv2-s',
-                        help='comma-separated model names with a keras.applications twin')
+    parser.add_argument(
+        '--models',
+        default='efficientnetv2-b0,efficientnetv2-s',
+        help='comma-separated model names with a keras.applications twin',
+    )
     parser.add_argument('--image_size', type=int, default=128)
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--steps', type=int, default=5, help='timed steps per round')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps (tracing incl.)')
-    parser.add_argument('--rounds', type=int, default=5,
-                        help='timed rounds per contender, alternating between contenders')
+    parser.add_argument(
+        '--rounds',
+        type=int,
+        default=5,
+        help='timed rounds per contender, alternating between contenders',
+    )
     parser.add_argument('--modes', default=','.join(MODES), help='forward,train')
     parser.add_argument('--impls', default=','.join(IMPLS), help='ours,keras')
-    parser.add_argument('--ours_overrides', default='',
-                        help='model hparams for ours, e.g. "fused_bn=False,survival_prob=None"; '
-                        "';' separates several configurations to compare")
-    parser.add_argument('--policy', default='float32',
-                        help='Keras dtype policy, e.g. float32 or mixed_bfloat16')
+    parser.add_argument(
+        '--ours_overrides',
+        default='',
+        help='model hparams for ours, e.g. "fused_bn=False,survival_prob=None"; '
+        "';' separates several configurations to compare",
+    )
+    parser.add_argument(
+        '--policy', default='float32', help='Keras dtype policy, e.g. float32 or mixed_bfloat16'
+    )
     parser.add_argument('--jit_compile', action='store_true', help='XLA-compile both steps')
-    parser.add_argument('--op_profile', type=int, default=0,
-                        help='if > 0, print this many top op types per contender and mode')
+    parser.add_argument(
+        '--op_profile',
+        type=int,
+        default=0,
+        help='if > 0, print this many top op types per contender and mode',
+    )
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     args.models = _choices(args.models, None, '--models')
@@ -77,13 +92,15 @@ def parse_args(argv=None):
     args.impls = _choices(args.impls, IMPLS, '--impls')
     for name in args.models:
         if not architectures.get_variant(name).keras_name:
-            raise ValueError('--models: %r has no keras.applications twin. Valid: %s.'
-                             % (name, ', '.join(v.name for v in architectures.VARIANTS.values()
-                                                if v.keras_name)))
+            raise ValueError(
+                '--models: {!r} has no keras.applications twin. Valid: {}.'.format(
+                    name, ', '.join(v.name for v in architectures.VARIANTS.values() if v.keras_name)
+                )
+            )
     args.ours_overrides = [item.strip() for item in args.ours_overrides.split(';')]
     for flag in ('image_size', 'batch', 'steps', 'rounds'):
         if getattr(args, flag) < 1:
-            raise ValueError('--%s must be >= 1. Received: %r' % (flag, getattr(args, flag)))
+            raise ValueError(f'--{flag} must be >= 1. Received: {getattr(args, flag)!r}')
     return args
 
 
@@ -91,8 +108,11 @@ def _choices(text, valid, flag):
     items = [item.strip() for item in text.split(',') if item.strip()]
     bad = [item for item in items if valid is not None and item not in valid]
     if not items or bad:
-        raise ValueError('%s must be a comma-separated list of %s. Received: %r'
-                         % (flag, ', '.join(valid or ('model names',)), text))
+        raise ValueError(
+            '{} must be a comma-separated list of {}. Received: {!r}'.format(
+                flag, ', '.join(valid or ('model names',)), text
+            )
+        )
     return items
 
 
@@ -111,8 +131,7 @@ def build_model(impl, name, image_size, ours_overrides=''):
 
 def make_steps(model, jit_compile=False):
     """{'forward': fn, 'train': fn}: tf.functions of (images, labels) for `model`."""
-    optimizer = keras.optimizers.RMSprop(learning_rate=1e-3, rho=0.9, momentum=0.9,
-                                         epsilon=1e-3)
+    optimizer = keras.optimizers.RMSprop(learning_rate=1e-3, rho=0.9, momentum=0.9, epsilon=1e-3)
     optimizer.build(model.trainable_variables)
 
     @tf.function(jit_compile=jit_compile)
@@ -124,8 +143,11 @@ def make_steps(model, jit_compile=False):
     def train(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=labels, logits=tf.cast(logits, tf.float32)))
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=labels, logits=tf.cast(logits, tf.float32)
+                )
+            )
         variables = model.trainable_variables
         gradients = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(gradients, variables))
@@ -151,6 +173,7 @@ def op_breakdown(step, images, labels, steps):
     wall time when ops run concurrently.
     """
     from tensorflow.tsl.profiler.protobuf import xplane_pb2  # Ships with TensorFlow.
+
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
         try:
@@ -179,12 +202,13 @@ def op_breakdown(step, images, labels, steps):
 def format_breakdown(name, label, mode, breakdown, top):
     """The `top` op types of an `op_breakdown` as text."""
     total = sum(value[0] for value in breakdown.values())
-    lines = ['%s %s %s: op time %.3f s/step in %d ops/step; top op types:'
-             % (name, label, mode, total, round(sum(v[1] for v in breakdown.values())))]
+    lines = [
+        '%s %s %s: op time %.3f s/step in %d ops/step; top op types:'
+        % (name, label, mode, total, round(sum(v[1] for v in breakdown.values())))
+    ]
     ranked = sorted(breakdown.items(), key=lambda item: -item[1][0])[:top]
     for op_type, (seconds, count) in ranked:
-        lines.append('  %-46s %8.1f ms/step %6d ops/step' % (op_type, 1000 * seconds,
-                                                             round(count)))
+        lines.append('  %-46s %8.1f ms/step %6d ops/step' % (op_type, 1000 * seconds, round(count)))
     return '\n'.join(lines)
 
 
@@ -193,7 +217,7 @@ def _contenders(args):
     contenders = []
     if 'ours' in args.impls:
         for overrides in args.ours_overrides:
-            label = 'ours[%s]' % overrides if overrides else 'ours'
+            label = f'ours[{overrides}]' if overrides else 'ours'
             contenders.append((label, 'ours', overrides))
     if 'keras' in args.impls:
         contenders.append(('keras', 'keras', ''))
@@ -203,8 +227,9 @@ def _contenders(args):
 def benchmark_model(name, args):
     """{label: {mode: {'best', 'median', 'cpu'}: images per second}} for one model name."""
     rng = np.random.default_rng(args.seed)
-    images = tf.constant(rng.normal(size=(args.batch, args.image_size, args.image_size, 3)),
-                         tf.float32)
+    images = tf.constant(
+        rng.normal(size=(args.batch, args.image_size, args.image_size, 3)), tf.float32
+    )
     labels = tf.constant(rng.integers(0, 1000, size=(args.batch,)), tf.int32)
     steps = {}
     for label, impl, overrides in _contenders(args):
@@ -218,20 +243,26 @@ def benchmark_model(name, args):
         timings = {label: [] for label in steps}
         for round_index in range(args.rounds):
             for label in steps:
-                timings[label].append(_time_steps(steps[label][mode], images, labels,
-                                                  args.steps))
-                logging.info('%s %s %s round %d: %.2f s wall, %.2f s CPU', name, label, mode,
-                             round_index, *timings[label][-1])
+                timings[label].append(_time_steps(steps[label][mode], images, labels, args.steps))
+                logging.info(
+                    '%s %s %s round %d: %.2f s wall, %.2f s CPU',
+                    name,
+                    label,
+                    mode,
+                    round_index,
+                    *timings[label][-1],
+                )
         images_done = args.batch * args.steps
         for label, rounds in timings.items():
             walls = [wall for wall, _ in rounds]
             results[label][mode] = dict(
-                best=images_done / min(walls), median=images_done / statistics.median(walls),
-                cpu=images_done / statistics.median([cpu for _, cpu in rounds]))
+                best=images_done / min(walls),
+                median=images_done / statistics.median(walls),
+                cpu=images_done / statistics.median([cpu for _, cpu in rounds]),
+            )
         if args.op_profile > 0:
             for label in steps:
-                breakdown = op_breakdown(steps[label][mode], images, labels,
-                                         min(args.steps, 3))
+                breakdown = op_breakdown(steps[label][mode], images, labels, min(args.steps, 3))
                 print(format_breakdown(name, label, mode, breakdown, args.op_profile))
     return results
 
@@ -244,12 +275,12 @@ def format_table(all_results, args):
     time stolen by other processes); each with its ratio to keras.
     """
     columns = ('best', 'median', 'cpu')
-    lines = ['image_size=%d batch=%d steps=%d rounds=%d jit=%s policy=%s'
-             % (args.image_size, args.batch, args.steps, args.rounds, args.jit_compile,
-                args.policy),
-             '%-18s %-30s %-8s' % ('model', 'contender', 'mode')
-             + ''.join('%18s' % title for title in ('best img/s', 'median img/s',
-                                                     'img/cpu-s'))]
+    lines = [
+        'image_size=%d batch=%d steps=%d rounds=%d jit=%s policy=%s'
+        % (args.image_size, args.batch, args.steps, args.rounds, args.jit_compile, args.policy),
+        '%-18s %-30s %-8s' % ('model', 'contender', 'mode')
+        + ''.join('%18s' % title for title in ('best img/s', 'median img/s', 'img/cpu-s')),
+    ]
     for name, results in all_results.items():
         for mode in args.modes:
             reference = results.get('keras', {}).get(mode)
@@ -258,7 +289,7 @@ def format_table(all_results, args):
                 for column in columns:
                     value = by_mode[mode][column]
                     ratio = ' (%.2fx)' % (value / reference[column]) if reference else ''
-                    cells.append('%18s' % ('%.1f%s' % (value, ratio)))
+                    cells.append('%18s' % (f'{value:.1f}{ratio}'))
                 lines.append('%-18s %-30s %-8s' % (name, label, mode) + ''.join(cells))
     return '\n'.join(lines)
 
@@ -268,8 +299,12 @@ def main(argv=None):
     args = parse_args(argv)
     keras.config.set_dtype_policy(args.policy)
     tf.get_logger().setLevel('ERROR')  # Each contender traces its own steps: no retrace alarm.
-    logging.info('TensorFlow %s, Keras %s, devices %s', tf.__version__, keras.__version__,
-                 [d.name for d in tf.config.list_logical_devices()])
+    logging.info(
+        'TensorFlow %s, Keras %s, devices %s',
+        tf.__version__,
+        keras.__version__,
+        [d.name for d in tf.config.list_logical_devices()],
+    )
     all_results = {}
     for name in args.models:
         all_results[name] = benchmark_model(name, args)

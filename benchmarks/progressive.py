@@ -30,9 +30,14 @@ def run(model_name, hparams, model_dir):
     trainer.train()
     train_seconds = time.time() - start
     result = trainer.evaluate()
-    return dict(train_seconds=train_seconds, total_seconds=time.time() - start,
-                top_1=result['top_1'], top_5=result['top_5'], steps=trainer.total_steps,
-                plan=trainer.plan.format_table())
+    return dict(
+        train_seconds=train_seconds,
+        total_seconds=time.time() - start,
+        top_1=result['top_1'],
+        top_5=result['top_5'],
+        steps=trainer.total_steps,
+        plan=trainer.plan.format_table(),
+    )
 
 
 def main():
@@ -41,10 +46,18 @@ def main():
     parser.add_argument('--epochs', type=int, default=30)
     parser.add_argument('--stages', type=int, default=4)
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--image_size', type=int, default=None,
-                        help='final train and eval size (default: the digits recipe, 32)')
-    parser.add_argument('--min_image_size', type=int, default=None,
-                        help='first-stage size (default: the digits recipe, 16)')
+    parser.add_argument(
+        '--image_size',
+        type=int,
+        default=None,
+        help='final train and eval size (default: the digits recipe, 32)',
+    )
+    parser.add_argument(
+        '--min_image_size',
+        type=int,
+        default=None,
+        help='first-stage size (default: the digits recipe, 16)',
+    )
     parser.add_argument('--extra', default='', help='more hparam overrides for both runs')
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
@@ -57,20 +70,28 @@ def main():
         common += ',' + args.extra
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        runs['progressive'] = run(args.model_name, common + ',train.stages=%d' % args.stages,
-                                  os.path.join(tmp, 'progressive'))
-        runs['fixed size'] = run(args.model_name, common + ',train.stages=0',
-                                 os.path.join(tmp, 'fixed'))
-    print('\n%s on digits, %d epochs (%d steps), 2 runs in one process:'
-          % (args.model_name, args.epochs, runs['fixed size']['steps']))
+        runs['progressive'] = run(
+            args.model_name,
+            common + ',train.stages=%d' % args.stages,
+            os.path.join(tmp, 'progressive'),
+        )
+        runs['fixed size'] = run(
+            args.model_name, common + ',train.stages=0', os.path.join(tmp, 'fixed')
+        )
+    print(
+        '\n%s on digits, %d epochs (%d steps), 2 runs in one process:'
+        % (args.model_name, args.epochs, runs['fixed size']['steps'])
+    )
     print(runs['progressive']['plan'])
     print('%-12s %10s %10s %8s %8s' % ('run', 'train s', 'total s', 'top-1', 'top-5'))
     for name, r in runs.items():
-        print('%-12s %10.1f %10.1f %8.4f %8.4f' % (name, r['train_seconds'], r['total_seconds'],
-                                                    r['top_1'], r['top_5']))
+        print(
+            '%-12s %10.1f %10.1f %8.4f %8.4f'
+            % (name, r['train_seconds'], r['total_seconds'], r['top_1'], r['top_5'])
+        )
     speedup = runs['fixed size']['train_seconds'] / runs['progressive']['train_seconds']
     delta = 100 * (runs['progressive']['top_1'] - runs['fixed size']['top_1'])
-    print('progressive: %.2fx faster training, top-1 %+.2f points' % (speedup, delta))
+    print(f'progressive: {speedup:.2f}x faster training, top-1 {delta:+.2f} points')
 
 
 if __name__ == '__main__':

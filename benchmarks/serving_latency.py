@@ -36,13 +36,18 @@ from efficientnetv2 import model as model_lib
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--model', default='efficientnetv2-b0',
-                        help='a variant with a keras.applications twin')
-    parser.add_argument('--image_size', type=int, default=None,
-                        help="input side; default: the variant's eval size")
+    parser.add_argument(
+        '--model', default='efficientnetv2-b0', help='a variant with a keras.applications twin'
+    )
+    parser.add_argument(
+        '--image_size', type=int, default=None, help="input side; default: the variant's eval size"
+    )
     parser.add_argument('--batches', default='1,32', help='comma-separated batch sizes')
-    parser.add_argument('--calls', default='20,3',
-                        help='timed calls per round for each batch size (comma-separated)')
+    parser.add_argument(
+        '--calls',
+        default='20,3',
+        help='timed calls per round for each batch size (comma-separated)',
+    )
     parser.add_argument('--rounds', type=int, default=3, help='alternating rounds per model')
     parser.add_argument('--warmup', type=int, default=2, help='untimed calls per model')
     parser.add_argument('--export_dir', default=None, help='default: a temporary directory')
@@ -52,8 +57,9 @@ def parse_args(argv=None):
 def save_float_signature(keras_model, path, image_size):
     """`tf.saved_model.save` of a model with one float32 [N, S, S, 3] signature -> logits."""
     spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name='images')
-    serve = tf.function(lambda images: {'logits': keras_model(images, training=False)},
-                        input_signature=[spec])
+    serve = tf.function(
+        lambda images: {'logits': keras_model(images, training=False)}, input_signature=[spec]
+    )
     root = tf.__internal__.tracking.AutoTrackable()
     root.variables = [v.value for v in keras_model.variables]  # As export._export_root.
     root.serve = serve
@@ -63,18 +69,21 @@ def save_float_signature(keras_model, path, image_size):
 def build_exports(args, image_size, export_dir):
     variant = architectures.get_variant(args.model)
     if not variant.keras_name:
-        raise ValueError('--model must have a keras.applications twin. Received: %r'
-                         % args.model)
+        raise ValueError(f'--model must have a keras.applications twin. Received: {args.model!r}')
     ours = model_lib.build_model(args.model)
-    paths = {name: os.path.join(export_dir, name)
-             for name in ('ours-serving', 'ours-model', 'keras')}
+    paths = {
+        name: os.path.join(export_dir, name) for name in ('ours-serving', 'ours-model', 'keras')
+    }
     export.export_saved_model(ours, paths['ours-serving'], image_size, variant.preprocess)
     save_float_signature(ours, paths['ours-model'], image_size)
     theirs = getattr(keras.applications, variant.keras_name)(
-        weights=None, input_shape=(image_size, image_size, 3), classifier_activation=None)
+        weights=None, input_shape=(image_size, image_size, 3), classifier_activation=None
+    )
     save_float_signature(theirs, paths['keras'], image_size)
-    return {name: tf.saved_model.load(path).signatures['serving_default']
-            for name, path in paths.items()}
+    return {
+        name: tf.saved_model.load(path).signatures['serving_default']
+        for name, path in paths.items()
+    }
 
 
 def time_calls(signature, images, calls):
@@ -86,8 +95,11 @@ def time_calls(signature, images, calls):
 
 
 def measure(signatures, batch, calls, rounds, warmup, image_size):
-    images = tf.constant(np.random.RandomState(batch).uniform(
-        0, 255, (batch, image_size, image_size, 3)).astype(np.float32))
+    images = tf.constant(
+        np.random.RandomState(batch)
+        .uniform(0, 255, (batch, image_size, image_size, 3))
+        .astype(np.float32)
+    )
     for signature in signatures.values():
         time_calls(signature, images, warmup)
     seconds = {name: [] for name in signatures}
@@ -111,15 +123,28 @@ def main(argv=None):
             keras_median = statistics.median(seconds['keras'])
             for name, values in seconds.items():
                 median = statistics.median(values)
-                rows.append((name, batch, median * 1e3, min(values) * 1e3, batch / median,
-                             median / keras_median))
-    print('%s, %d px, TF %s, %d CPU cores visible; latency per call of serving_default'
-          % (args.model, image_size, tf.__version__, os.cpu_count()))
-    print('%-13s %5s %12s %12s %10s %10s' % ('model', 'batch', 'median ms', 'best ms',
-                                              'images/s', 'vs keras'))
+                rows.append(
+                    (
+                        name,
+                        batch,
+                        median * 1e3,
+                        min(values) * 1e3,
+                        batch / median,
+                        median / keras_median,
+                    )
+                )
+    print(
+        '%s, %d px, TF %s, %d CPU cores visible; latency per call of serving_default'
+        % (args.model, image_size, tf.__version__, os.cpu_count())
+    )
+    print(
+        '%-13s %5s %12s %12s %10s %10s'
+        % ('model', 'batch', 'median ms', 'best ms', 'images/s', 'vs keras')
+    )
     for name, batch, median, best, throughput, ratio in rows:
-        print('%-13s %5d %12.1f %12.1f %10.1f %9.2fx' % (name, batch, median, best, throughput,
-                                                         ratio))
+        print(
+            '%-13s %5d %12.1f %12.1f %10.1f %9.2fx' % (name, batch, median, best, throughput, ratio)
+        )
 
 
 if __name__ == '__main__':

@@ -1,9 +1,9 @@
 """EfficientNet (V1) and EfficientNetV2 for TensorFlow 2 / Keras 3.
 
-    import efficientnetv2
-    model = efficientnetv2.get_model('efficientnetv2-s')          # logits, any input size
-    model = efficientnetv2.EfficientNetV2S(include_top=False, pooling='avg')
-    efficientnetv2.list_models()
+import efficientnetv2
+model = efficientnetv2.get_model('efficientnetv2-s')          # logits, any input size
+model = efficientnetv2.EfficientNetV2S(include_top=False, pooling='avg')
+efficientnetv2.list_models()
 """
 
 from efficientnetv2 import architectures
@@ -12,8 +12,8 @@ from efficientnetv2 import finetune
 from efficientnetv2 import keras_workflow
 from efficientnetv2 import summary
 from efficientnetv2.architectures import list_models
-from efficientnetv2.keras_workflow import fit_progressive
 from efficientnetv2.keras_workflow import ModelEMA
+from efficientnetv2.keras_workflow import fit_progressive
 from efficientnetv2.keras_workflow import progressive_plan
 from efficientnetv2.model import EfficientNet
 from efficientnetv2.model import model_hparams
@@ -47,30 +47,49 @@ _CONSTRUCTOR_DOC = """Builds {model_name}; the same as `get_model({model_name!r}
 _SCALING = {
     'v2': '`(x - 128) / 128` (x in [0, 255])',
     'legacy': '`(x / 255 - mean) / std` with ImageNet mean (0.485, 0.456, 0.406) and std '
-              '(0.229, 0.224, 0.225)',
+    '(0.229, 0.224, 0.225)',
 }
 
 
 def _constructor(model_name, public_name):
-    def build(include_top=True, weights=None, input_shape=None, pooling=None, num_classes=None,
-              classifier_activation=None, classes=None, **overrides):
+    def build(
+        include_top=True,
+        weights=None,
+        input_shape=None,
+        pooling=None,
+        num_classes=None,
+        classifier_activation=None,
+        classes=None,
+        **overrides,
+    ):
         if classes is not None and num_classes is not None and classes != num_classes:
-            raise ValueError('Pass num_classes or its alias classes, not both. Received: '
-                             'num_classes=%r, classes=%r' % (num_classes, classes))
+            raise ValueError(
+                'Pass num_classes or its alias classes, not both. Received: '
+                f'num_classes={num_classes!r}, classes={classes!r}'
+            )
         width = num_classes if num_classes is not None else classes
         if width is not None:
             overrides['num_classes'] = width
-        return get_model(model_name, include_top=include_top, weights=weights,
-                         input_shape=input_shape, pooling=pooling,
-                         classifier_activation=classifier_activation, **overrides)
+        return get_model(
+            model_name,
+            include_top=include_top,
+            weights=weights,
+            input_shape=input_shape,
+            pooling=pooling,
+            classifier_activation=classifier_activation,
+            **overrides,
+        )
 
     variant = architectures.get_variant(model_name)
     build.__name__ = build.__qualname__ = public_name
     build.__doc__ = _CONSTRUCTOR_DOC.format(
-        model_name=model_name, keras_like=variant.keras_name or public_name,
-        imagenet_note='' if variant.keras_name else ' (not available for this variant: '
-        'keras.applications does not ship it)',
-        scaling=_SCALING[variant.preprocess])
+        model_name=model_name,
+        keras_like=variant.keras_name or public_name,
+        imagenet_note=''
+        if variant.keras_name
+        else ' (not available for this variant: keras.applications does not ship it)',
+        scaling=_SCALING[variant.preprocess],
+    )
     return build
 
 

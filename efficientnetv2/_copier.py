@@ -31,10 +31,14 @@ def model_label(model):
 def raise_or_log(problems, origin, model, skip_mismatch):
     """Raises on the first problem (counting the rest), or logs them all when skipping."""
     if problems and not skip_mismatch:
-        raise ValueError('Cannot load %s into model %r: %s%s.'
-                         % (origin, model_label(model), problems[0],
-                            ' (and %d more problems)' % (len(problems) - 1)
-                            if len(problems) > 1 else ''))
+        raise ValueError(
+            'Cannot load {} into model {!r}: {}{}.'.format(
+                origin,
+                model_label(model),
+                problems[0],
+                ' (and %d more problems)' % (len(problems) - 1) if len(problems) > 1 else '',
+            )
+        )
     for problem in problems:
         logging.warning('%s: skipped: %s.', origin, problem)
 
@@ -59,9 +63,9 @@ def copy_entries(entries, model, origin, problems=(), skip_mismatch=False):
     fitting = []
     for entry in entries:
         if tuple(entry.shape) != tuple(entry.variable.shape):
-            problems.append('tensor %r has shape %s but model variable %r needs %s'
-                            % (entry.name, list(entry.shape), _path(entry.variable),
-                               list(entry.variable.shape)))
+            problems.append(
+                f'tensor {entry.name!r} has shape {list(entry.shape)} but model variable {_path(entry.variable)!r} needs {list(entry.variable.shape)}'
+            )
         else:
             fitting.append(entry)
     raise_or_log(problems, origin, model, skip_mismatch)
@@ -71,10 +75,10 @@ def copy_entries(entries, model, origin, problems=(), skip_mismatch=False):
             value = entry.value() if callable(entry.value) else entry.value
             value = np.asarray(value)
             if tuple(value.shape) != tuple(entry.variable.shape):  # A lying shape map.
-                raise ValueError('Cannot load %s into model %r: tensor %r holds shape %s, '
-                                 'not the %s its header announced.'
-                                 % (origin, model_label(model), entry.name, list(value.shape),
-                                    list(entry.shape)))
+                raise ValueError(
+                    f'Cannot load {origin} into model {model_label(model)!r}: tensor {entry.name!r} holds shape {list(value.shape)}, '
+                    f'not the {list(entry.shape)} its header announced.'
+                )
             previous = np.array(entry.variable.numpy())
             entry.variable.assign(value.astype(_dtype(entry.variable)))
             assigned.append((entry.variable, previous))

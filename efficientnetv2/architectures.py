@@ -127,24 +127,78 @@ class Variant:
 
 def _v1(name, width, depth, res, dropout, keras_name=None):
     # The V2 code trains V1 models at 0.8 x resolution floored to 16; the V1 code at full size.
-    return Variant(name=name, family='v1', blocks=V1_BASE_BLOCKS, width_coefficient=width,
-                   depth_coefficient=depth, eval_size=res, train_size=int(res * 0.8) // 16 * 16,
-                   dropout_rate=dropout, augname='effnetv1_autoaug', keras_name=keras_name)
+    return Variant(
+        name=name,
+        family='v1',
+        blocks=V1_BASE_BLOCKS,
+        width_coefficient=width,
+        depth_coefficient=depth,
+        eval_size=res,
+        train_size=int(res * 0.8) // 16 * 16,
+        dropout_rate=dropout,
+        augname='effnetv1_autoaug',
+        keras_name=keras_name,
+    )
 
 
 def _v2b(name, width, depth, train_size, eval_size, dropout, keras_name):
-    return Variant(name=name, family='v2', blocks=V2_BASE_BLOCKS, width_coefficient=width,
-                   depth_coefficient=depth, eval_size=eval_size, train_size=train_size,
-                   dropout_rate=dropout, augname='effnetv1_autoaug', keras_name=keras_name)
+    return Variant(
+        name=name,
+        family='v2',
+        blocks=V2_BASE_BLOCKS,
+        width_coefficient=width,
+        depth_coefficient=depth,
+        eval_size=eval_size,
+        train_size=train_size,
+        dropout_rate=dropout,
+        augname='effnetv1_autoaug',
+        keras_name=keras_name,
+    )
 
 
 _VARIANTS = (
-    Variant('efficientnetv2-s', 'v2', V2_S_BLOCKS, 1.0, 1.0, 384, 300, 0.2, 10, 0.0,
-            paper_final=(300, 15, 0.0, 0.3), keras_name='EfficientNetV2S'),
-    Variant('efficientnetv2-m', 'v2', V2_M_BLOCKS, 1.0, 1.0, 480, 384, 0.3, 15, 0.2,
-            paper_final=(380, 20, 0.2, 0.4), keras_name='EfficientNetV2M'),
-    Variant('efficientnetv2-l', 'v2', V2_L_BLOCKS, 1.0, 1.0, 480, 384, 0.4, 20, 0.5,
-            paper_final=(380, 25, 0.4, 0.5), keras_name='EfficientNetV2L'),
+    Variant(
+        'efficientnetv2-s',
+        'v2',
+        V2_S_BLOCKS,
+        1.0,
+        1.0,
+        384,
+        300,
+        0.2,
+        10,
+        0.0,
+        paper_final=(300, 15, 0.0, 0.3),
+        keras_name='EfficientNetV2S',
+    ),
+    Variant(
+        'efficientnetv2-m',
+        'v2',
+        V2_M_BLOCKS,
+        1.0,
+        1.0,
+        480,
+        384,
+        0.3,
+        15,
+        0.2,
+        paper_final=(380, 20, 0.2, 0.4),
+        keras_name='EfficientNetV2M',
+    ),
+    Variant(
+        'efficientnetv2-l',
+        'v2',
+        V2_L_BLOCKS,
+        1.0,
+        1.0,
+        480,
+        384,
+        0.4,
+        20,
+        0.5,
+        paper_final=(380, 25, 0.4, 0.5),
+        keras_name='EfficientNetV2L',
+    ),
     Variant('efficientnetv2-xl', 'v2', V2_XL_BLOCKS, 1.0, 1.0, 512, 384, 0.4, 20, 0.5),
     _v2b('efficientnetv2-b0', 1.0, 1.0, 192, 224, 0.2, 'EfficientNetV2B0'),
     _v2b('efficientnetv2-b1', 1.0, 1.1, 192, 240, 0.2, 'EfficientNetV2B1'),
@@ -179,14 +233,19 @@ def get_variant(name):
     key = str(name).strip().lower()
     if key not in VARIANTS:
         import difflib
+
         close = difflib.get_close_matches(key, VARIANTS, n=3)
-        hint = (' Did you mean %s?' % ' or '.join(close)) if close else ''
-        raise ValueError('Unknown model name %r.%s Valid names: %s.'
-                         % (name, hint, ', '.join(list_models())))
+        hint = (' Did you mean {}?'.format(' or '.join(close))) if close else ''
+        raise ValueError(
+            'Unknown model name {!r}.{} Valid names: {}.'.format(
+                name, hint, ', '.join(list_models())
+            )
+        )
     return VARIANTS[key]
+
 
 # Table 3's Fused-MBConv ablation of B4 (efficientnetv2/fused_ablation.py): looked up by name,
 # not listed by list_models().
 from efficientnetv2 import fused_ablation as _fused_ablation  # noqa: E402
-VARIANTS.update(
-    (v.name, v) for v in _fused_ablation.variants(VARIANTS[_fused_ablation.BASE_MODEL]))
+
+VARIANTS.update((v.name, v) for v in _fused_ablation.variants(VARIANTS[_fused_ablation.BASE_MODEL]))

@@ -51,8 +51,9 @@ class BlockArgs:
 
 def _parse_int(text, key, block_string):
     if not re.fullmatch(r'\d+', text):
-        raise ValueError('Block string %r: option %r needs a non-negative integer, got %r.'
-                         % (block_string, key, text))
+        raise ValueError(
+            f'Block string {block_string!r}: option {key!r} needs a non-negative integer, got {text!r}.'
+        )
     return int(text)
 
 
@@ -64,26 +65,33 @@ def decode(block_string):
             message quotes the whole string.
     """
     if not isinstance(block_string, str) or not block_string.strip():
-        raise ValueError('A block string must be a non-empty string like '
-                         '"r2_k3_s1_e1_i24_o24_c1". Received: %r' % (block_string,))
+        raise ValueError(
+            'A block string must be a non-empty string like '
+            f'"r2_k3_s1_e1_i24_o24_c1". Received: {block_string!r}'
+        )
     options = {}
     for token in block_string.strip().split('_'):
         match = _OPTION_RE.match(token)
         if not match or not match.group(2):
-            raise ValueError('Block string %r: malformed option %r (expected a key such as '
-                             'r, k, s, e, i, o, se, c followed by a number).'
-                             % (block_string, token))
+            raise ValueError(
+                f'Block string {block_string!r}: malformed option {token!r} (expected a key such as '
+                'r, k, s, e, i, o, se, c followed by a number).'
+            )
         key, value = match.groups()
         if key not in _KNOWN:
-            raise ValueError('Block string %r: unknown option %r; valid options are %s.'
-                             % (block_string, key, ', '.join(_KNOWN)))
+            raise ValueError(
+                'Block string {!r}: unknown option {!r}; valid options are {}.'.format(
+                    block_string, key, ', '.join(_KNOWN)
+                )
+            )
         if key in options:
-            raise ValueError('Block string %r: option %r given twice.' % (block_string, key))
+            raise ValueError(f'Block string {block_string!r}: option {key!r} given twice.')
         options[key] = value
     missing = [k for k in _REQUIRED if k not in options]
     if missing:
-        raise ValueError('Block string %r: missing option(s) %s.'
-                         % (block_string, ', '.join(missing)))
+        raise ValueError(
+            'Block string {!r}: missing option(s) {}.'.format(block_string, ', '.join(missing))
+        )
 
     stride_text = options['s']
     if len(stride_text) == 2 and stride_text[0] == stride_text[1]:
@@ -95,16 +103,21 @@ def decode(block_string):
         try:
             se_ratio = float(options['se'])
         except ValueError:
-            raise ValueError('Block string %r: option se needs a number, got %r.'
-                             % (block_string, options['se'])) from None
+            raise ValueError(
+                'Block string {!r}: option se needs a number, got {!r}.'.format(
+                    block_string, options['se']
+                )
+            ) from None
         if not (math.isfinite(se_ratio) and 0 <= se_ratio <= 1):
-            raise ValueError('Block string %r: se ratio must be in [0, 1], got %r.'
-                             % (block_string, se_ratio))
+            raise ValueError(
+                f'Block string {block_string!r}: se ratio must be in [0, 1], got {se_ratio!r}.'
+            )
     conv_type = _parse_int(options.get('c', '0'), 'c', block_string)
     if conv_type not in CONV_TYPES:
-        raise ValueError('Block string %r: block type c%d is unknown; valid: %s.'
-                         % (block_string, conv_type,
-                            ', '.join('c%d (%s)' % kv for kv in CONV_TYPES.items())))
+        raise ValueError(
+            'Block string %r: block type c%d is unknown; valid: %s.'
+            % (block_string, conv_type, ', '.join('c%d (%s)' % kv for kv in CONV_TYPES.items()))
+        )
     args = BlockArgs(
         num_repeat=_parse_int(options['r'], 'r', block_string),
         kernel_size=_parse_int(options['k'], 'k', block_string),
@@ -113,21 +126,36 @@ def decode(block_string):
         input_filters=_parse_int(options['i'], 'i', block_string),
         output_filters=_parse_int(options['o'], 'o', block_string),
         se_ratio=se_ratio,
-        conv_type=conv_type)
-    for name in ('num_repeat', 'kernel_size', 'strides', 'expand_ratio', 'input_filters',
-                 'output_filters'):
+        conv_type=conv_type,
+    )
+    for name in (
+        'num_repeat',
+        'kernel_size',
+        'strides',
+        'expand_ratio',
+        'input_filters',
+        'output_filters',
+    ):
         if getattr(args, name) < 1:
-            raise ValueError('Block string %r: %s must be >= 1, got %d.'
-                             % (block_string, name, getattr(args, name)))
+            raise ValueError(
+                'Block string %r: %s must be >= 1, got %d.'
+                % (block_string, name, getattr(args, name))
+            )
     return args
 
 
 def encode(args):
     """Writes `BlockArgs` back as a canonical block string."""
-    parts = ['r%d' % args.num_repeat, 'k%d' % args.kernel_size, 's%d' % args.strides,
-             'e%d' % args.expand_ratio, 'i%d' % args.input_filters, 'o%d' % args.output_filters]
+    parts = [
+        'r%d' % args.num_repeat,
+        'k%d' % args.kernel_size,
+        's%d' % args.strides,
+        'e%d' % args.expand_ratio,
+        'i%d' % args.input_filters,
+        'o%d' % args.output_filters,
+    ]
     if args.se_ratio is not None:
-        parts.append('se%g' % args.se_ratio)
+        parts.append(f'se{args.se_ratio:g}')
     if args.conv_type:
         parts.append('c%d' % args.conv_type)
     return '_'.join(parts)
@@ -136,14 +164,14 @@ def encode(args):
 def decode_list(block_strings):
     """Decodes a list of stage strings and checks that each stage's input is the last output."""
     if isinstance(block_strings, str) or not block_strings:
-        raise ValueError('Expected a non-empty list of block strings. Received: %r'
-                         % (block_strings,))
+        raise ValueError(f'Expected a non-empty list of block strings. Received: {block_strings!r}')
     stages = [decode(s) for s in block_strings]
     for prev, (cur, text) in zip(stages, zip(stages[1:], block_strings[1:])):
         if cur.input_filters != prev.output_filters:
-            raise ValueError('Block string %r: input channels i%d do not match the previous '
-                             "stage's output o%d." % (text, cur.input_filters,
-                                                      prev.output_filters))
+            raise ValueError(
+                'Block string %r: input channels i%d do not match the previous '
+                "stage's output o%d." % (text, cur.input_filters, prev.output_filters)
+            )
     return stages
 
 
@@ -169,13 +197,19 @@ def round_repeats(repeats, depth_coefficient):
     return int(math.ceil(depth_coefficient * repeats))
 
 
-def scale_stages(stages, width_coefficient, depth_coefficient, divisor=8, min_depth=8,
-                 ten_percent_rule=False):
+def scale_stages(
+    stages, width_coefficient, depth_coefficient, divisor=8, min_depth=8, ten_percent_rule=False
+):
     """Applies width and depth scaling to decoded stages."""
+
     def width(f):
         return round_filters(f, width_coefficient, divisor, min_depth, ten_percent_rule)
 
-    return [s.replace(input_filters=width(s.input_filters),
-                      output_filters=width(s.output_filters),
-                      num_repeat=round_repeats(s.num_repeat, depth_coefficient))
-            for s in stages]
+    return [
+        s.replace(
+            input_filters=width(s.input_filters),
+            output_filters=width(s.output_filters),
+            num_repeat=round_repeats(s.num_repeat, depth_coefficient),
+        )
+        for s in stages
+    ]

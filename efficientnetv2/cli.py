@@ -42,29 +42,53 @@ MODES = ('train', 'eval', 'traineval', 'export', 'infer')
 _SHARED_WITH_NAS = dict(allow_override=True)
 
 flags.DEFINE_enum('mode', 'traineval', MODES, 'What to do.')
-flags.DEFINE_string('model_name', 'efficientnetv2-b0',
-                    'Model: one of %s.' % ', '.join(architectures.list_models()))
-flags.DEFINE_string('dataset_cfg', 'digits',
-                    'Dataset config (case-insensitive), e.g. digits, imagenet, cifar10Ft, folder.',
-                    **_SHARED_WITH_NAS)
-flags.DEFINE_string('data_dir', None, 'Dataset directory (TFRecords, TFDS data or an image '
-                    'folder); not needed for digits.', **_SHARED_WITH_NAS)
-flags.DEFINE_string('model_dir', None, 'Checkpoints, summaries and config.yaml (local or gs://). '
-                    'Default: runs/<model_name>-<dataset_cfg> in the current directory.')
-flags.DEFINE_string('hparam_str', '', 'Overrides, "a.b=1,c.d=x" (applied last).',
-                    **_SHARED_WITH_NAS)
-flags.DEFINE_string('config_file', None, 'YAML overrides: a file path, e.g. configs/digits.yaml '
-                    'of a checkout.')
-flags.DEFINE_enum('strategy', None, list(distribute.STRATEGIES),
-                  'Distribution strategy (default: runtime.strategy of the config, auto).')
+flags.DEFINE_string(
+    'model_name',
+    'efficientnetv2-b0',
+    'Model: one of {}.'.format(', '.join(architectures.list_models())),
+)
+flags.DEFINE_string(
+    'dataset_cfg',
+    'digits',
+    'Dataset config (case-insensitive), e.g. digits, imagenet, cifar10Ft, folder.',
+    **_SHARED_WITH_NAS,
+)
+flags.DEFINE_string(
+    'data_dir',
+    None,
+    'Dataset directory (TFRecords, TFDS data or an image folder); not needed for digits.',
+    **_SHARED_WITH_NAS,
+)
+flags.DEFINE_string(
+    'model_dir',
+    None,
+    'Checkpoints, summaries and config.yaml (local or gs://). '
+    'Default: runs/<model_name>-<dataset_cfg> in the current directory.',
+)
+flags.DEFINE_string(
+    'hparam_str', '', 'Overrides, "a.b=1,c.d=x" (applied last).', **_SHARED_WITH_NAS
+)
+flags.DEFINE_string(
+    'config_file', None, 'YAML overrides: a file path, e.g. configs/digits.yaml of a checkout.'
+)
+flags.DEFINE_enum(
+    'strategy',
+    None,
+    list(distribute.STRATEGIES),
+    'Distribution strategy (default: runtime.strategy of the config, auto).',
+)
 flags.DEFINE_string('tpu', None, "TPU name, or 'local' on a Cloud TPU VM.")
 flags.DEFINE_string('tpu_zone', None, 'GCE zone of the TPU.')
 flags.DEFINE_string('gcp_project', None, 'GCP project of the TPU.')
-flags.DEFINE_string('export_dir', None, '--mode=export: output directory '
-                    '(default <model_dir>/export).')
-flags.DEFINE_list('export_formats', list(export_lib.DEFAULT_FORMATS),
-                  '--mode=export: formats to write and check, among %s (onnx needs '
-                  "pip install 'efficientnetv2[onnx]')." % ', '.join(export_lib.FORMATS))
+flags.DEFINE_string(
+    'export_dir', None, '--mode=export: output directory (default <model_dir>/export).'
+)
+flags.DEFINE_list(
+    'export_formats',
+    list(export_lib.DEFAULT_FORMATS),
+    '--mode=export: formats to write and check, among {} (onnx needs '
+    "pip install 'efficientnetv2[onnx]').".format(', '.join(export_lib.FORMATS)),
+)
 flags.DEFINE_list('images', [], '--mode=infer: image files (JPEG/PNG).')
 
 FLAGS = flags.FLAGS
@@ -84,12 +108,16 @@ flags.register_validator('model_name', _model_name_valid)
 def resolve_config(argv_flags=FLAGS):
     """Builds the run config from the flags; errors become usage errors (nothing written)."""
     from efficientnetv2 import config as config_lib
+
     hparam_str = argv_flags.hparam_str
     try:
         config = config_lib.build_config(
-            model_name=argv_flags.model_name, dataset_cfg=argv_flags.dataset_cfg,
-            config_file=argv_flags.config_file, hparam_str=hparam_str,
-            data_dir=argv_flags.data_dir)
+            model_name=argv_flags.model_name,
+            dataset_cfg=argv_flags.dataset_cfg,
+            config_file=argv_flags.config_file,
+            hparam_str=hparam_str,
+            data_dir=argv_flags.data_dir,
+        )
         if argv_flags.strategy:
             config.override({'runtime': {'strategy': argv_flags.strategy}})
     except (KeyError, ValueError, FileNotFoundError) as e:
@@ -113,15 +141,17 @@ def resolve_run_config(model_dir, argv_flags=FLAGS):
         app.UsageError: no config.yaml in `model_dir`, or bad overrides.
     """
     import tensorflow as tf
+
     from efficientnetv2 import config as config_lib
     from efficientnetv2 import hparams
+
     path = os.path.join(model_dir, 'config.yaml')
     if not tf.io.gfile.exists(path):
         raise app.UsageError(
-            'No run config %s: --mode=%s reads the configuration of a trained run from its '
-            'model directory. Train first (efficientnetv2-train --mode=train --model_dir=%s ..., '
+            f'No run config {path}: --mode={argv_flags.mode} reads the configuration of a trained run from its '
+            f'model directory. Train first (efficientnetv2-train --mode=train --model_dir={model_dir} ..., '
             'or python main.py in a checkout) or pass the --model_dir of a run.'
-            % (path, argv_flags.mode, model_dir))
+        )
     overrides = hparams.Config()
     try:
         config = config_lib.default_config().override(hparams.load_yaml(path))
@@ -130,9 +160,9 @@ def resolve_run_config(model_dir, argv_flags=FLAGS):
                 section, name = key.split('.')
                 if str(argv_flags[flag].value).lower() != str(config[section][name]).lower():
                     raise ValueError(
-                        '--%s=%s, but the run in %s is %s=%s; drop the flag (the run config '
+                        f'--{flag}={argv_flags[flag].value}, but the run in {model_dir} is {key}={config[section][name]}; drop the flag (the run config '
                         'decides) or pass another --model_dir.'
-                        % (flag, argv_flags[flag].value, model_dir, key, config[section][name]))
+                    )
         if argv_flags.config_file:
             overrides.override(argv_flags.config_file, allow_new=True)
         if argv_flags.hparam_str:
@@ -146,10 +176,15 @@ def resolve_run_config(model_dir, argv_flags=FLAGS):
     except (KeyError, ValueError, FileNotFoundError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise app.UsageError(message) from e
-    logging.info('Using the run config %s (model %s, dataset %s, eval size %s); overridden on '
-                 'the command line: %s.', path, config.model.model_name, config.data.dataset,
-                 config.eval.image_size, ', '.join(
-                     '%s=%r' % (k, _get(config, k)) for k in overrides.flat_keys()) or 'none')
+    logging.info(
+        'Using the run config %s (model %s, dataset %s, eval size %s); overridden on '
+        'the command line: %s.',
+        path,
+        config.model.model_name,
+        config.data.dataset,
+        config.eval.image_size,
+        ', '.join(f'{k}={_get(config, k)!r}' for k in overrides.flat_keys()) or 'none',
+    )
     return config
 
 
@@ -157,6 +192,7 @@ def _wait_for_run_config(model_dir, timeout, poll_seconds=1.0):
     import time
 
     import tensorflow as tf
+
     path = os.path.join(model_dir, 'config.yaml')
     deadline = time.time() + timeout
     if not tf.io.gfile.exists(path):
@@ -172,12 +208,12 @@ def _get(config, dotted):
 
 
 def default_model_dir(model_name, dataset_cfg):
-    return os.path.join('runs', '%s-%s' % (model_name, dataset_cfg.lower()))
+    return os.path.join('runs', f'{model_name}-{dataset_cfg.lower()}')
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError('Unexpected arguments: %s' % ' '.join(argv[1:]))
+        raise app.UsageError('Unexpected arguments: {}'.format(' '.join(argv[1:])))
     model_dir = FLAGS.model_dir or default_model_dir(FLAGS.model_name, FLAGS.dataset_cfg)
     if FLAGS.mode == 'eval':
         # An evaluator may start before its trainer: wait for the run's config like for its
@@ -190,6 +226,7 @@ def main(argv):
 
     if FLAGS.mode in ('export', 'infer'):
         from efficientnetv2 import predict
+
         try:
             if FLAGS.mode == 'export':
                 predict.export(config, model_dir, FLAGS.export_dir, FLAGS.export_formats)
@@ -201,10 +238,14 @@ def main(argv):
         return 0
 
     from efficientnetv2.train import trainer as trainer_lib
+
     try:
-        strategy = distribute.get_strategy(config.runtime.strategy, tpu=FLAGS.tpu,
-                                           tpu_zone=FLAGS.tpu_zone,
-                                           gcp_project=FLAGS.gcp_project)
+        strategy = distribute.get_strategy(
+            config.runtime.strategy,
+            tpu=FLAGS.tpu,
+            tpu_zone=FLAGS.tpu_zone,
+            gcp_project=FLAGS.gcp_project,
+        )
     except (ValueError, distribute.TPUConnectionError) as e:
         logging.error('%s', e)
         return 1
@@ -230,8 +271,10 @@ EXIT_PREEMPTED = 128 + 15
 
 def _stopped_early(trainer):
     """Whether a SIGTERM stopped training before the last step (a finished run is a success)."""
-    return (bool(getattr(trainer, '_stop_requested', False))
-            and int(trainer.global_step.numpy()) < trainer.plan.total_steps)
+    return (
+        bool(getattr(trainer, '_stop_requested', False))
+        and int(trainer.global_step.numpy()) < trainer.plan.total_steps
+    )
 
 
 def run():

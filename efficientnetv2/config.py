@@ -19,7 +19,6 @@ from efficientnetv2.train import optimizers
 from efficientnetv2.train import progressive
 from efficientnetv2.train import schedules
 
-
 _S = hparams.Spec
 _PROBABILITY = dict(low=0.0, high=1.0)
 
@@ -82,11 +81,12 @@ KEY_SPECS = {
     'data.ra_num_layers': _S('int', low=0),
     'data.mixup_alpha': _S('float', low=0.0),
     'data.cutmix_alpha': _S('float', low=0.0),
-    'data.cache': _S('any', nullable=True),       # None (auto), a bool, or a cache file path.
+    'data.cache': _S('any', nullable=True),  # None (auto), a bool, or a cache file path.
     'data.shuffle_buffer': _S('int', low=0, low_open=True, nullable=True),
     'data.solarize_wrap': _S('bool'),
     'runtime.mixed_precision': _S(
-        'str', choices=('float32', 'mixed_float16', 'mixed_bfloat16'), nullable=True),
+        'str', choices=('float32', 'mixed_float16', 'mixed_bfloat16'), nullable=True
+    ),
     'runtime.strategy': _S('str', choices=('auto', 'cpu', 'gpus', 'multi_worker', 'tpu')),
     'runtime.jit_compile': _S('bool', nullable=True),
 }
@@ -105,63 +105,63 @@ def _default_values():
     return dict(
         model=dict(model_lib.DEFAULT_MODEL_HPARAMS),
         train=dict(
-            epochs=350,                 # Length of the run, in epochs of the train split.
-            min_steps=0,                # The run is max(min_steps, epochs * images // batch).
-            batch_size=4096,            # Global batch over all replicas.
-            optimizer='rmsprop',        # rmsprop (TF1 semantics), rmsprop_keras, sgd, adam, ...
-            lr_base=0.016,              # Per 256 images; scaled by batch_size / 256.
-            lr_sched='exponential',     # exponential, cosine, linear, constant.
+            epochs=350,  # Length of the run, in epochs of the train split.
+            min_steps=0,  # The run is max(min_steps, epochs * images // batch).
+            batch_size=4096,  # Global batch over all replicas.
+            optimizer='rmsprop',  # rmsprop (TF1 semantics), rmsprop_keras, sgd, adam, ...
+            lr_base=0.016,  # Per 256 images; scaled by batch_size / 256.
+            lr_sched='exponential',  # exponential, cosine, linear, constant.
             lr_decay_factor=0.97,
             lr_decay_epochs=2.4,
             lr_warmup_epochs=5.0,
-            lr_min=0.0,                 # Floor, per 256 images like lr_base.
-            ema_decay=0.9999,           # 0 disables the moving average.
-            weight_decay=1e-5,          # Coupled L2 on conv/dense kernels.
+            lr_min=0.0,  # Floor, per 256 images like lr_base.
+            ema_decay=0.9999,  # 0 disables the moving average.
+            weight_decay=1e-5,  # Coupled L2 on conv/dense kernels.
             label_smoothing=0.1,
-            loss_type='softmax',        # softmax, sigmoid (multi-label), custom.
-            gclip=0.0,                  # Gradient clipping norm; 0 = off.
-            image_size=300,             # Final train size; a value <= 16 is a fraction of eval.
-            stages=4,                   # Progressive-learning stages; 0 = fixed size.
-            progressive='paper',        # paper (Algorithm 1) or official (the released code).
-            min_image_size=None,        # Interpolation start (paper S0, official data.ibase);
-                                        # None: progressive.default_min_image_size (128).
-            min_ram=5.0,                # Stage-0 RandAugment magnitude.
+            loss_type='softmax',  # softmax, sigmoid (multi-label), custom.
+            gclip=0.0,  # Gradient clipping norm; 0 = off.
+            image_size=300,  # Final train size; a value <= 16 is a fraction of eval.
+            stages=4,  # Progressive-learning stages; 0 = fixed size.
+            progressive='paper',  # paper (Algorithm 1) or official (the released code).
+            min_image_size=None,  # Interpolation start (paper S0, official data.ibase);
+            # None: progressive.default_min_image_size (128).
+            min_ram=5.0,  # Stage-0 RandAugment magnitude.
             min_mixup=0.0,
             min_cutmix=0.0,
-            min_dropout=0.1,            # Stage-0 dropout (paper mode only).
-            steps_per_loop=100,         # Train steps per compiled call.
-            ckpt_interval=1000,         # Steps between checkpoints (also at every stage end).
+            min_dropout=0.1,  # Stage-0 dropout (paper mode only).
+            steps_per_loop=100,  # Train steps per compiled call.
+            ckpt_interval=1000,  # Steps between checkpoints (also at every stage end).
             keep_ckpt_max=5,
-            ft_init_ckpt=None,          # Fine-tune from this checkpoint (head skipped).
-            ft_init_ema=True,           # ... preferring its EMA weights.
+            ft_init_ckpt=None,  # Fine-tune from this checkpoint (head skipped).
+            ft_init_ema=True,  # ... preferring its EMA weights.
             seed=None,
         ),
         eval=dict(
             image_size=384,
             batch_size=8,
             split='eval',
-            steps=None,                 # None: the whole split.
-            timeout=86400,              # --mode=eval waits this long for a new checkpoint.
+            steps=None,  # None: the whole split.
+            timeout=86400,  # --mode=eval waits this long for a new checkpoint.
         ),
         data=dict(
             dataset='imagenet',
             data_dir=None,
             train_split='train',
-            preprocess=None,            # v2, legacy, ft; None: chosen from augname.
-            augname='randaug',          # randaug, autoaug, ra_aa, effnetv1_autoaug, ft, None.
-            ram=15.0,                   # Final RandAugment magnitude.
+            preprocess=None,  # v2, legacy, ft; None: chosen from augname.
+            augname='randaug',  # randaug, autoaug, ra_aa, effnetv1_autoaug, ft, None.
+            ram=15.0,  # Final RandAugment magnitude.
             ra_num_layers=2,
-            solarize_wrap=True,         # Solarize wraps mod 256 as released; False clamps.
-            mixup_alpha=0.0,            # Final mixup alpha.
-            cutmix_alpha=0.0,           # Final CutMix alpha.
-            cache=None,                 # None: cache splits small enough to fit in memory.
+            solarize_wrap=True,  # Solarize wraps mod 256 as released; False clamps.
+            mixup_alpha=0.0,  # Final mixup alpha.
+            cutmix_alpha=0.0,  # Final CutMix alpha.
+            cache=None,  # None: cache splits small enough to fit in memory.
             shuffle_buffer=None,
         ),
         runtime=dict(
-            strategy='auto',            # auto, cpu, gpus, multi_worker, tpu.
-            mixed_precision=None,       # None: bfloat16 on TPU, float16 on GPU, float32 on CPU.
-            deterministic=False,        # Deterministic ops and exact data replay on resume.
-            jit_compile=None,           # XLA train step, compiled per stage; None: on for TPU/GPU.
+            strategy='auto',  # auto, cpu, gpus, multi_worker, tpu.
+            mixed_precision=None,  # None: bfloat16 on TPU, float16 on GPU, float32 on CPU.
+            deterministic=False,  # Deterministic ops and exact data replay on resume.
+            jit_compile=None,  # XLA train step, compiled per stage; None: on for TPU/GPU.
         ),
     )
 
@@ -173,12 +173,19 @@ def model_recipe(model_name):
         model=variant.model_hparams(),
         # V2-S/M/L follow the paper (Algorithm 1 to Table 6's targets); V2-B0..B3 and XL, which
         # Table 6 does not cover, follow the released code's plan to its final values.
-        train=dict(image_size=variant.train_size, stages=0 if variant.is_v1 else 4,
-                   progressive='paper' if variant.paper_final or variant.is_v1 else 'official'),
+        train=dict(
+            image_size=variant.train_size,
+            stages=0 if variant.is_v1 else 4,
+            progressive='paper' if variant.paper_final or variant.is_v1 else 'official',
+        ),
         eval=dict(image_size=variant.eval_size),
-        data=dict(augname=variant.augname, preprocess=variant.preprocess,
-                  ram=float(variant.randaug_magnitude or 0.0),
-                  mixup_alpha=variant.mix_alpha, cutmix_alpha=variant.mix_alpha),
+        data=dict(
+            augname=variant.augname,
+            preprocess=variant.preprocess,
+            ram=float(variant.randaug_magnitude or 0.0),
+            mixup_alpha=variant.mix_alpha,
+            cutmix_alpha=variant.mix_alpha,
+        ),
     )
     if variant.paper_final:
         # Paper Table 6 targets for the last progressive stage (the paper adapts mixup only).
@@ -190,20 +197,46 @@ def model_recipe(model_name):
 
 
 _FINETUNE = dict(
-    train=dict(batch_size=512, lr_base=0.0005, lr_sched='constant', lr_warmup_epochs=1.0,
-               epochs=15, min_steps=10000, weight_decay=1e-5, ema_decay=0.9996,
-               label_smoothing=0.1, stages=0, image_size=1.0),
+    train=dict(
+        batch_size=512,
+        lr_base=0.0005,
+        lr_sched='constant',
+        lr_warmup_epochs=1.0,
+        epochs=15,
+        min_steps=10000,
+        weight_decay=1e-5,
+        ema_decay=0.9996,
+        label_smoothing=0.1,
+        stages=0,
+        image_size=1.0,
+    ),
     model=dict(dropout_rate=1e-6, survival_prob=0.8),
-    data=dict(augname=data_registry.FINETUNE_AUGNAME, preprocess=data_registry.FINETUNE_PREPROCESS,
-              mixup_alpha=0.0, cutmix_alpha=0.0),
+    data=dict(
+        augname=data_registry.FINETUNE_AUGNAME,
+        preprocess=data_registry.FINETUNE_PREPROCESS,
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+    ),
 )
 
 # The offline demo: 8x8 digits upscaled; progressive from 16 to 32 px in 4 stages.
 _DIGITS = dict(
-    train=dict(batch_size=64, epochs=30, lr_base=0.004, lr_warmup_epochs=1.0,
-               lr_decay_epochs=2.4, lr_decay_factor=0.9, ema_decay=0.999, image_size=32,
-               min_image_size=16, min_ram=0.0, stages=4, progressive='paper', steps_per_loop=20,
-               ckpt_interval=200),
+    train=dict(
+        batch_size=64,
+        epochs=30,
+        lr_base=0.004,
+        lr_warmup_epochs=1.0,
+        lr_decay_epochs=2.4,
+        lr_decay_factor=0.9,
+        ema_decay=0.999,
+        image_size=32,
+        min_image_size=16,
+        min_ram=0.0,
+        stages=4,
+        progressive='paper',
+        steps_per_loop=20,
+        ckpt_interval=200,
+    ),
     eval=dict(image_size=32, batch_size=128),
     data=dict(augname=None, preprocess='v2', ram=0.0, mixup_alpha=0.0, cutmix_alpha=0.0),
     model=dict(dropout_rate=0.2),
@@ -213,23 +246,42 @@ DATASET_RECIPES = {
     'imagenet': {},
     'imagenettfds': {},
     'imagenet21k': dict(
-        train=dict(epochs=60, lr_base=0.008, lr_warmup_epochs=1.0, lr_sched='cosine',
-                   label_smoothing=0.0, image_size=224, stages=0),
+        train=dict(
+            epochs=60,
+            lr_base=0.008,
+            lr_warmup_epochs=1.0,
+            lr_sched='cosine',
+            label_smoothing=0.0,
+            image_size=224,
+            stages=0,
+        ),
         eval=dict(image_size=224, batch_size=128),
         model=dict(dropout_rate=1e-6, survival_prob=1.0),
         # The released code takes the V2 transform ((x-128)/128, bilinear) whenever augname is
         # None, for every family: V1 and V2-B0..B3 too.
-        data=dict(augname=None, preprocess='v2', mixup_alpha=0.0, cutmix_alpha=0.0)),
+        data=dict(augname=None, preprocess='v2', mixup_alpha=0.0, cutmix_alpha=0.0),
+    ),
     **{name.lower(): _FINETUNE for name in data_registry.FINETUNE_BASES},
-    'cifar10': {}, 'cifar100': {}, 'flowers': {}, 'cars': {}, 'tfflowers': {},
+    'cifar10': {},
+    'cifar100': {},
+    'flowers': {},
+    'cars': {},
+    'tfflowers': {},
     'digits': _DIGITS,
-    'folder': dict(train=dict(batch_size=64, epochs=30, steps_per_loop=20, ckpt_interval=200),
-                   eval=dict(batch_size=32)),
+    'folder': dict(
+        train=dict(batch_size=64, epochs=30, steps_per_loop=20, ckpt_interval=200),
+        eval=dict(batch_size=32),
+    ),
 }
 
 
-def build_config(model_name='efficientnetv2-s', dataset_cfg='imagenet', config_file=None,
-                 hparam_str=None, data_dir=None):
+def build_config(
+    model_name='efficientnetv2-s',
+    dataset_cfg='imagenet',
+    config_file=None,
+    hparam_str=None,
+    data_dir=None,
+):
     """The run config in override order: defaults, model, dataset, YAML file, hparam string.
 
     Raises:
@@ -237,21 +289,27 @@ def build_config(model_name='efficientnetv2-s', dataset_cfg='imagenet', config_f
         KeyError: an override names an unknown key (names the closest valid keys).
     """
     from efficientnetv2 import data
+
     info = data.get_dataset_info(dataset_cfg, data_dir=data_dir)
     config = default_config()
     config.override(model_recipe(model_name))
     config.override(DATASET_RECIPES.get(info.name.lower(), {}))
-    config.override(dict(model=dict(num_classes=info.num_classes),
-                         data=dict(dataset=info.name, data_dir=data_dir)))
+    config.override(
+        dict(
+            model=dict(num_classes=info.num_classes),
+            data=dict(dataset=info.name, data_dir=data_dir),
+        )
+    )
     if config_file:
         config.override(config_file)
     if hparam_str:
         config.override(hparam_str)
     expected = architectures.get_variant(model_name).name
     if config.model.model_name != expected:
-        raise ValueError('The config names model %r but --model_name is %r: pass '
-                         '--model_name=%s (the architecture comes from the model name).'
-                         % (config.model.model_name, expected, config.model.model_name))
+        raise ValueError(
+            f'The config names model {config.model.model_name!r} but --model_name is {expected!r}: pass '
+            f'--model_name={config.model.model_name} (the architecture comes from the model name).'
+        )
     validate(config)
     return config
 
@@ -278,13 +336,20 @@ def stage_plan(config, total_steps):
     to the final size, `data.ram`, `data.mixup_alpha`, `data.cutmix_alpha` and
     `model.dropout_rate`."""
     return progressive.build_stage_plan(
-        num_stages=config.train.stages, total_steps=total_steps,
+        num_stages=config.train.stages,
+        total_steps=total_steps,
         final_image_size=train_image_size(config),
-        final_ram=config.data.ram, final_mixup=config.data.mixup_alpha,
-        final_cutmix=config.data.cutmix_alpha, final_dropout=config.model.dropout_rate,
-        min_image_size=config.train.min_image_size, min_ram=config.train.min_ram,
-        min_mixup=config.train.min_mixup, min_cutmix=config.train.min_cutmix,
-        min_dropout=config.train.min_dropout, mode=config.train.progressive)
+        final_ram=config.data.ram,
+        final_mixup=config.data.mixup_alpha,
+        final_cutmix=config.data.cutmix_alpha,
+        final_dropout=config.model.dropout_rate,
+        min_image_size=config.train.min_image_size,
+        min_ram=config.train.min_ram,
+        min_mixup=config.train.min_mixup,
+        min_cutmix=config.train.min_cutmix,
+        min_dropout=config.train.min_dropout,
+        mode=config.train.progressive,
+    )
 
 
 def validate(config):
@@ -295,23 +360,26 @@ def validate(config):
             and the value received.
     """
     from efficientnetv2.data import preprocessing
+
     if config.schema is None:
         config.set_schema(hparams.derive_schema(_default_values(), KEY_SPECS))
     config.check_values()
     try:
         preprocessing.resolve_family(config.data.preprocess, config.data.augname)
     except ValueError as e:
-        raise hparams.ConfigValueError('data.augname / data.preprocess: %s' % e) from None
+        raise hparams.ConfigValueError(f'data.augname / data.preprocess: {e}') from None
     final = train_image_size(config)
     if final < 1:
         raise hparams.ConfigValueError(
             'train.image_size=%r is a fraction of eval.image_size=%r that gives a train size of '
             '%d px; use a larger fraction or a size in pixels (> 16).'
-            % (config.train.image_size, config.eval.image_size, final))
+            % (config.train.image_size, config.eval.image_size, final)
+        )
     if config.train.stages > 1 and first_stage_base(config) > final:
         raise hparams.ConfigValueError(
             'train.min_image_size must be <= the final train size %d px (train.image_size=%r) '
             'when train.stages > 1; received %r. Lower it, or leave it unset (None) to derive '
-            'it from the final size.' % (final, config.train.image_size,
-                                         config.train.min_image_size))
+            'it from the final size.'
+            % (final, config.train.image_size, config.train.min_image_size)
+        )
     return config

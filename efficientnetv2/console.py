@@ -39,4 +39,5 @@ def run(main_fn, module):
 def nas():
     """Console script `efficientnetv2-nas`: the training-aware architecture search."""
     from efficientnetv2.nas import __main__ as nas_main
+
     run(nas_main.main, nas_main)

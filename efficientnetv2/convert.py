@@ -55,8 +55,8 @@ _BLOCK_LAYER = re.compile(r'^block(\d+)([a-z])_([a-z0-9_]+)$')
 _BLOCK_PARTS = {
     'expand_conv': ('expand_conv',),
     'expand_bn': ('expand_bn',),
-    'dwconv': ('dwconv',),    # V1.
-    'dwconv2': ('dwconv',),   # V2.
+    'dwconv': ('dwconv',),  # V1.
+    'dwconv2': ('dwconv',),  # V2.
     'bn': ('bn',),
     'se_reduce': ('se', 'reduce'),
     'se_expand': ('se', 'expand'),
@@ -118,10 +118,13 @@ class InputScaling:
     def describe(self):
         """One line: what the keras model did to its input and the net per-channel map."""
         if self.is_identity:
-            return ('identity: the keras model had no input scaling; feed the converted model '
-                    'what the keras model was fed')
-        return '%s; net: x * %s + %s' % (' -> '.join(self.steps), _fmt(self.scale),
-                                         _fmt(self.offset))
+            return (
+                'identity: the keras model had no input scaling; feed the converted model '
+                'what the keras model was fed'
+            )
+        return '{}; net: x * {} + {}'.format(
+            ' -> '.join(self.steps), _fmt(self.scale), _fmt(self.offset)
+        )
 
     def __call__(self, images):
         images = keras.ops.cast(images, 'float32')
@@ -134,21 +137,26 @@ class InputScaling:
 
 
 def _fmt(values):
-    return '[%s]' % ', '.join('%.6g' % v for v in values)
+    return '[{}]'.format(', '.join(f'{v:.6g}' for v in values))
 
 
 def _source_layers(source_model):
     if not isinstance(source_model, keras.Model):
-        raise ValueError('source_model must be a keras.Model built by keras.applications '
-                         'EfficientNet or EfficientNetV2. Received: %r' % (source_model,))
+        raise ValueError(
+            'source_model must be a keras.Model built by keras.applications '
+            f'EfficientNet or EfficientNetV2. Received: {source_model!r}'
+        )
     by_name = {layer.name: layer for layer in source_model.layers}
-    missing = [name for name in ('stem_conv', 'stem_bn', 'top_conv', 'top_bn')
-               if name not in by_name]
+    missing = [
+        name for name in ('stem_conv', 'stem_bn', 'top_conv', 'top_bn') if name not in by_name
+    ]
     if missing:
         raise ValueError(
             'source_model must be a keras.applications EfficientNet (B0-B7) or EfficientNetV2 '
-            '(B0-B3, S, M, L) model; model %r has no layer(s) %s.'
-            % (source_model.name, ', '.join(missing)))
+            '(B0-B3, S, M, L) model; model {!r} has no layer(s) {}.'.format(
+                source_model.name, ', '.join(missing)
+            )
+        )
     return by_name
 
 
@@ -176,24 +184,29 @@ def source_fingerprint(source_model):
             stage_blocks.setdefault(stage, {})[letter] = _kernel_shape(layer)[-1]
     if len(families) != 1 or not stage_blocks:
         raise ValueError(
-            'source_model %r does not have the block layout of a keras.applications '
+            f'source_model {source_model.name!r} does not have the block layout of a keras.applications '
             'EfficientNet: expected block<stage><letter>_dwconv (V1) or _dwconv2 (V2) layers.'
-            % (source_model.name,))
+        )
     if sorted(stage_blocks) != list(range(1, len(stage_blocks) + 1)):
-        raise ValueError('source_model %r: block stages must run 1..N; found %s.'
-                         % (source_model.name, sorted(stage_blocks)))
+        raise ValueError(
+            f'source_model {source_model.name!r}: block stages must run 1..N; found {sorted(stage_blocks)}.'
+        )
     stages = []
     for stage in sorted(stage_blocks):
         letters = sorted(stage_blocks[stage])
         expected = [chr(ord('a') + i) for i in range(len(letters))]
         if letters != expected:
-            raise ValueError('source_model %r: stage %d has blocks %s, expected %s.'
-                             % (source_model.name, stage, letters, expected))
+            raise ValueError(
+                'source_model %r: stage %d has blocks %s, expected %s.'
+                % (source_model.name, stage, letters, expected)
+            )
         stages.append((len(letters), stage_blocks[stage][letters[-1]]))
-    return Fingerprint(family=families.pop(),
-                       stem_filters=_kernel_shape(by_name['stem_conv'])[-1],
-                       head_filters=_kernel_shape(by_name['top_conv'])[-1],
-                       stages=tuple(stages))
+    return Fingerprint(
+        family=families.pop(),
+        stem_filters=_kernel_shape(by_name['stem_conv'])[-1],
+        head_filters=_kernel_shape(by_name['top_conv'])[-1],
+        stages=tuple(stages),
+    )
 
 
 def variant_fingerprint(variant):
@@ -201,16 +214,18 @@ def variant_fingerprint(variant):
     rule = variant.is_v1
 
     def width(filters):
-        return blocks_lib.round_filters(filters, variant.width_coefficient,
-                                        ten_percent_rule=rule)
+        return blocks_lib.round_filters(filters, variant.width_coefficient, ten_percent_rule=rule)
 
     base = blocks_lib.decode_list(list(variant.blocks))
-    stages = blocks_lib.scale_stages(base, variant.width_coefficient,
-                                     variant.depth_coefficient, ten_percent_rule=rule)
-    return Fingerprint(family=variant.family,
-                       stem_filters=width(base[0].input_filters),
-                       head_filters=width(model_lib.DEFAULT_MODEL_HPARAMS['feature_size']),
-                       stages=tuple((s.num_repeat, s.output_filters) for s in stages))
+    stages = blocks_lib.scale_stages(
+        base, variant.width_coefficient, variant.depth_coefficient, ten_percent_rule=rule
+    )
+    return Fingerprint(
+        family=variant.family,
+        stem_filters=width(base[0].input_filters),
+        head_filters=width(model_lib.DEFAULT_MODEL_HPARAMS['feature_size']),
+        stages=tuple((s.num_repeat, s.output_filters) for s in stages),
+    )
 
 
 def _normalised(name):
@@ -231,18 +246,30 @@ def identify_variant(source_model):
     matches = [v.name for v in candidates if variant_fingerprint(v) == fingerprint]
     if not matches:
         raise ValueError(
-            'source_model %r matches no supported variant (%s). Its structure: %s.'
-            % (source_model.name, ', '.join(v.name for v in candidates), fingerprint))
+            'source_model {!r} matches no supported variant ({}). Its structure: {}.'.format(
+                source_model.name, ', '.join(v.name for v in candidates), fingerprint
+            )
+        )
     if len(matches) > 1:  # Cannot happen for the published variants; guards future tables.
-        raise ValueError('source_model %r matches several variants: %s.'
-                         % (source_model.name, ', '.join(matches)))
+        raise ValueError(
+            'source_model {!r} matches several variants: {}.'.format(
+                source_model.name, ', '.join(matches)
+            )
+        )
     name = matches[0]
-    by_name = [v.name for v in candidates
-               if _normalised(source_model.name) in (_normalised(v.name),
-                                                     _normalised(v.keras_name))]
+    by_name = [
+        v.name
+        for v in candidates
+        if _normalised(source_model.name) in (_normalised(v.name), _normalised(v.keras_name))
+    ]
     if by_name and by_name[0] != name:
-        logging.warning('Model %r is named like %s but its structure is %s; using %s.',
-                        source_model.name, by_name[0], name, name)
+        logging.warning(
+            'Model %r is named like %s but its structure is %s; using %s.',
+            source_model.name,
+            by_name[0],
+            name,
+            name,
+        )
     return name
 
 
@@ -278,20 +305,24 @@ def keras_preprocessing(source_model):
             s = np.broadcast_to(_values(layer.scale), (channels,))
             o = np.broadcast_to(_values(layer.offset), (channels,))
             scale, offset = scale * s, offset * s + o
-            steps.append('Rescaling(scale=%s, offset=%s)'
-                         % (_fmt(np.unique(s)), _fmt(np.unique(o))))
+            steps.append(f'Rescaling(scale={_fmt(np.unique(s))}, offset={_fmt(np.unique(o))})')
         elif isinstance(layer, keras.layers.Normalization):
             if layer.invert:
-                raise ValueError('source_model layer %r: an inverted Normalization is not '
-                                 'supported.' % layer.name)
+                raise ValueError(
+                    f'source_model layer {layer.name!r}: an inverted Normalization is not '
+                    'supported.'
+                )
             mean = np.broadcast_to(_values(layer.mean), (channels,))
             variance = np.broadcast_to(_values(layer.variance), (channels,))
             denominator = np.maximum(np.sqrt(variance), keras.config.epsilon())
             scale, offset = scale / denominator, (offset - mean) / denominator
-            steps.append('Normalization(mean=%s, variance=%s)' % (_fmt(mean), _fmt(variance)))
-    return InputScaling(scale=tuple(float(v) for v in scale),
-                        offset=tuple(float(v) for v in offset), steps=tuple(steps),
-                        data_format=data_format)
+            steps.append(f'Normalization(mean={_fmt(mean)}, variance={_fmt(variance)})')
+    return InputScaling(
+        scale=tuple(float(v) for v in scale),
+        offset=tuple(float(v) for v in offset),
+        steps=tuple(steps),
+        data_format=data_format,
+    )
 
 
 def _is_preprocessing(layer):
@@ -309,10 +340,14 @@ def _source_options(by_name):
     if not has_top:
         pooling = 'avg' if 'avg_pool' in by_name else 'max' if 'max_pool' in by_name else None
     options = dict(
-        bn_momentum=float(stem_bn.momentum), bn_epsilon=float(stem_bn.epsilon),
-        data_format=data_format, pooling=pooling,
-        input_shape=(channels, None, None) if data_format == 'channels_first'
-        else (None, None, channels))
+        bn_momentum=float(stem_bn.momentum),
+        bn_epsilon=float(stem_bn.epsilon),
+        data_format=data_format,
+        pooling=pooling,
+        input_shape=(channels, None, None)
+        if data_format == 'channels_first'
+        else (None, None, channels),
+    )
     return has_top, num_classes, options
 
 
@@ -354,36 +389,52 @@ def from_keras_applications(source_model, include_top=None, num_classes=None, **
     if include_top is None:
         include_top = has_top
     if include_top and not has_top:
-        raise ValueError('include_top=True needs a source model with a classifier; %r was '
-                         'built with include_top=False. Received: include_top=%r'
-                         % (source_model.name, include_top))
+        raise ValueError(
+            f'include_top=True needs a source model with a classifier; {source_model.name!r} was '
+            f'built with include_top=False. Received: include_top={include_top!r}'
+        )
     if num_classes is None:
         num_classes = source_classes or 1000
     options.update(overrides)
-    model = model_lib.build_model(name, include_top=include_top, num_classes=num_classes,
-                                  **options)
+    model = model_lib.build_model(name, include_top=include_top, num_classes=num_classes, **options)
     copy_classifier = include_top and num_classes == source_classes
     if include_top and not copy_classifier:
-        logging.warning('num_classes=%d differs from the source classifier (%d classes); '
-                        'the classifier stays randomly initialised.', num_classes,
-                        source_classes)
+        logging.warning(
+            'num_classes=%d differs from the source classifier (%d classes); '
+            'the classifier stays randomly initialised.',
+            num_classes,
+            source_classes,
+        )
     entries, problems = weight_map(source_model, model, copy_classifier=copy_classifier)
-    _copier.copy_entries(entries, model, 'keras.applications model %r' % source_model.name,
-                         problems)
-    logging.info('Converted %r to %s. Input the converted model expects: %s.',
-                 source_model.name, name, keras_preprocessing(source_model).describe())
+    _copier.copy_entries(
+        entries, model, f'keras.applications model {source_model.name!r}', problems
+    )
+    logging.info(
+        'Converted %r to %s. Input the converted model expects: %s.',
+        source_model.name,
+        name,
+        keras_preprocessing(source_model).describe(),
+    )
     return model
 
 
 def _blocks_by_position(model):
     """{(stage, repeat index): block layer} of this package's model (stages count from 1)."""
-    positions = [(stage_id, repeat) for stage_id, stage in enumerate(model.stages, start=1)
-                 for repeat in range(stage.num_repeat)]
-    blocks = [layer for layer in model.layers
-              if isinstance(layer, (layers_lib.MBConvBlock, layers_lib.FusedMBConvBlock))]
+    positions = [
+        (stage_id, repeat)
+        for stage_id, stage in enumerate(model.stages, start=1)
+        for repeat in range(stage.num_repeat)
+    ]
+    blocks = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, (layers_lib.MBConvBlock, layers_lib.FusedMBConvBlock))
+    ]
     if len(blocks) != len(positions):
-        raise ValueError('target model %r has %d blocks but its stage table lists %d.'
-                         % (model.name, len(blocks), len(positions)))
+        raise ValueError(
+            'target model %r has %d blocks but its stage table lists %d.'
+            % (model.name, len(blocks), len(positions))
+        )
     return dict(zip(positions, blocks))
 
 
@@ -392,8 +443,11 @@ def _resolve(root, path, source_name):
     for attribute in path:
         target = getattr(target, attribute, None)
         if target is None:
-            raise ValueError('source layer %r has no counterpart: %r has no %r.'
-                             % (source_name, root.name, '.'.join(path)))
+            raise ValueError(
+                'source layer {!r} has no counterpart: {!r} has no {!r}.'.format(
+                    source_name, root.name, '.'.join(path)
+                )
+            )
     return target
 
 
@@ -404,17 +458,22 @@ def _target_layer(model, blocks, source_name):
         try:
             root = model.get_layer(layer_name)
         except ValueError:
-            raise ValueError('source layer %r has no counterpart: the target model has no '
-                             'layer %r.' % (source_name, layer_name)) from None
+            raise ValueError(
+                f'source layer {source_name!r} has no counterpart: the target model has no '
+                f'layer {layer_name!r}.'
+            ) from None
         return _resolve(root, path, source_name)
     match = _BLOCK_LAYER.match(source_name)
     if not match or match.group(3) not in _BLOCK_PARTS:
-        raise ValueError('source layer %r is not part of a keras.applications EfficientNet.'
-                         % source_name)
+        raise ValueError(
+            f'source layer {source_name!r} is not part of a keras.applications EfficientNet.'
+        )
     position = (int(match.group(1)), ord(match.group(2)) - ord('a'))
     if position not in blocks:
-        raise ValueError('source layer %r has no counterpart block (stage %d, repeat %d).'
-                         % ((source_name,) + position))
+        raise ValueError(
+            'source layer %r has no counterpart block (stage %d, repeat %d).'
+            % ((source_name,) + position)
+        )
     return _resolve(blocks[position], _BLOCK_PARTS[match.group(3)], source_name)
 
 
@@ -423,12 +482,15 @@ def _layer_entries(source, target):
     source_vars = {v.name: v for v in source.weights}
     target_vars = {v.name: v for v in target.weights}
     if set(source_vars) != set(target_vars):
-        raise ValueError('layer %r: variables %s do not match the target %r variables %s.'
-                         % (source.name, sorted(source_vars), target.path,
-                            sorted(target_vars)))
-    return [_copier.Entry(source_var.path, target_vars[var_name], tuple(source_var.shape),
-                          source_var.numpy)
-            for var_name, source_var in source_vars.items()]
+        raise ValueError(
+            f'layer {source.name!r}: variables {sorted(source_vars)} do not match the target {target.path!r} variables {sorted(target_vars)}.'
+        )
+    return [
+        _copier.Entry(
+            source_var.path, target_vars[var_name], tuple(source_var.shape), source_var.numpy
+        )
+        for var_name, source_var in source_vars.items()
+    ]
 
 
 def weight_map(source_model, model, copy_classifier=True):
@@ -461,6 +523,9 @@ def weight_map(source_model, model, copy_classifier=True):
     if getattr(model, 'include_top', False) and not copy_classifier:
         skipped = {id(v) for v in model.get_layer(_CLASSIFIER).weights}
     assigned = {id(entry.variable) for entry in entries}
-    problems += ['variable %r of the target receives no value' % v.path for v in model.weights
-                 if id(v) not in assigned and id(v) not in skipped]
+    problems += [
+        f'variable {v.path!r} of the target receives no value'
+        for v in model.weights
+        if id(v) not in assigned and id(v) not in skipped
+    ]
     return entries, problems

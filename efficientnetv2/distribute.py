@@ -41,8 +41,9 @@ class TPUConnectionError(RuntimeError):
 # -- strategy selection -----------------------------------------------------------------------
 
 
-def get_strategy(name='auto', tpu=None, tpu_zone=None, gcp_project=None,
-                 timeout_s=DEFAULT_TPU_TIMEOUT_S):
+def get_strategy(
+    name='auto', tpu=None, tpu_zone=None, gcp_project=None, timeout_s=DEFAULT_TPU_TIMEOUT_S
+):
     """Returns a `tf.distribute.Strategy` for `name` (see the module table).
 
     Args:
@@ -62,7 +63,7 @@ def get_strategy(name='auto', tpu=None, tpu_zone=None, gcp_project=None,
         TPUConnectionError: 'tpu' and no TPU reachable within `timeout_s`.
     """
     if name not in STRATEGIES:
-        raise ValueError('strategy must be one of %s. Received: %r' % (list(STRATEGIES), name))
+        raise ValueError(f'strategy must be one of {list(STRATEGIES)}. Received: {name!r}')
     # Physical devices: listing logical ones would initialise the runtime, after which a
     # MultiWorkerMirroredStrategy can no longer be created.
     gpus = tf.config.list_physical_devices('GPU')
@@ -77,14 +78,18 @@ def get_strategy(name='auto', tpu=None, tpu_zone=None, gcp_project=None,
         strategy = _connect_tpu(tpu or 'local', tpu_zone, gcp_project, timeout_s)
     elif name == 'multi_worker':
         if not os.environ.get('TF_CONFIG'):
-            raise ValueError('strategy=multi_worker needs the TF_CONFIG environment variable '
-                             '(the cluster and the task of this process). Received: TF_CONFIG '
-                             'unset; set it, or choose auto, cpu or gpus.')
+            raise ValueError(
+                'strategy=multi_worker needs the TF_CONFIG environment variable '
+                '(the cluster and the task of this process). Received: TF_CONFIG '
+                'unset; set it, or choose auto, cpu or gpus.'
+            )
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     elif name == 'gpus':
         if not gpus:
-            raise ValueError("strategy=gpus needs a GPU, but TensorFlow sees none on this host. "
-                             "Choose 'cpu' or 'auto'.")
+            raise ValueError(
+                'strategy=gpus needs a GPU, but TensorFlow sees none on this host. '
+                "Choose 'cpu' or 'auto'."
+            )
         strategy = tf.distribute.MirroredStrategy()
     elif name == 'one_gpu':
         strategy = tf.distribute.OneDeviceStrategy('/gpu:0')
@@ -93,9 +98,13 @@ def get_strategy(name='auto', tpu=None, tpu_zone=None, gcp_project=None,
     where = ''
     if name == 'multi_worker':
         where = ' over the TF_CONFIG cluster; this process is %s %d' % task_info()
-    logging.info('Distribution: strategy=%s (%s) with %d replica(s) in sync%s.',
-                 name, type(strategy).__name__,
-                 strategy.num_replicas_in_sync, where)
+    logging.info(
+        'Distribution: strategy=%s (%s) with %d replica(s) in sync%s.',
+        name,
+        type(strategy).__name__,
+        strategy.num_replicas_in_sync,
+        where,
+    )
     return strategy
 
 
@@ -117,7 +126,7 @@ def _run_with_deadline(fn, timeout_s, what):
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
-        raise TPUConnectionError('%s did not finish within %.0f s.' % (what, timeout_s))
+        raise TPUConnectionError(f'{what} did not finish within {timeout_s:.0f} s.')
     if 'error' in outcome:
         raise outcome['error']
     return outcome.get('value')
@@ -137,9 +146,9 @@ def _probe_grpc(address, timeout_s):
             connection.sendall(_HTTP2_PREFACE)
             header = connection.recv(9)
     except (OSError, ValueError) as e:
-        raise TPUConnectionError('TPU worker %s is not reachable: %s' % (address, e)) from e
+        raise TPUConnectionError(f'TPU worker {address} is not reachable: {e}') from e
     if len(header) < 4 or header[3] != _HTTP2_SETTINGS:
-        raise TPUConnectionError('TPU worker %s did not answer as a gRPC server.' % address)
+        raise TPUConnectionError(f'TPU worker {address} did not answer as a gRPC server.')
 
 
 def _probe_endpoints(resolver, timeout_s):
@@ -153,36 +162,46 @@ def _connect_tpu(tpu, tpu_zone, gcp_project, timeout_s):
 
     def resolve():
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-            tpu=tpu, zone=tpu_zone, project=gcp_project)
+            tpu=tpu, zone=tpu_zone, project=gcp_project
+        )
         resolver.cluster_spec()  # Named TPUs: asks the Cloud TPU API for the workers.
         return resolver
 
     try:
-        resolver = _run_with_deadline(resolve, timeout_s, 'Resolving TPU %r' % tpu)
+        resolver = _run_with_deadline(resolve, timeout_s, f'Resolving TPU {tpu!r}')
         if resolver.master():  # A remote TPU (a name or grpc://); empty for 'local'.
             # Connecting blocks while holding the GIL if a worker does not answer, so no
             # deadline thread can cut it short: the workers are probed first.
             _probe_endpoints(resolver, min(_PROBE_TIMEOUT_S, timeout_s))
             tf.config.experimental_connect_to_cluster(resolver)
         topology = _run_with_deadline(
-            lambda: tf.tpu.experimental.initialize_tpu_system(resolver), timeout_s,
-            'Initialising TPU %r' % tpu)
+            lambda: tf.tpu.experimental.initialize_tpu_system(resolver),
+            timeout_s,
+            f'Initialising TPU {tpu!r}',
+        )
     except Exception as e:  # Any failure here means: no usable TPU.
         raise TPUConnectionError(
-            'Could not reach a TPU (tpu=%r, zone=%r, project=%r): %s: %s. On a Cloud TPU VM '
+            'Could not reach a TPU (tpu={!r}, zone={!r}, project={!r}): {}: {}. On a Cloud TPU VM '
             'pass --tpu=local; for a pod slice or a remote TPU give its name (and '
             '--tpu_zone/--gcp_project when not running on GCE); otherwise choose '
-            '--strategy=gpus, multi_worker or cpu.'
-            % (tpu, tpu_zone, gcp_project, type(e).__name__, str(e).rstrip('.'))) from e
-    logging.info('TPU %r initialised: %d task(s), %d core(s).', tpu, topology.num_tasks,
-                 topology.num_tasks * topology.num_tpus_per_task)
+            '--strategy=gpus, multi_worker or cpu.'.format(
+                tpu, tpu_zone, gcp_project, type(e).__name__, str(e).rstrip('.')
+            )
+        ) from e
+    logging.info(
+        'TPU %r initialised: %d task(s), %d core(s).',
+        tpu,
+        topology.num_tasks,
+        topology.num_tasks * topology.num_tpus_per_task,
+    )
     return tf.distribute.TPUStrategy(resolver)
 
 
 def is_tpu_strategy(strategy):
     """True for TPUStrategy (and its experimental alias)."""
-    return isinstance(strategy, tf.distribute.TPUStrategy) or 'TPUStrategy' in type(
-        strategy).__name__
+    return (
+        isinstance(strategy, tf.distribute.TPUStrategy) or 'TPUStrategy' in type(strategy).__name__
+    )
 
 
 def uses_gpu(strategy):
@@ -211,15 +230,26 @@ def batch_plan(strategy, global_batch_size, lr_base=None, lr_batch_unit=256):
     """
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
-        raise ValueError('train.batch_size must be divisible by the number of replicas (%d). '
-                         'Received: %d' % (replicas, global_batch_size))
-    plan = dict(replicas=replicas, global_batch=int(global_batch_size),
-                per_replica_batch=int(global_batch_size) // replicas,
-                lr=None if lr_base is None else lr_base * global_batch_size / lr_batch_unit)
-    logging.info('Batch: %d images per step = %d replica(s) x %d%s.', plan['global_batch'],
-                 replicas, plan['per_replica_batch'],
-                 '' if lr_base is None else '; peak learning rate %.6g = %.6g x %d / %d' % (
-                     plan['lr'], lr_base, global_batch_size, lr_batch_unit))
+        raise ValueError(
+            'train.batch_size must be divisible by the number of replicas (%d). '
+            'Received: %d' % (replicas, global_batch_size)
+        )
+    plan = dict(
+        replicas=replicas,
+        global_batch=int(global_batch_size),
+        per_replica_batch=int(global_batch_size) // replicas,
+        lr=None if lr_base is None else lr_base * global_batch_size / lr_batch_unit,
+    )
+    logging.info(
+        'Batch: %d images per step = %d replica(s) x %d%s.',
+        plan['global_batch'],
+        replicas,
+        plan['per_replica_batch'],
+        ''
+        if lr_base is None
+        else '; peak learning rate %.6g = %.6g x %d / %d'
+        % (plan['lr'], lr_base, global_batch_size, lr_batch_unit),
+    )
     return plan
 
 
@@ -242,7 +272,7 @@ def set_precision(policy):
         ValueError: `policy` is not one of PRECISIONS.
     """
     if policy not in PRECISIONS:
-        raise ValueError('precision must be one of %s. Received: %r' % (list(PRECISIONS), policy))
+        raise ValueError(f'precision must be one of {list(PRECISIONS)}. Received: {policy!r}')
     keras.mixed_precision.set_global_policy(policy)
     logging.info('Precision policy: %s.', policy)
     return policy
@@ -265,8 +295,9 @@ class SyncedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         context = tf.distribute.get_replica_context()
         if context is None or tf.distribute.get_strategy().num_replicas_in_sync == 1:
             return finite
-        non_finite = context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                        tf.cast(tf.logical_not(finite), tf.float32))
+        non_finite = context.all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32)
+        )
         return tf.equal(non_finite, 0.0)
 
 
@@ -309,5 +340,8 @@ def is_chief():
     task_type = task.get('type')
     if task_type in (None, 'chief'):
         return True
-    return (task_type == 'worker' and int(task.get('index', 0)) == 0
-            and 'chief' not in config.get('cluster', {}))
+    return (
+        task_type == 'worker'
+        and int(task.get('index', 0)) == 0
+        and 'chief' not in config.get('cluster', {})
+    )

@@ -57,14 +57,14 @@ ONNX_EXTRA = ('tf2onnx', 'onnx', 'onnxruntime')
 def _check_preprocess(preprocess, allow_none=False):
     valid = PREPROCESS + ((None,) if allow_none else ())
     if preprocess not in valid:
-        raise ValueError('preprocess must be one of %s. Received: preprocess=%r'
-                         % (valid, preprocess))
+        raise ValueError(f'preprocess must be one of {valid}. Received: preprocess={preprocess!r}')
 
 
 def _check_image_size(image_size):
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
-        raise ValueError('image_size must be a positive integer. Received: image_size=%r'
-                         % (image_size,))
+        raise ValueError(
+            f'image_size must be a positive integer. Received: image_size={image_size!r}'
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -88,15 +88,18 @@ def _export_root(model):
 
 def _check_classifier(model):
     if not getattr(model, 'include_top', True) or len(model.output.shape) != 2:
-        raise ValueError('export_saved_model needs a classifier model (include_top=True) that '
-                         'outputs logits [N, classes]. Received a model with output shape %s.'
-                         % (model.output.shape,))
-    activation = getattr(getattr(_get_layer(model, 'predictions'), 'activation', None),
-                         '__name__', 'linear')
+        raise ValueError(
+            'export_saved_model needs a classifier model (include_top=True) that '
+            f'outputs logits [N, classes]. Received a model with output shape {model.output.shape}.'
+        )
+    activation = getattr(
+        getattr(_get_layer(model, 'predictions'), 'activation', None), '__name__', 'linear'
+    )
     if activation != 'linear':
-        raise ValueError('export_saved_model needs logits; build the model with '
-                         'classifier_activation=None. Received classifier activation %r.'
-                         % (activation,))
+        raise ValueError(
+            'export_saved_model needs logits; build the model with '
+            f'classifier_activation=None. Received classifier activation {activation!r}.'
+        )
 
 
 def _model_input(images, model):
@@ -113,8 +116,9 @@ def _get_layer(model, name):
         return None
 
 
-def export_saved_model(model, export_dir, image_size, preprocess='v2', class_names=None,
-                       top_k=TOP_K, center_crop=True):
+def export_saved_model(
+    model, export_dir, image_size, preprocess='v2', class_names=None, top_k=TOP_K, center_crop=True
+):
     """Writes a serving SavedModel with in-graph evaluation preprocessing.
 
     Args:
@@ -142,8 +146,10 @@ def export_saved_model(model, export_dir, image_size, preprocess='v2', class_nam
     if class_names is not None:
         class_names = [str(n) for n in class_names]
         if len(class_names) != num_classes:
-            raise ValueError('class_names must have one name per class (%d). Received %d names.'
-                             % (num_classes, len(class_names)))
+            raise ValueError(
+                'class_names must have one name per class (%d). Received %d names.'
+                % (num_classes, len(class_names))
+            )
     k = min(int(top_k), num_classes)
 
     def eval_transform(images):
@@ -154,14 +160,17 @@ def export_saved_model(model, export_dir, image_size, preprocess='v2', class_nam
         logits = tf.cast(model(_model_input(images, model), training=False), tf.float32)
         probabilities = tf.nn.softmax(logits, axis=-1)
         top_probabilities, top_indices = tf.math.top_k(probabilities, k=k)
-        result = dict(logits=logits, probabilities=probabilities, top_k_indices=top_indices,
-                      top_k_probabilities=top_probabilities)
+        result = dict(
+            logits=logits,
+            probabilities=probabilities,
+            top_k_indices=top_indices,
+            top_k_probabilities=top_probabilities,
+        )
         if class_names is not None:
             result['top_k_names'] = tf.gather(tf.constant(class_names), top_indices)
         return result
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
-                                                name='images')])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name='images')])
     def serve_images(images):
         return classify(eval_transform(images))
 
@@ -175,12 +184,19 @@ def export_saved_model(model, export_dir, image_size, preprocess='v2', class_nam
     root.image_size = tf.Variable(image_size, trainable=False, name='image_size')
     root.preprocess = tf.Variable(preprocess, trainable=False, name='preprocess')
     root.center_crop = tf.Variable(bool(center_crop), trainable=False, name='center_crop')
-    signatures = {'serving_default': serve_images.get_concrete_function(),
-                  'serving_bytes': serve_bytes.get_concrete_function()}
+    signatures = {
+        'serving_default': serve_images.get_concrete_function(),
+        'serving_bytes': serve_bytes.get_concrete_function(),
+    }
     tf.saved_model.save(root, os.fspath(export_dir), signatures=signatures)
-    logging.info('Wrote SavedModel %s (%d classes, %d px, %s preprocessing, centre crop %s).',
-                 export_dir, num_classes, image_size, preprocess,
-                 'on' if center_crop else 'off')
+    logging.info(
+        'Wrote SavedModel %s (%d classes, %d px, %s preprocessing, centre crop %s).',
+        export_dir,
+        num_classes,
+        image_size,
+        preprocess,
+        'on' if center_crop else 'off',
+    )
     return export_dir
 
 
@@ -215,8 +231,9 @@ def export_feature_vector(model, export_dir, preprocess=None):
     # The model is traced twice (inference, training); the other endpoints call these.
     serve = tf.function(lambda images: run(images, False), input_signature=[spec])
     serve_training = tf.function(lambda images: run(images, True), input_signature=[spec])
-    signature = tf.function(lambda images: {'feature_vector': serve(images)},
-                            input_signature=[spec])
+    signature = tf.function(
+        lambda images: {'feature_vector': serve(images)}, input_signature=[spec]
+    )
 
     @tf.function
     def call(images, training=False):
@@ -230,23 +247,27 @@ def export_feature_vector(model, export_dir, preprocess=None):
     root.serve_training = serve_training
     root.__call__ = call
     root.regularization_losses = []
-    tf.saved_model.save(root, os.fspath(export_dir),
-                        signatures={'serving_default': signature.get_concrete_function()})
-    logging.info('Wrote feature-vector SavedModel %s (%d features).', export_dir,
-                 features.output.shape[-1])
+    tf.saved_model.save(
+        root,
+        os.fspath(export_dir),
+        signatures={'serving_default': signature.get_concrete_function()},
+    )
+    logging.info(
+        'Wrote feature-vector SavedModel %s (%d features).', export_dir, features.output.shape[-1]
+    )
     return export_dir
 
 
 def _pooled_features_model(model):
     """A model on the same layers that returns the pooled head features [N, C]."""
     if _get_layer(model, 'avg_pool') is not None:
-        return keras.Model(model.inputs, model.get_layer('avg_pool').output,
-                           name='feature_vector')
+        return keras.Model(model.inputs, model.get_layer('avg_pool').output, name='feature_vector')
     if len(model.output.shape) == 2:
         return model  # include_top=False with pooling already.
     data_format = model.get_config().get('data_format', 'channels_last')
-    pooled = keras.layers.GlobalAveragePooling2D(data_format=data_format,
-                                                 name='feature_pool')(model.output)
+    pooled = keras.layers.GlobalAveragePooling2D(data_format=data_format, name='feature_pool')(
+        model.output
+    )
     return keras.Model(model.inputs, pooled, name='feature_vector')
 
 
@@ -254,8 +275,16 @@ def _pooled_features_model(model):
 # TFLite and .keras.
 
 
-def export_tflite(model, path, image_size, quantize=None, preprocess=None, batch_size=1,
-                  center_crop=True, input_size=None):
+def export_tflite(
+    model,
+    path,
+    image_size,
+    quantize=None,
+    preprocess=None,
+    batch_size=1,
+    center_crop=True,
+    input_size=None,
+):
     """Converts the model to a TFLite flatbuffer with a fixed input shape.
 
     Args:
@@ -278,11 +307,12 @@ def export_tflite(model, path, image_size, quantize=None, preprocess=None, batch
     _check_image_size(image_size)
     _check_preprocess(preprocess, allow_none=True)
     if quantize not in QUANTIZE:
-        raise ValueError('quantize must be one of %s. Received: quantize=%r'
-                         % (QUANTIZE, quantize))
+        raise ValueError(f'quantize must be one of {QUANTIZE}. Received: quantize={quantize!r}')
     if preprocess is None and input_size is not None:
-        raise ValueError('input_size needs preprocess (the input is then resized inside). '
-                         'Received: input_size=%r, preprocess=None' % (input_size,))
+        raise ValueError(
+            'input_size needs preprocess (the input is then resized inside). '
+            f'Received: input_size={input_size!r}, preprocess=None'
+        )
     height, width = (image_size, image_size) if input_size is None else input_size
     for side in (height, width):
         _check_image_size(side)
@@ -290,7 +320,8 @@ def export_tflite(model, path, image_size, quantize=None, preprocess=None, batch
     def forward(images):
         if preprocess is not None:
             images = preprocessing.preprocess_for_eval(
-                images, image_size, preprocess, center_crop, builtin_ops_only=True)
+                images, image_size, preprocess, center_crop, builtin_ops_only=True
+            )
         return tf.cast(model(_model_input(images, model), training=False), tf.float32)
 
     spec = tf.TensorSpec([batch_size, height, width, 3], tf.float32, name='images')
@@ -298,14 +329,16 @@ def export_tflite(model, path, image_size, quantize=None, preprocess=None, batch
     root = _export_root(model)
     root.forward = function
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [function.get_concrete_function()], root)
+        [function.get_concrete_function()], root
+    )
     if quantize == 'dynamic':
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     flatbuffer = converter.convert()
     with open(path, 'wb') as f:
         f.write(flatbuffer)
-    logging.info('Wrote TFLite model %s (%s, %.1f MB).', path, quantize or 'float32',
-                 len(flatbuffer) / 2**20)
+    logging.info(
+        'Wrote TFLite model %s (%s, %.1f MB).', path, quantize or 'float32', len(flatbuffer) / 2**20
+    )
     return len(flatbuffer)
 
 
@@ -329,12 +362,15 @@ def tflite_predict(path, images):
     images = np.asarray(images, np.float32)
     outputs = []
     for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
-        padded = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:],
-                                                 np.float32)]) if len(chunk) < batch else chunk
+        chunk = images[start : start + batch]
+        padded = (
+            np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:], np.float32)])
+            if len(chunk) < batch
+            else chunk
+        )
         interpreter.set_tensor(input_detail['index'], padded)
         interpreter.invoke()
-        outputs.append(interpreter.get_tensor(output_detail['index'])[:len(chunk)].copy())
+        outputs.append(interpreter.get_tensor(output_detail['index'])[: len(chunk)].copy())
     return np.concatenate(outputs)
 
 
@@ -346,7 +382,7 @@ def export_keras(model, path):
     """
     path = os.fspath(path)
     if not path.endswith('.keras'):
-        raise ValueError("path must end in '.keras'. Received: path=%r" % (path,))
+        raise ValueError(f"path must end in '.keras'. Received: path={path!r}")
     model.save(path)
     logging.info('Wrote %s.', path)
     return path
@@ -364,8 +400,9 @@ def _import_onnx_extra(names=ONNX_EXTRA):
             modules.append(importlib.import_module(name))
         except ImportError as e:
             raise ImportError(
-                "ONNX export needs the optional packages %s (%s is missing): "
-                "pip install 'efficientnetv2[onnx]'" % (', '.join(ONNX_EXTRA), name)) from e
+                'ONNX export needs the optional packages {} ({} is missing): '
+                "pip install 'efficientnetv2[onnx]'".format(', '.join(ONNX_EXTRA), name)
+            ) from e
     return modules
 
 
@@ -404,22 +441,27 @@ def export_onnx(model, path, image_size, opset=ONNX_OPSET, preprocess=None, cent
     function = tf.function(forward, input_signature=[spec])
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        model_proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec],
-                                                       opset=opset)
+        model_proto, _ = tf2onnx.convert.from_function(
+            function, input_signature=[spec], opset=opset
+        )
     # A stable output name: rename the graph output (tf2onnx names it after the TF tensor).
     old_name = model_proto.graph.output[0].name
     for node in model_proto.graph.node:
         node.output[:] = ['logits' if o == old_name else o for o in node.output]
     model_proto.graph.output[0].name = 'logits'
-    metadata = {'input': 'images: float32 [N, %d, %d, 3] RGB, NHWC, already preprocessed'
-                         % (image_size, image_size),
-                'output': 'logits: float32 [N, %d]' % int(model.output.shape[-1]),
-                'image_size': str(image_size)}
+    metadata = {
+        'input': 'images: float32 [N, %d, %d, 3] RGB, NHWC, already preprocessed'
+        % (image_size, image_size),
+        'output': 'logits: float32 [N, %d]' % int(model.output.shape[-1]),
+        'image_size': str(image_size),
+    }
     if preprocess is not None:
-        metadata.update(preprocess=preprocess, center_crop=str(bool(center_crop)),
-                        preprocessing='efficientnetv2.data.preprocessing.preprocess_for_eval('
-                                      'pixels, %d, %r, center_crop=%s)'
-                                      % (image_size, preprocess, bool(center_crop)))
+        metadata.update(
+            preprocess=preprocess,
+            center_crop=str(bool(center_crop)),
+            preprocessing='efficientnetv2.data.preprocessing.preprocess_for_eval('
+            'pixels, %d, %r, center_crop=%s)' % (image_size, preprocess, bool(center_crop)),
+        )
     for key, value in metadata.items():
         entry = model_proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -444,10 +486,21 @@ def onnx_predict(path, images):
 
 # Op types that only a training graph holds: random numbers (dropout, stochastic depth) and
 # variable updates (batch-norm moving averages). FusedBatchNorm* is checked for is_training.
-_RANDOM_OP_PREFIXES = ('Random', 'StatelessRandom', 'TruncatedNormal', 'StatelessTruncated',
-                       'Multinomial')
-_ASSIGN_OPS = ('AssignVariableOp', 'AssignAddVariableOp', 'AssignSubVariableOp', 'Assign',
-               'AssignAdd', 'AssignSub')
+_RANDOM_OP_PREFIXES = (
+    'Random',
+    'StatelessRandom',
+    'TruncatedNormal',
+    'StatelessTruncated',
+    'Multinomial',
+)
+_ASSIGN_OPS = (
+    'AssignVariableOp',
+    'AssignAddVariableOp',
+    'AssignSubVariableOp',
+    'Assign',
+    'AssignAdd',
+    'AssignSub',
+)
 
 
 def training_ops(graph_def):
@@ -466,7 +519,7 @@ def training_ops(graph_def):
             found.add(node.op)
         elif node.op.startswith('FusedBatchNorm') and 'is_training' in node.attr:
             if node.attr['is_training'].b:
-                found.add('%s(is_training)' % node.op)
+                found.add(f'{node.op}(is_training)')
     return sorted(found)
 
 
@@ -484,7 +537,8 @@ def onnx_training_ops(path):
         if node.op_type == 'Dropout' or node.op_type.startswith('Random'):
             found.add(node.op_type)
         elif node.op_type == 'BatchNormalization' and any(
-                a.name == 'training_mode' and a.i for a in node.attribute):
+            a.name == 'training_mode' and a.i for a in node.attribute
+        ):
             found.add('BatchNormalization(training_mode)')
     return sorted(found)
 
@@ -504,9 +558,15 @@ class ExportVerificationError(ValueError):
 # the largest logit (a test model measured 0.8%); it catches a wrong artifact (other weights,
 # other preprocessing), while the float TFLite row, with the same in-graph preprocessing, is
 # the tight check of that preprocessing.
-TOLERANCES = {'saved_model:serving_default': 1e-4, 'saved_model:serving_bytes': 1e-4,
-              'feature_vector': 1e-4, 'tflite': 1e-3, 'tflite_dynamic': 0.1,
-              'keras': 1e-5, 'onnx': 1e-3}
+TOLERANCES = {
+    'saved_model:serving_default': 1e-4,
+    'saved_model:serving_bytes': 1e-4,
+    'feature_vector': 1e-4,
+    'tflite': 1e-3,
+    'tflite_dynamic': 0.1,
+    'keras': 1e-5,
+    'onnx': 1e-3,
+}
 CHECK_SHAPES = ((260, 300), (300, 200))  # Non-square (H, W) pixels, resized to S inside.
 
 
@@ -516,9 +576,11 @@ def check_images(image_size, seed=0):
     Two 260 x 300 images (wider than tall; resized to S), two S x S and one 300 x 200.
     """
     rng = np.random.RandomState(seed)
-    shapes = [('%dx%d' % CHECK_SHAPES[0], CHECK_SHAPES[0], 2),
-              ('%dx%d' % (image_size, image_size), (image_size, image_size), 2),
-              ('%dx%d' % CHECK_SHAPES[1], CHECK_SHAPES[1], 1)]
+    shapes = [
+        ('%dx%d' % CHECK_SHAPES[0], CHECK_SHAPES[0], 2),
+        ('%dx%d' % (image_size, image_size), (image_size, image_size), 2),
+        ('%dx%d' % CHECK_SHAPES[1], CHECK_SHAPES[1], 1),
+    ]
     images = {}
     for name, (height, width), count in shapes:
         y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -526,10 +588,21 @@ def check_images(image_size, seed=0):
         for _ in range(count):
             frequency = rng.uniform(0.5, 4.0, (3, 2)) * 2 * np.pi
             phase = rng.uniform(0, 2 * np.pi, 3)
-            image = np.stack([np.sin(frequency[c, 0] * y / height + frequency[c, 1] * x / width
-                                     + phase[c]) for c in range(3)], axis=-1) * 90 + 128
+            image = (
+                np.stack(
+                    [
+                        np.sin(
+                            frequency[c, 0] * y / height + frequency[c, 1] * x / width + phase[c]
+                        )
+                        for c in range(3)
+                    ],
+                    axis=-1,
+                )
+                * 90
+                + 128
+            )
             top, left = rng.randint(0, height // 2), rng.randint(0, width // 2)
-            image[top:top + height // 3, left:left + width // 3] = rng.uniform(0, 255, 3)
+            image[top : top + height // 3, left : left + width // 3] = rng.uniform(0, 255, 3)
             image += rng.normal(0, 12, image.shape)
             batch.append(np.clip(np.round(image), 0, 255).astype(np.uint8))
         images[name] = np.stack(batch)
@@ -539,15 +612,22 @@ def check_images(image_size, seed=0):
 def _compare(name, inputs, output, reference, logits=True):
     output, reference = np.asarray(output, np.float64), np.asarray(reference, np.float64)
     if output.shape != reference.shape:
-        raise ExportVerificationError('%s: output shape %s, expected %s.'
-                                      % (name, output.shape, reference.shape), [])
+        raise ExportVerificationError(
+            f'{name}: output shape {output.shape}, expected {reference.shape}.', []
+        )
     abs_diff = float(np.max(np.abs(output - reference)))
     rel_diff = abs_diff / max(float(np.max(np.abs(reference))), 1e-12)
-    return dict(artifact=name, inputs=inputs, compared='logits' if logits else 'features',
-                max_abs=abs_diff, max_rel=rel_diff, tolerance=TOLERANCES[name],
-                top1=(float(np.mean(output.argmax(-1) == reference.argmax(-1))) if logits
-                      else None),
-                training_ops=[], ok=bool(rel_diff <= TOLERANCES[name]))
+    return dict(
+        artifact=name,
+        inputs=inputs,
+        compared='logits' if logits else 'features',
+        max_abs=abs_diff,
+        max_rel=rel_diff,
+        tolerance=TOLERANCES[name],
+        top1=(float(np.mean(output.argmax(-1) == reference.argmax(-1))) if logits else None),
+        training_ops=[],
+        ok=bool(rel_diff <= TOLERANCES[name]),
+    )
 
 
 def verify_exports(model, paths, image_size, preprocess='v2', center_crop=True):
@@ -570,9 +650,10 @@ def verify_exports(model, paths, image_size, preprocess='v2', center_crop=True):
     """
     images = check_images(image_size)
     names = list(images)
-    prepped = {k: preprocessing.preprocess_for_eval(v, image_size, preprocess,
-                                                    center_crop).numpy()
-               for k, v in images.items()}
+    prepped = {
+        k: preprocessing.preprocess_for_eval(v, image_size, preprocess, center_crop).numpy()
+        for k, v in images.items()
+    }
     every = np.concatenate([prepped[k] for k in names])
     logits = tf.cast(model(_model_input(every, model), training=False), tf.float32).numpy()
     split = np.cumsum([len(images[k]) for k in names])[:-1]
@@ -583,14 +664,25 @@ def verify_exports(model, paths, image_size, preprocess='v2', center_crop=True):
 
     if 'saved_model' in paths:
         loaded = tf.saved_model.load(os.fspath(paths['saved_model']))
-        served = np.concatenate([
-            loaded.signatures['serving_default'](images=tf.constant(images[k], tf.float32))
-            ['logits'].numpy() for k in names])
+        served = np.concatenate(
+            [
+                loaded.signatures['serving_default'](images=tf.constant(images[k], tf.float32))[
+                    'logits'
+                ].numpy()
+                for k in names
+            ]
+        )
         rows.append(_compare('saved_model:serving_default', all_label, served, logits))
         files = [tf.io.encode_png(image).numpy() for k in names for image in images[k]]
         served = loaded.signatures['serving_bytes'](image_bytes=tf.constant(files))['logits']
-        rows.append(_compare('saved_model:serving_bytes', all_label.replace(' px', ' PNG'),
-                             served.numpy(), logits))
+        rows.append(
+            _compare(
+                'saved_model:serving_bytes',
+                all_label.replace(' px', ' PNG'),
+                served.numpy(),
+                logits,
+            )
+        )
         found = signature_training_ops(loaded)
         for row in rows[-2:]:
             row['training_ops'] = found[row['artifact'].split(':')[1]]
@@ -599,24 +691,37 @@ def verify_exports(model, paths, image_size, preprocess='v2', center_crop=True):
         features = loaded.signatures['serving_default'](images=tf.constant(every))
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # Keras: a tensor for the ['images'] input list.
-            reference = _pooled_features_model(model)(_model_input(every, model),
-                                                      training=False)
-        rows.append(_compare('feature_vector', all_label + ', preprocessed',
-                             features['feature_vector'].numpy(), reference, logits=False))
+            reference = _pooled_features_model(model)(_model_input(every, model), training=False)
+        rows.append(
+            _compare(
+                'feature_vector',
+                all_label + ', preprocessed',
+                features['feature_vector'].numpy(),
+                reference,
+                logits=False,
+            )
+        )
         rows[-1]['training_ops'] = sorted(set().union(*signature_training_ops(loaded).values()))
     for key in ('tflite', 'tflite_dynamic'):
         if key in paths:
             out = tflite_predict(paths[key], images[square].astype(np.float32))
-            rows.append(_compare(key, '%dx%s px' % (len(images[square]), square), out,
-                                 by_name[square]))
+            rows.append(
+                _compare(key, '%dx%s px' % (len(images[square]), square), out, by_name[square])
+            )
     if 'keras' in paths:
         restored = keras.saving.load_model(os.fspath(paths['keras']))
         out = restored(_model_input(every, restored), training=False)
-        rows.append(_compare('keras', all_label + ', preprocessed',
-                             tf.cast(out, tf.float32).numpy(), logits))
+        rows.append(
+            _compare(
+                'keras', all_label + ', preprocessed', tf.cast(out, tf.float32).numpy(), logits
+            )
+        )
     if 'onnx' in paths:
-        rows.append(_compare('onnx', all_label + ', preprocessed',
-                             onnx_predict(paths['onnx'], every), logits))
+        rows.append(
+            _compare(
+                'onnx', all_label + ', preprocessed', onnx_predict(paths['onnx'], every), logits
+            )
+        )
         rows[-1]['training_ops'] = onnx_training_ops(paths['onnx'])
     for row in rows:
         if row['training_ops']:
@@ -624,26 +729,46 @@ def verify_exports(model, paths, image_size, preprocess='v2', center_crop=True):
     failed = [row['artifact'] for row in rows if not row['ok']]
     if failed:
         raise ExportVerificationError(
-            'Exported artifact(s) %s do not reproduce the Keras model (or hold training-only '
-            'ops):\n%s' % (', '.join(failed), format_table(rows)), rows)
+            'Exported artifact(s) {} do not reproduce the Keras model (or hold training-only '
+            'ops):\n{}'.format(', '.join(failed), format_table(rows)),
+            rows,
+        )
     return rows
 
 
 def format_table(rows):
     """The parity table of `verify_exports` as text."""
-    header = ('artifact', 'inputs', 'compared', 'max abs diff', 'max rel diff', 'tolerance',
-              'top-1 agree', 'result')
+    header = (
+        'artifact',
+        'inputs',
+        'compared',
+        'max abs diff',
+        'max rel diff',
+        'tolerance',
+        'top-1 agree',
+        'result',
+    )
     lines = [header]
     for row in rows:
         result = 'ok' if row['ok'] else 'FAIL'
         if row['training_ops']:
-            result += ' (training ops: %s)' % ', '.join(row['training_ops'])
-        lines.append((row['artifact'], row['inputs'], row['compared'], '%.2e' % row['max_abs'],
-                      '%.2e' % row['max_rel'], 'rel <= %.0e' % row['tolerance'],
-                      '-' if row['top1'] is None else '%.0f%%' % (100 * row['top1']), result))
+            result += ' (training ops: {})'.format(', '.join(row['training_ops']))
+        lines.append(
+            (
+                row['artifact'],
+                row['inputs'],
+                row['compared'],
+                '{:.2e}'.format(row['max_abs']),
+                '{:.2e}'.format(row['max_rel']),
+                'rel <= {:.0e}'.format(row['tolerance']),
+                '-' if row['top1'] is None else '%.0f%%' % (100 * row['top1']),
+                result,
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return '\n'.join('  '.join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
-                     for line in lines)
+    return '\n'.join(
+        '  '.join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines
+    )
 
 
 def check_formats(formats):
@@ -651,15 +776,26 @@ def check_formats(formats):
     formats = tuple(DEFAULT_FORMATS if formats is None else formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise ValueError('export formats must be among %s. Received: %s'
-                         % (', '.join(FORMATS), ', '.join(unknown) or 'none'))
+        raise ValueError(
+            'export formats must be among {}. Received: {}'.format(
+                ', '.join(FORMATS), ', '.join(unknown) or 'none'
+            )
+        )
     if 'onnx' in formats:
         _import_onnx_extra()
     return formats
 
 
-def export_all(model, export_dir, image_size, preprocess='v2', class_names=None,
-               center_crop=True, formats=None, verify=True):
+def export_all(
+    model,
+    export_dir,
+    image_size,
+    preprocess='v2',
+    class_names=None,
+    center_crop=True,
+    formats=None,
+    verify=True,
+):
     """Writes the formats asked for under `export_dir`, as `main.py --mode=export` does.
 
     Layout: `saved_model/`, `feature_vector/`, `model.tflite` (float32),
@@ -682,24 +818,42 @@ def export_all(model, export_dir, image_size, preprocess='v2', class_names=None,
     """
     formats = check_formats(formats)
     os.makedirs(export_dir, exist_ok=True)
-    names = dict(saved_model='saved_model', feature_vector='feature_vector',
-                 tflite='model.tflite', tflite_dynamic='model_dynamic.tflite',
-                 keras='model.keras', onnx='model.onnx')
+    names = dict(
+        saved_model='saved_model',
+        feature_vector='feature_vector',
+        tflite='model.tflite',
+        tflite_dynamic='model_dynamic.tflite',
+        keras='model.keras',
+        onnx='model.onnx',
+    )
     paths = {f: os.path.join(export_dir, names[f]) for f in FORMATS if f in formats}
     if 'saved_model' in paths:
-        export_saved_model(model, paths['saved_model'], image_size, preprocess, class_names,
-                           center_crop=center_crop)
+        export_saved_model(
+            model,
+            paths['saved_model'],
+            image_size,
+            preprocess,
+            class_names,
+            center_crop=center_crop,
+        )
     if 'feature_vector' in paths:
         export_feature_vector(model, paths['feature_vector'])
     for key, quantize in (('tflite', None), ('tflite_dynamic', 'dynamic')):
         if key in paths:
-            export_tflite(model, paths[key], image_size, quantize=quantize,
-                          preprocess=preprocess, center_crop=center_crop)
+            export_tflite(
+                model,
+                paths[key],
+                image_size,
+                quantize=quantize,
+                preprocess=preprocess,
+                center_crop=center_crop,
+            )
     if 'keras' in paths:
         export_keras(model, paths['keras'])
     if 'onnx' in paths:
-        export_onnx(model, paths['onnx'], image_size, preprocess=preprocess,
-                    center_crop=center_crop)
+        export_onnx(
+            model, paths['onnx'], image_size, preprocess=preprocess, center_crop=center_crop
+        )
     if verify:
         try:
             rows = verify_exports(model, paths, image_size, preprocess, center_crop)

@@ -30,8 +30,15 @@ import keras
 
 from efficientnetv2 import model as model_lib
 
-__all__ = ['stage_names', 'stage_layers', 'freeze', 'unfreeze', 'trainable_counts',
-           'replace_head', 'prepare']
+__all__ = [
+    'stage_names',
+    'stage_layers',
+    'freeze',
+    'unfreeze',
+    'trainable_counts',
+    'replace_head',
+    'prepare',
+]
 
 _BLOCK = re.compile(r'^block(\d+)[a-z]+(_|$)')
 _TOP = re.compile(r'^top(_conv|_bn|_activation)?$')
@@ -67,9 +74,9 @@ def stage_layers(model):
             preamble.append(layer)  # Input scaling of keras.applications: no trainable weights.
     if not blocks:
         raise ValueError(
-            'Model %r has no block<k><letter> layers (block1a, block2a, ...): stage names are '
-            'only defined for EfficientNet-style models. Its layers: %s.'
-            % (model.name, [layer.name for layer in model.layers][:20]))
+            f'Model {model.name!r} has no block<k><letter> layers (block1a, block2a, ...): stage names are '
+            f'only defined for EfficientNet-style models. Its layers: {[layer.name for layer in model.layers][:20]}.'
+        )
     ordered = collections.OrderedDict()
     ordered['stem'] = preamble + groups.get('stem', [])
     for key in sorted(blocks, key=lambda k: int(k[5:])):
@@ -86,8 +93,11 @@ def stage_names(model):
 
 
 def _batch_norms(layer):
-    return [sub for sub in layer._flatten_layers(include_self=True)
-            if isinstance(sub, keras.layers.BatchNormalization)]
+    return [
+        sub
+        for sub in layer._flatten_layers(include_self=True)
+        if isinstance(sub, keras.layers.BatchNormalization)
+    ]
 
 
 def _resolve(model, num_stages, stages):
@@ -95,21 +105,28 @@ def _resolve(model, num_stages, stages):
     names = list(groups)
     block_stages = [n for n in names if n.startswith('stage')]
     if (num_stages is None) == (stages is None):
-        raise ValueError('Pass exactly one of `num_stages` (freeze the stem and the first N '
-                         'stages) or `stages` (a list of stage names). Valid names: %s.' % names)
+        raise ValueError(
+            'Pass exactly one of `num_stages` (freeze the stem and the first N '
+            f'stages) or `stages` (a list of stage names). Valid names: {names}.'
+        )
     if stages is None:
         if num_stages == 'all':
             num_stages = len(block_stages)
-        if (isinstance(num_stages, bool) or not isinstance(num_stages, int)
-                or not 0 <= num_stages <= len(block_stages)):
-            raise ValueError('Argument `num_stages` must be an int in [0, %d] or \'all\'; '
-                             'received num_stages=%r.' % (len(block_stages), num_stages))
+        if (
+            isinstance(num_stages, bool)
+            or not isinstance(num_stages, int)
+            or not 0 <= num_stages <= len(block_stages)
+        ):
+            raise ValueError(
+                "Argument `num_stages` must be an int in [0, %d] or 'all'; "
+                'received num_stages=%r.' % (len(block_stages), num_stages)
+            )
         stages = ['stem'] + block_stages[:num_stages]
         if num_stages == len(block_stages) and 'top' in groups:
             stages.append('top')
     unknown = [s for s in stages if s not in groups]
     if unknown:
-        raise ValueError('Unknown stage names %s. Valid names: %s.' % (unknown, names))
+        raise ValueError(f'Unknown stage names {unknown}. Valid names: {names}.')
     return groups, list(stages)
 
 
@@ -171,8 +188,9 @@ def trainable_counts(model):
 
 
 def _copy_flags(source, target):
-    for a, b in zip(source._flatten_layers(include_self=True),
-                    target._flatten_layers(include_self=True)):
+    for a, b in zip(
+        source._flatten_layers(include_self=True), target._flatten_layers(include_self=True)
+    ):
         b.trainable = a.trainable
     for a, b in zip(source.weights, target.weights):
         b.trainable = a.trainable
@@ -197,12 +215,15 @@ def replace_head(model, num_classes, head_name='predictions', dropout_rate=None)
         The new model (the original is left unchanged).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError('Argument `num_classes` must be a positive int; received %r.'
-                         % (num_classes,))
+        raise ValueError(
+            f'Argument `num_classes` must be a positive int; received {num_classes!r}.'
+        )
     if isinstance(model, model_lib.EfficientNet):
         if not model.include_top:
-            raise ValueError('The model has no classifier (include_top=False); build it with '
-                             'include_top=True, or add your own head on its features.')
+            raise ValueError(
+                'The model has no classifier (include_top=False); build it with '
+                'include_top=True, or add your own head on its features.'
+            )
         config = model.get_config()
         config['num_classes'] = num_classes
         if dropout_rate is not None:
@@ -221,14 +242,20 @@ def replace_head(model, num_classes, head_name='predictions', dropout_rate=None)
     elif model.layers and isinstance(model.layers[-1], keras.layers.Dense):
         head = model.layers[-1]
     else:
-        raise ValueError('No classifier named %r and the last layer is not Dense; pass '
-                         'head_name (one of %s).' % (head_name, names))
+        raise ValueError(
+            f'No classifier named {head_name!r} and the last layer is not Dense; pass '
+            f'head_name (one of {names}).'
+        )
     if not isinstance(head, keras.layers.Dense):
-        raise ValueError('Layer %r is a %s, not a Dense classifier.'
-                         % (head.name, type(head).__name__))
+        raise ValueError(f'Layer {head.name!r} is a {type(head).__name__}, not a Dense classifier.')
     features = head.input
-    dense = keras.layers.Dense(num_classes, activation=head.activation, use_bias=head.use_bias,
-                               name=head.name, dtype=head.dtype_policy)
+    dense = keras.layers.Dense(
+        num_classes,
+        activation=head.activation,
+        use_bias=head.use_bias,
+        name=head.name,
+        dtype=head.dtype_policy,
+    )
     return keras.Model(model.inputs, dense(features), name=model.name)
 
 

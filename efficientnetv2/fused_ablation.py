@@ -74,10 +74,12 @@ def fuse_blocks(block_strings, num_fused, drop_se=True):
         ValueError: num_fused outside 0 .. len(block_strings).
     """
     from efficientnetv2 import blocks as blocks_lib
+
     block_strings = list(block_strings)
     if not 0 <= num_fused <= len(block_strings):
-        raise ValueError('num_fused must be in [0, %d]. Received: %r'
-                         % (len(block_strings), num_fused))
+        raise ValueError(
+            'num_fused must be in [0, %d]. Received: %r' % (len(block_strings), num_fused)
+        )
     out = []
     for index, text in enumerate(block_strings):
         args = blocks_lib.decode(text)
@@ -93,9 +95,12 @@ def variants(base):
     `architectures` registers them under their names; it passes its B4 in, so this module
     imports nothing of the registry (no import cycle).
     """
-    return [dataclasses.replace(base, name=variant_name(n), keras_name=None,
-                                blocks=tuple(fuse_blocks(base.blocks, n)))
-            for n in FUSED_STAGES]
+    return [
+        dataclasses.replace(
+            base, name=variant_name(n), keras_name=None, blocks=tuple(fuse_blocks(base.blocks, n))
+        )
+        for n in FUSED_STAGES
+    ]
 
 
 def list_variants():

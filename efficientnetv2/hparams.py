@@ -21,10 +21,10 @@ where floats are expected; bools are never accepted as numbers.
 
 import ast
 import copy
-import os
 import difflib
 import math
 import numbers
+import os
 
 import yaml
 
@@ -34,15 +34,22 @@ _WORD_LITERALS = {'true': True, 'false': False, 'none': None, 'null': None}
 # Value kinds a `Spec` understands. 'number' takes ints and floats and keeps them as given;
 # 'float' takes both and stores floats; 'any' takes everything.
 KINDS = ('bool', 'int', 'float', 'number', 'str', 'list', 'any')
-_KIND_WORDS = {'bool': 'a boolean (true/false)', 'int': 'an integer', 'float': 'a number',
-               'number': 'a number', 'str': 'a string', 'list': 'a list', 'any': 'any value'}
+_KIND_WORDS = {
+    'bool': 'a boolean (true/false)',
+    'int': 'an integer',
+    'float': 'a number',
+    'number': 'a number',
+    'str': 'a string',
+    'list': 'a list',
+    'any': 'any value',
+}
 
 
 class ConfigValueError(ValueError):
     """A config value has the wrong type, is out of range, or is not one of the choices."""
 
 
-class Spec(object):
+class Spec:
     """What one config key accepts.
 
     Args:
@@ -53,10 +60,18 @@ class Spec(object):
         choices: the only values accepted (besides None when nullable).
     """
 
-    def __init__(self, kind=None, nullable=False, low=None, high=None, low_open=False,
-                 high_open=False, choices=None):
+    def __init__(
+        self,
+        kind=None,
+        nullable=False,
+        low=None,
+        high=None,
+        low_open=False,
+        high_open=False,
+        choices=None,
+    ):
         if kind is not None and kind not in KINDS:
-            raise ValueError('Spec kind must be one of %s; received %r.' % (list(KINDS), kind))
+            raise ValueError(f'Spec kind must be one of {list(KINDS)}; received {kind!r}.')
         self.kind = kind
         self.nullable = nullable
         self.low, self.high = low, high
@@ -64,7 +79,7 @@ class Spec(object):
         self.choices = tuple(choices) if choices is not None else None
 
     def __repr__(self):
-        return 'Spec(%s)' % self.describe()
+        return f'Spec({self.describe()})'
 
     def with_kind(self, kind):
         """A copy whose kind is `kind` when this spec leaves it open."""
@@ -76,16 +91,20 @@ class Spec(object):
     def describe(self):
         """The accepted values in words, e.g. 'an integer > 0', 'one of ['a', 'b'] or None'."""
         if self.choices is not None:
-            text = 'one of %s' % list(self.choices)
+            text = f'one of {list(self.choices)}'
         else:
             text = _KIND_WORDS.get(self.kind or 'any')
             if self.low is not None and self.high is not None:
-                text += ' in %s%r, %r%s' % ('(' if self.low_open else '[', self.low, self.high,
-                                            ')' if self.high_open else ']')
+                text += ' in {}{!r}, {!r}{}'.format(
+                    '(' if self.low_open else '[',
+                    self.low,
+                    self.high,
+                    ')' if self.high_open else ']',
+                )
             elif self.low is not None:
-                text += ' %s %r' % ('>' if self.low_open else '>=', self.low)
+                text += ' {} {!r}'.format('>' if self.low_open else '>=', self.low)
             elif self.high is not None:
-                text += ' %s %r' % ('<' if self.high_open else '<=', self.high)
+                text += ' {} {!r}'.format('<' if self.high_open else '<=', self.high)
         if self.nullable:
             text += ' or None'
         return text
@@ -104,11 +123,11 @@ class Spec(object):
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             if isinstance(value, float) and not math.isfinite(value):
                 raise self._error(key, value)
-            if self.low is not None and (value < self.low or (self.low_open and
-                                                              value == self.low)):
+            if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
                 raise self._error(key, value)
-            if self.high is not None and (value > self.high or (self.high_open and
-                                                                value == self.high)):
+            if self.high is not None and (
+                value > self.high or (self.high_open and value == self.high)
+            ):
                 raise self._error(key, value)
         return value
 
@@ -147,14 +166,14 @@ class Spec(object):
         return number
 
     def _error(self, key, value):
-        return ConfigValueError('Config key %s must be %s; received %r (%s).'
-                                % (key, self.describe(), value, type(value).__name__))
+        return ConfigValueError(
+            f'Config key {key} must be {self.describe()}; received {value!r} ({type(value).__name__}).'
+        )
 
 
 def _bool_posing_as_number(value, choices):
     """True for True/False matching a 1/0 among the choices (bools are not ints)."""
-    return isinstance(value, bool) and not any(
-        isinstance(c, bool) and c is value for c in choices)
+    return isinstance(value, bool) and not any(isinstance(c, bool) and c is value for c in choices)
 
 
 def kind_of(value):
@@ -194,6 +213,7 @@ def derive_schema(defaults, explicit=None):
                 continue  # An open section: any keys, any values.
             else:
                 schema[path] = Spec(kind_of(value), nullable=value is None)
+
     walk(defaults, '')
     for key, spec in explicit.items():
         base = schema.get(key)
@@ -209,7 +229,7 @@ def typed_config(defaults, explicit=None):
     return config
 
 
-class Config(object):
+class Config:
     """A nested, attribute-accessible dictionary of hyper-parameters."""
 
     def __init__(self, values=None):
@@ -262,7 +282,7 @@ class Config(object):
         return NotImplemented
 
     def __repr__(self):
-        return 'Config(%r)' % self.as_dict()
+        return f'Config({self.as_dict()!r})'
 
     def __deepcopy__(self, memo):
         clone = Config(copy.deepcopy(self.as_dict(), memo))
@@ -285,8 +305,10 @@ class Config(object):
 
     def as_dict(self):
         """Returns the config as nested plain dicts."""
-        return {k: v.as_dict() if isinstance(v, Config) else copy.deepcopy(v)
-                for k, v in self._values.items()}
+        return {
+            k: v.as_dict() if isinstance(v, Config) else copy.deepcopy(v)
+            for k, v in self._values.items()
+        }
 
     def flat_keys(self, prefix=''):
         """All leaf keys in dotted form, e.g. ['model.width_coefficient', ...]."""
@@ -308,6 +330,7 @@ class Config(object):
         text = yaml.safe_dump(self.as_dict(), default_flow_style=False, sort_keys=False)
         if path:
             import tensorflow as tf  # Only needed for gs:// paths; keep the module light.
+
             partial = '%s.tmp-%d' % (path, os.getpid())
             with tf.io.gfile.GFile(partial, 'w') as f:
                 f.write(text)
@@ -336,8 +359,10 @@ class Config(object):
         elif isinstance(overrides, Config):
             overrides = overrides.as_dict()
         if not isinstance(overrides, dict):
-            raise ValueError('Config overrides must be a dict, a Config, a YAML path or a '
-                             '"a.b=v,c=w" string. Received: %r' % (overrides,))
+            raise ValueError(
+                'Config overrides must be a dict, a Config, a YAML path or a '
+                f'"a.b=v,c=w" string. Received: {overrides!r}'
+            )
         self._merge(_expand_dotted_keys(overrides), allow_new=allow_new)
         return self
 
@@ -389,7 +414,7 @@ class Config(object):
     def _merge(self, values, allow_new, path=''):
         for key, value in values.items():
             if not isinstance(key, str):
-                raise KeyError('Config keys must be strings. Received %r at %r.' % (key, path))
+                raise KeyError(f'Config keys must be strings. Received {key!r} at {path!r}.')
             full = path + key
             if key not in self._values:
                 if not allow_new:
@@ -431,8 +456,9 @@ def _coerce(current, value, key):
     if isinstance(current, (list, tuple)) and not isinstance(value, (list, tuple)):
         return [value]
     if isinstance(current, Config) and not isinstance(value, (dict, Config)):
-        raise ValueError('Config key %r is a section and takes a mapping; received %r.'
-                         % (key, value))
+        raise ValueError(
+            f'Config key {key!r} is a section and takes a mapping; received {value!r}.'
+        )
     return value
 
 
@@ -442,9 +468,12 @@ def _unknown_key_message(key, valid_keys):
     if not close:
         tail = key.rsplit('.', 1)[-1]
         close = [k for k in valid_keys if k.rsplit('.', 1)[-1] == tail][:5]
-    hint = ('Did you mean: %s?' % ', '.join(close)) if close else (
-        'Valid keys: %s' % ', '.join(valid_keys[:40]))
-    return 'Unknown config key %r. %s' % (key, hint)
+    hint = (
+        ('Did you mean: {}?'.format(', '.join(close)))
+        if close
+        else ('Valid keys: {}'.format(', '.join(valid_keys[:40])))
+    )
+    return f'Unknown config key {key!r}. {hint}'
 
 
 def parse_value(text):
@@ -495,12 +524,13 @@ def _parse_override_text(text):
             result = _deep_update(result, load_yaml(item))
             continue
         if '=' not in item:
-            raise ValueError('Malformed override %r in %r: expected "dotted.key=value".'
-                             % (item, text))
+            raise ValueError(
+                f'Malformed override {item!r} in {text!r}: expected "dotted.key=value".'
+            )
         key, value = item.split('=', 1)
         key = key.strip()
         if not key:
-            raise ValueError('Malformed override %r in %r: empty key.' % (item, text))
+            raise ValueError(f'Malformed override {item!r} in {text!r}: empty key.')
         result[key] = parse_value(value)
     return result
 
@@ -518,7 +548,7 @@ def _expand_dotted_keys(values):
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError('Override key %r conflicts with another override.' % key)
+                raise ValueError(f'Override key {key!r} conflicts with another override.')
         leaf = parts[-1]
         if isinstance(value, dict) and isinstance(node.get(leaf), dict):
             node[leaf] = _deep_update(node[leaf], value)
@@ -539,16 +569,18 @@ def _deep_update(base, update):
 def load_yaml(path):
     """Reads a YAML mapping with `yaml.safe_load`; errors name the file."""
     import tensorflow as tf  # gfile reads local and gs:// paths alike.
+
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError('Config file not found: %s' % path)
+        raise FileNotFoundError(f'Config file not found: {path}')
     with tf.io.gfile.GFile(path, 'r') as f:
         try:
             values = yaml.safe_load(f.read())
         except yaml.YAMLError as e:
-            raise ValueError('Config file %s is not valid YAML: %s' % (path, e)) from e
+            raise ValueError(f'Config file {path} is not valid YAML: {e}') from e
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ValueError('Config file %s must hold a mapping at the top level; found %s.'
-                         % (path, type(values).__name__))
+        raise ValueError(
+            f'Config file {path} must hold a mapping at the top level; found {type(values).__name__}.'
+        )
     return values

@@ -47,15 +47,30 @@ from efficientnetv2 import variables as variables_lib
 from efficientnetv2.train import ema as ema_lib
 from efficientnetv2.train import progressive
 
-__all__ = ['fit_progressive', 'progressive_plan', 'stage_epochs', 'set_dropout', 'ModelEMA',
-           'ProgressiveHistory']
+__all__ = [
+    'fit_progressive',
+    'progressive_plan',
+    'stage_epochs',
+    'set_dropout',
+    'ModelEMA',
+    'ProgressiveHistory',
+]
 
 CHECKPOINT_SUFFIXES = ('.keras', '.weights.h5')
 
 
-def progressive_plan(epochs, image_size, num_stages=4, mode='paper', min_image_size=None,
-                     ram=(5.0, 15.0), mixup=(0.0, 0.0), cutmix=(0.0, 0.0), dropout=(0.1, 0.3),
-                     size_divisor=1):
+def progressive_plan(
+    epochs,
+    image_size,
+    num_stages=4,
+    mode='paper',
+    min_image_size=None,
+    ram=(5.0, 15.0),
+    mixup=(0.0, 0.0),
+    cutmix=(0.0, 0.0),
+    dropout=(0.1, 0.3),
+    size_divisor=1,
+):
     """A progressive-learning plan counted in epochs, from simple (start, final) ranges.
 
     The same `StagePlan` the trainer uses (`efficientnetv2.train.progressive.build_stage_plan`),
@@ -77,21 +92,31 @@ def progressive_plan(epochs, image_size, num_stages=4, mode='paper', min_image_s
         A `progressive.StagePlan`.
     """
     ranges = {}
-    for name, value in (('ram', ram), ('mixup', mixup), ('cutmix', cutmix),
-                        ('dropout', dropout)):
+    for name, value in (('ram', ram), ('mixup', mixup), ('cutmix', cutmix), ('dropout', dropout)):
         if isinstance(value, (int, float)):
             value = (value, value)
         if not isinstance(value, (tuple, list)) or len(value) != 2:
-            raise ValueError('Argument `%s` must be a number or a (start, final) pair; '
-                             'received %s=%r.' % (name, name, value))
+            raise ValueError(
+                f'Argument `{name}` must be a number or a (start, final) pair; '
+                f'received {name}={value!r}.'
+            )
         ranges[name] = (float(value[0]), float(value[1]))
     return progressive.build_stage_plan(
-        num_stages=num_stages, total_steps=epochs, final_image_size=image_size,
-        final_ram=ranges['ram'][1], final_mixup=ranges['mixup'][1],
-        final_cutmix=ranges['cutmix'][1], final_dropout=ranges['dropout'][1],
-        min_image_size=min_image_size, min_ram=ranges['ram'][0], min_mixup=ranges['mixup'][0],
-        min_cutmix=ranges['cutmix'][0], min_dropout=ranges['dropout'][0], mode=mode,
-        size_divisor=size_divisor)
+        num_stages=num_stages,
+        total_steps=epochs,
+        final_image_size=image_size,
+        final_ram=ranges['ram'][1],
+        final_mixup=ranges['mixup'][1],
+        final_cutmix=ranges['cutmix'][1],
+        final_dropout=ranges['dropout'][1],
+        min_image_size=min_image_size,
+        min_ram=ranges['ram'][0],
+        min_mixup=ranges['mixup'][0],
+        min_cutmix=ranges['cutmix'][0],
+        min_dropout=ranges['dropout'][0],
+        mode=mode,
+        size_divisor=size_divisor,
+    )
 
 
 def stage_epochs(plan, epochs=None):
@@ -108,7 +133,7 @@ def stage_epochs(plan, epochs=None):
     total = plan.total_steps
     epochs = total if epochs is None else int(epochs)
     if epochs < 1:
-        raise ValueError('Argument `epochs` must be >= 1; received epochs=%r.' % (epochs,))
+        raise ValueError(f'Argument `epochs` must be >= 1; received epochs={epochs!r}.')
     result = []
     for stage in plan:
         first = stage.start_step * epochs // total
@@ -117,8 +142,16 @@ def stage_epochs(plan, epochs=None):
             raise ValueError(
                 'Stage %d of the plan gets no epoch: %d epochs cannot be split over %d stages '
                 '(plan steps %d-%d of %d). Use epochs >= %d or fewer stages.'
-                % (stage.index, epochs, len(plan), stage.start_step, stage.end_step, total,
-                   len(plan)))
+                % (
+                    stage.index,
+                    epochs,
+                    len(plan),
+                    stage.start_step,
+                    stage.end_step,
+                    total,
+                    len(plan),
+                )
+            )
         result.append((stage, first, end))
     return result
 
@@ -171,14 +204,14 @@ class ModelEMA(keras.callbacks.Callback):
     at the first `on_train_begin` and survive any number of `fit` calls.
     """
 
-    def __init__(self, decay=0.9999, use_num_updates=True, evaluate_with_ema=True,
-                 filepath=None):
+    def __init__(self, decay=0.9999, use_num_updates=True, evaluate_with_ema=True, filepath=None):
         super().__init__()
         if not 0.0 <= float(decay) < 1.0:
-            raise ValueError('Argument `decay` must be in [0, 1); received decay=%r.' % (decay,))
+            raise ValueError(f'Argument `decay` must be in [0, 1); received decay={decay!r}.')
         if filepath is not None and not str(filepath).endswith('.weights.h5'):
-            raise ValueError("Argument `filepath` must end with '.weights.h5'; received "
-                             'filepath=%r.' % (filepath,))
+            raise ValueError(
+                f"Argument `filepath` must end with '.weights.h5'; received filepath={filepath!r}."
+            )
         self.decay = float(decay)
         self.use_num_updates = bool(use_num_updates)
         self.evaluate_with_ema = bool(evaluate_with_ema)
@@ -198,22 +231,27 @@ class ModelEMA(keras.callbacks.Callback):
         model = model or self.model
         if self.ema is None:
             self.ema = ema_lib.ExponentialMovingAverage(
-                variables_lib.ema_variables(model), decay=self.decay,
-                use_num_updates=self.use_num_updates, name='model_ema')
+                variables_lib.ema_variables(model),
+                decay=self.decay,
+                use_num_updates=self.use_num_updates,
+                name='model_ema',
+            )
             self._apply = tf.function(self.ema.apply)
         return self
 
     def _require(self):
         if self.ema is None:
-            raise ValueError('ModelEMA has no averages yet: train with it (or call build()) '
-                             'first.')
+            raise ValueError('ModelEMA has no averages yet: train with it (or call build()) first.')
 
     def on_train_begin(self, logs=None):
         self.build()
         if getattr(self.model, 'steps_per_execution', 1) not in (1, None):
-            logging.warning('ModelEMA updates once per batch callback: with steps_per_execution='
-                            '%s it averages every %s-th step only.',
-                            self.model.steps_per_execution, self.model.steps_per_execution)
+            logging.warning(
+                'ModelEMA updates once per batch callback: with steps_per_execution='
+                '%s it averages every %s-th step only.',
+                self.model.steps_per_execution,
+                self.model.steps_per_execution,
+            )
 
     def on_train_batch_end(self, batch, logs=None):
         optimizer = getattr(self.model, 'optimizer', None)
@@ -324,7 +362,7 @@ class _OneRun(keras.callbacks.Callback):
         self._forward('on_test_batch_end', batch, logs)
 
 
-class ProgressiveHistory(object):
+class ProgressiveHistory:
     """What `fit_progressive` returns.
 
     Attributes:
@@ -360,17 +398,21 @@ def _check_input_size(model, size):
                 raise ValueError(
                     'The model takes images of fixed size %s but the plan trains at %d px. '
                     'Build it with input_shape=(None, None, 3) (any size) for progressive '
-                    'learning.' % (shape[1:], size))
+                    'learning.' % (shape[1:], size)
+                )
 
 
 def _restore(model, path):
     """Loads a `.keras` or `.weights.h5` checkpoint into the compiled model (optimizer too)."""
     path = str(path)
     if not path.endswith(CHECKPOINT_SUFFIXES):
-        raise ValueError('Argument `resume_from` must be a %s file; received %r.'
-                         % (' or '.join(CHECKPOINT_SUFFIXES), path))
+        raise ValueError(
+            'Argument `resume_from` must be a {} file; received {!r}.'.format(
+                ' or '.join(CHECKPOINT_SUFFIXES), path
+            )
+        )
     if not os.path.exists(path):
-        raise ValueError('Argument `resume_from` names a missing file: %r.' % (path,))
+        raise ValueError(f'Argument `resume_from` names a missing file: {path!r}.')
     optimizer = getattr(model, 'optimizer', None)
     if path.endswith('.keras') and optimizer is not None and not optimizer.built:
         # A .keras file holds the optimizer's variables; Keras skips them unless it is built.
@@ -378,10 +420,22 @@ def _restore(model, path):
     model.load_weights(path)
 
 
-def fit_progressive(model, dataset_fn, plan, epochs=None, steps_per_epoch=None,
-                    validation_data=None, validation_steps=None, validation_freq=1,
-                    callbacks=None, ema=None, initial_epoch=0, resume_from=None,
-                    verbose='auto', **fit_kwargs):
+def fit_progressive(
+    model,
+    dataset_fn,
+    plan,
+    epochs=None,
+    steps_per_epoch=None,
+    validation_data=None,
+    validation_steps=None,
+    validation_freq=1,
+    callbacks=None,
+    ema=None,
+    initial_epoch=0,
+    resume_from=None,
+    verbose='auto',
+    **fit_kwargs,
+):
     """Trains a compiled Keras model with progressive learning, one `model.fit` per stage.
 
     Args:
@@ -414,25 +468,34 @@ def fit_progressive(model, dataset_fn, plan, epochs=None, steps_per_epoch=None,
         A `ProgressiveHistory`.
     """
     if getattr(model, 'optimizer', None) is None or not getattr(model, 'compiled', True):
-        raise ValueError('Argument `model` must be compiled (model.compile(optimizer, loss)) '
-                         'before fit_progressive.')
+        raise ValueError(
+            'Argument `model` must be compiled (model.compile(optimizer, loss)) '
+            'before fit_progressive.'
+        )
     if not callable(dataset_fn):
-        raise ValueError('Argument `dataset_fn` must be a function stage -> tf.data.Dataset; '
-                         'received %r.' % (dataset_fn,))
+        raise ValueError(
+            'Argument `dataset_fn` must be a function stage -> tf.data.Dataset; '
+            f'received {dataset_fn!r}.'
+        )
     if not isinstance(plan, progressive.StagePlan):
-        raise ValueError('Argument `plan` must be a StagePlan (progressive_plan(...), '
-                         'config.stage_plan(...) or progressive.build_stage_plan(...)); '
-                         'received %r.' % (plan,))
+        raise ValueError(
+            'Argument `plan` must be a StagePlan (progressive_plan(...), '
+            'config.stage_plan(...) or progressive.build_stage_plan(...)); '
+            f'received {plan!r}.'
+        )
     for key in ('x', 'y', 'epochs', 'initial_epoch', 'batch_size'):
         if key in fit_kwargs:
-            raise ValueError('fit_progressive sets `%s` itself; remove it from the fit '
-                             'arguments.' % key)
+            raise ValueError(
+                f'fit_progressive sets `{key}` itself; remove it from the fit arguments.'
+            )
     schedule = stage_epochs(plan, epochs)
     total_epochs = schedule[-1][2]
     initial_epoch = int(initial_epoch)
     if not 0 <= initial_epoch <= total_epochs:
-        raise ValueError('Argument `initial_epoch` must be in [0, %d]; received %r.'
-                         % (total_epochs, initial_epoch))
+        raise ValueError(
+            'Argument `initial_epoch` must be in [0, %d]; received %r.'
+            % (total_epochs, initial_epoch)
+        )
     if isinstance(ema, ModelEMA):
         ema_callback = ema
     elif ema:
@@ -451,8 +514,7 @@ def fit_progressive(model, dataset_fn, plan, epochs=None, steps_per_epoch=None,
     if ema_callback is not None:
         ema_callback.set_model(model)
         ema_callback.build(model)
-        if (initial_epoch and ema_callback.filepath
-                and os.path.exists(ema_callback.filepath)):
+        if initial_epoch and ema_callback.filepath and os.path.exists(ema_callback.filepath):
             ema_callback.restore()
             logging.info('EMA averages read back from %s.', ema_callback.filepath)
 
@@ -466,19 +528,34 @@ def fit_progressive(model, dataset_fn, plan, epochs=None, steps_per_epoch=None,
         if not _has_adaptive_dropout(model) and changed:
             # Keras' Dropout bakes its rate into the trace: rebuild the train function.
             model.make_train_function(force=True)
-        logging.info('Stage %d/%d: epochs %d-%d, image size %d, RandAugment %.2f, mixup %.3f, '
-                     'cutmix %.3f, dropout %.3f%s.', stage.index + 1, len(plan), first, end,
-                     stage.image_size, stage.ram, stage.mixup_alpha, stage.cutmix_alpha,
-                     stage.dropout_rate, ' (resuming at epoch %d)' % start if start > first
-                     else '')
+        logging.info(
+            'Stage %d/%d: epochs %d-%d, image size %d, RandAugment %.2f, mixup %.3f, '
+            'cutmix %.3f, dropout %.3f%s.',
+            stage.index + 1,
+            len(plan),
+            first,
+            end,
+            stage.image_size,
+            stage.ram,
+            stage.mixup_alpha,
+            stage.cutmix_alpha,
+            stage.dropout_rate,
+            ' (resuming at epoch %d)' % start if start > first else '',
+        )
         if not changed and stage.dropout_rate:
-            logging.info('The model has no adjustable dropout: the stage rate %.3f is not '
-                         'applied.', stage.dropout_rate)
+            logging.info(
+                'The model has no adjustable dropout: the stage rate %.3f is not applied.',
+                stage.dropout_rate,
+            )
         dataset = dataset_fn(stage)
-        if (steps_per_epoch is None and isinstance(dataset, tf.data.Dataset)
-                and dataset.cardinality() == tf.data.INFINITE_CARDINALITY):
-            raise ValueError('dataset_fn returned an infinite (repeated) dataset: pass '
-                             'steps_per_epoch.')
+        if (
+            steps_per_epoch is None
+            and isinstance(dataset, tf.data.Dataset)
+            and dataset.cardinality() == tf.data.INFINITE_CARDINALITY
+        ):
+            raise ValueError(
+                'dataset_fn returned an infinite (repeated) dataset: pass steps_per_epoch.'
+            )
         validation = validation_data(stage) if callable(validation_data) else validation_data
         stage_kwargs = dict(fit_kwargs)
         if isinstance(dataset, tf.data.Dataset):
@@ -486,16 +563,25 @@ def fit_progressive(model, dataset_fn, plan, epochs=None, steps_per_epoch=None,
         user.last = position == len(todo) - 1
         stage_callbacks = [user] if ema_callback is None else [ema_callback, user]
         history = model.fit(
-            dataset, epochs=end, initial_epoch=start, steps_per_epoch=steps_per_epoch,
-            validation_data=validation, validation_steps=validation_steps,
-            validation_freq=validation_freq, callbacks=stage_callbacks, verbose=verbose,
-            **stage_kwargs)
+            dataset,
+            epochs=end,
+            initial_epoch=start,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=validation,
+            validation_steps=validation_steps,
+            validation_freq=validation_freq,
+            callbacks=stage_callbacks,
+            verbose=verbose,
+            **stage_kwargs,
+        )
         result._add(stage, history)
         if model.stop_training:
-            result.stopped_early = position < len(todo) - 1 or (
-                len(history.epoch) < end - start)
-            logging.info('Training stopped by a callback in stage %d at epoch %d.',
-                         stage.index + 1, (history.epoch or [start])[-1] + 1)
+            result.stopped_early = position < len(todo) - 1 or (len(history.epoch) < end - start)
+            logging.info(
+                'Training stopped by a callback in stage %d at epoch %d.',
+                stage.index + 1,
+                (history.epoch or [start])[-1] + 1,
+            )
             break
     return result
 
@@ -506,4 +592,3 @@ def stages_per_epoch(plan, epochs=None):
     for stage, first, end in stage_epochs(plan, epochs):
         indices.extend([stage.index] * (end - first))
     return indices
-

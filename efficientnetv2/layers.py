@@ -18,26 +18,41 @@ import tensorflow as tf
 PACKAGE = 'efficientnetv2'
 register = keras.saving.register_keras_serializable(package=PACKAGE)
 
-ACTIVATIONS = ('silu', 'swish', 'relu', 'relu6', 'hard_silu', 'hard_swish', 'elu', 'leaky_relu',
-               'selu', 'gelu', 'mish')
+ACTIVATIONS = (
+    'silu',
+    'swish',
+    'relu',
+    'relu6',
+    'hard_silu',
+    'hard_swish',
+    'elu',
+    'leaky_relu',
+    'selu',
+    'gelu',
+    'mish',
+)
 
 
 def conv_kernel_initializer():
     """Normal(0, sqrt(2 / fan_out)) with fan_out = kh*kw*out (kh*kw for depthwise), untruncated."""
-    return keras.initializers.VarianceScaling(scale=2.0, mode='fan_out',
-                                              distribution='untruncated_normal')
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode='fan_out', distribution='untruncated_normal'
+    )
 
 
 def dense_kernel_initializer():
     """Uniform(-r, r) with r = 1/sqrt(num_classes), as the official classifier."""
-    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode='fan_out',
-                                              distribution='uniform')
+    return keras.initializers.VarianceScaling(
+        scale=1.0 / 3.0, mode='fan_out', distribution='uniform'
+    )
 
 
 def get_activation(name):
     """Returns the activation function for `name`; unknown names list the valid ones."""
     if name not in ACTIVATIONS:
-        raise ValueError('Unknown activation act_fn=%r. Valid: %s.' % (name, ', '.join(ACTIVATIONS)))
+        raise ValueError(
+            'Unknown activation act_fn={!r}. Valid: {}.'.format(name, ', '.join(ACTIVATIONS))
+        )
     return keras.activations.get({'swish': 'silu', 'hard_swish': 'hard_silu'}.get(name, name))
 
 
@@ -71,8 +86,10 @@ class BatchNorm(keras.layers.BatchNormalization):
     def check_group_size(group_size):
         """Returns `group_size` if it is an integer >= 0, else raises a ValueError."""
         if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 0:
-            raise ValueError('bn_group_size must be an integer >= 0 (replicas per batch-norm '
-                             'group; 0: all replicas). Received: %r' % (group_size,))
+            raise ValueError(
+                'bn_group_size must be an integer >= 0 (replicas per batch-norm '
+                f'group; 0: all replicas). Received: {group_size!r}'
+            )
         return group_size
 
     def add_weight(self, *args, **kwargs):
@@ -84,9 +101,15 @@ class BatchNorm(keras.layers.BatchNormalization):
 
     def _can_fuse(self, inputs):
         # Keras 3.12 (the TPU pin) has no batch renormalization and no `renorm` attribute.
-        return (self.fused and not self.synchronized and not getattr(self, 'renorm', False)
-                and self.scale and self.center and len(inputs.shape) == 4
-                and self.axis in (1, 3, -1))
+        return (
+            self.fused
+            and not self.synchronized
+            and not getattr(self, 'renorm', False)
+            and self.scale
+            and self.center
+            and len(inputs.shape) == 4
+            and self.axis in (1, 3, -1)
+        )
 
     def call(self, inputs, training=None, mask=None):
         if mask is not None or not self._can_fuse(inputs):
@@ -97,10 +120,16 @@ class BatchNorm(keras.layers.BatchNormalization):
             x = tf.cast(x, tf.float32)
         if training and self.trainable:
             outputs, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=self.gamma.value, offset=self.beta.value,
-                mean=tf.constant([], tf.float32), variance=tf.constant([], tf.float32),
-                epsilon=self.epsilon, exponential_avg_factor=1.0,
-                data_format=data_format, is_training=True)
+                x=x,
+                scale=self.gamma.value,
+                offset=self.beta.value,
+                mean=tf.constant([], tf.float32),
+                variance=tf.constant([], tf.float32),
+                epsilon=self.epsilon,
+                exponential_avg_factor=1.0,
+                data_format=data_format,
+                is_training=True,
+            )
             # A fused training op has its gradient registered; the moving-average update
             # follows Keras' momentum convention.
             decay = 1.0 - self.momentum
@@ -108,9 +137,15 @@ class BatchNorm(keras.layers.BatchNormalization):
             self.moving_variance.assign(self.moving_variance * self.momentum + variance * decay)
         else:
             outputs, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=self.gamma.value, offset=self.beta.value,
-                mean=self.moving_mean.value, variance=self.moving_variance.value,
-                epsilon=self.epsilon, data_format=data_format, is_training=False)
+                x=x,
+                scale=self.gamma.value,
+                offset=self.beta.value,
+                mean=self.moving_mean.value,
+                variance=self.moving_variance.value,
+                epsilon=self.epsilon,
+                data_format=data_format,
+                is_training=False,
+            )
         return tf.cast(outputs, self.compute_dtype)
 
     def _moments(self, inputs, mask):
@@ -122,9 +157,10 @@ class BatchNorm(keras.layers.BatchNormalization):
         if group >= replicas:
             return super()._moments(inputs, mask)  # Keras' all-replica statistics.
         if replicas % group:
-            raise ValueError('group_size (%d) must divide the number of replicas (%d); set '
-                             'model.bn_group_size to a divisor, or to 0 for all replicas.'
-                             % (group, replicas))
+            raise ValueError(
+                'group_size (%d) must divide the number of replicas (%d); set '
+                'model.bn_group_size to a divisor, or to 0 for all replicas.' % (group, replicas)
+            )
         return self._grouped_moments(inputs, self._reduction_axes, context, group)
 
     @staticmethod
@@ -136,12 +172,15 @@ class BatchNorm(keras.layers.BatchNormalization):
         """
         total = tf.reduce_sum(x, axis=axes)
         count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
-        local = tf.stack([total, tf.reduce_sum(tf.square(x), axis=axes),
-                          tf.fill(tf.shape(total), count)])
+        local = tf.stack(
+            [total, tf.reduce_sum(tf.square(x), axis=axes), tf.fill(tf.shape(total), count)]
+        )
         replicas = context.num_replicas_in_sync
         if 'TPUStrategy' in type(context.strategy).__name__:
-            assignment = [[g * group_size + i for i in range(group_size)]
-                          for g in range(replicas // group_size)]
+            assignment = [
+                [g * group_size + i for i in range(group_size)]
+                for g in range(replicas // group_size)
+            ]
             sums = tf.raw_ops.CrossReplicaSum(input=local, group_assignment=assignment)
         else:
             group = tf.cast(context.replica_id_in_sync_group, tf.int32) // group_size
@@ -159,14 +198,27 @@ class BatchNorm(keras.layers.BatchNormalization):
 
 
 def _norm(name, momentum, epsilon, synchronized, fused, data_format):
-    return BatchNorm(axis=1 if data_format == 'channels_first' else -1, momentum=momentum,
-                     epsilon=epsilon, synchronized=synchronized, fused=fused, name=name)
+    return BatchNorm(
+        axis=1 if data_format == 'channels_first' else -1,
+        momentum=momentum,
+        epsilon=epsilon,
+        synchronized=synchronized,
+        fused=fused,
+        name=name,
+    )
 
 
 def _conv(filters, kernel_size, strides, name, data_format, use_bias=False):
     return keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding='same', use_bias=use_bias,
-        kernel_initializer=conv_kernel_initializer(), data_format=data_format, name=name)
+        filters,
+        kernel_size,
+        strides=strides,
+        padding='same',
+        use_bias=use_bias,
+        kernel_initializer=conv_kernel_initializer(),
+        data_format=data_format,
+        name=name,
+    )
 
 
 @register
@@ -186,9 +238,17 @@ class AdaptiveDropout(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         # object.__setattr__: neither Keras nor tf.train.Checkpoint tracks this variable.
-        object.__setattr__(self, '_rate_variable', tf.Variable(
-            float(rate), trainable=False, dtype=tf.float32, name='dropout_rate',
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA))
+        object.__setattr__(
+            self,
+            '_rate_variable',
+            tf.Variable(
+                float(rate),
+                trainable=False,
+                dtype=tf.float32,
+                name='dropout_rate',
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            ),
+        )
         self._rate = float(rate)
 
     @property
@@ -200,7 +260,7 @@ class AdaptiveDropout(keras.layers.Layer):
     def rate(self, value):
         value = float(value)
         if not 0.0 <= value < 1.0:
-            raise ValueError('Dropout rate must be in [0, 1). Received: rate=%r' % (value,))
+            raise ValueError(f'Dropout rate must be in [0, 1). Received: rate={value!r}')
         self._rate = value
         self._rate_variable.assign(value)
 
@@ -208,10 +268,10 @@ class AdaptiveDropout(keras.layers.Layer):
         if not training:
             return inputs
         rate = keras.ops.cast(keras.ops.convert_to_tensor(self._rate_variable), inputs.dtype)
-        noise = keras.random.uniform(keras.ops.shape(inputs), seed=self.seed_generator,
-                                     dtype=inputs.dtype)
-        return keras.ops.where(noise >= rate, inputs / (1.0 - rate),
-                               keras.ops.zeros_like(inputs))
+        noise = keras.random.uniform(
+            keras.ops.shape(inputs), seed=self.seed_generator, dtype=inputs.dtype
+        )
+        return keras.ops.where(noise >= rate, inputs / (1.0 - rate), keras.ops.zeros_like(inputs))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -237,8 +297,9 @@ class StochasticDepth(keras.layers.Layer):
     def __init__(self, survival_prob, seed=None, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 < survival_prob <= 1.0:
-            raise ValueError('survival_prob must be in (0, 1]. Received: survival_prob=%r'
-                             % (survival_prob,))
+            raise ValueError(
+                f'survival_prob must be in (0, 1]. Received: survival_prob={survival_prob!r}'
+            )
         self.survival_prob = float(survival_prob)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -267,8 +328,9 @@ class SqueezeExcite(keras.layers.Layer):
         act_fn: activation between the two convolutions.
     """
 
-    def __init__(self, filters, reduced_filters, act_fn='silu', data_format='channels_last',
-                 **kwargs):
+    def __init__(
+        self, filters, reduced_filters, act_fn='silu', data_format='channels_last', **kwargs
+    ):
         super().__init__(**kwargs)
         self.filters = filters
         self.reduced_filters = reduced_filters
@@ -295,18 +357,36 @@ class SqueezeExcite(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(filters=self.filters, reduced_filters=self.reduced_filters,
-                      act_fn=self.act_fn, data_format=self.data_format)
+        config.update(
+            filters=self.filters,
+            reduced_filters=self.reduced_filters,
+            act_fn=self.act_fn,
+            data_format=self.data_format,
+        )
         return config
 
 
 class _Block(keras.layers.Layer):
     """What MBConv and Fused-MBConv share: arguments, SE, residual and stochastic depth."""
 
-    def __init__(self, input_filters, output_filters, kernel_size=3, strides=1, expand_ratio=1,
-                 se_ratio=None, survival_prob=None, act_fn='silu', bn_momentum=0.9,
-                 bn_epsilon=1e-3, sync_bn=False, fused_bn=True, conv_dropout=0.0,
-                 data_format='channels_last', **kwargs):
+    def __init__(
+        self,
+        input_filters,
+        output_filters,
+        kernel_size=3,
+        strides=1,
+        expand_ratio=1,
+        se_ratio=None,
+        survival_prob=None,
+        act_fn='silu',
+        bn_momentum=0.9,
+        bn_epsilon=1e-3,
+        sync_bn=False,
+        fused_bn=True,
+        conv_dropout=0.0,
+        data_format='channels_last',
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.input_filters = input_filters
         self.output_filters = output_filters
@@ -338,12 +418,14 @@ class _Block(keras.layers.Layer):
         if self.se_ratio is not None and 0 < self.se_ratio <= 1:
             # The bottleneck width comes from the block *input*, not the expanded width.
             reduced = max(1, int(self.input_filters * self.se_ratio))
-            self.se = SqueezeExcite(self.expanded_filters, reduced, self.act_fn,
-                                    self.data_format, name='se')
+            self.se = SqueezeExcite(
+                self.expanded_filters, reduced, self.act_fn, self.data_format, name='se'
+            )
 
     def _norm(self, name):
-        return _norm(name, self.bn_momentum, self.bn_epsilon, self.sync_bn, self.fused_bn,
-                     self.data_format)
+        return _norm(
+            name, self.bn_momentum, self.bn_epsilon, self.sync_bn, self.fused_bn, self.data_format
+        )
 
     def _conv(self, filters, kernel_size, strides, name):
         return _conv(filters, kernel_size, strides, name, self.data_format)
@@ -361,12 +443,21 @@ class _Block(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            input_filters=self.input_filters, output_filters=self.output_filters,
-            kernel_size=self.kernel_size, strides=self.strides, expand_ratio=self.expand_ratio,
-            se_ratio=self.se_ratio, survival_prob=self.survival_prob, act_fn=self.act_fn,
-            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, sync_bn=self.sync_bn,
-            fused_bn=self.fused_bn, conv_dropout=self.conv_dropout,
-            data_format=self.data_format)
+            input_filters=self.input_filters,
+            output_filters=self.output_filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            expand_ratio=self.expand_ratio,
+            se_ratio=self.se_ratio,
+            survival_prob=self.survival_prob,
+            act_fn=self.act_fn,
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+            sync_bn=self.sync_bn,
+            fused_bn=self.fused_bn,
+            conv_dropout=self.conv_dropout,
+            data_format=self.data_format,
+        )
         return config
 
 
@@ -381,9 +472,14 @@ class MBConvBlock(_Block):
             self.expand_conv = self._conv(self.expanded_filters, 1, 1, 'expand_conv')
             self.expand_bn = self._norm('expand_bn')
         self.dwconv = keras.layers.DepthwiseConv2D(
-            self.kernel_size, strides=self.strides, padding='same', use_bias=False,
-            depthwise_initializer=conv_kernel_initializer(), data_format=self.data_format,
-            name='dwconv')
+            self.kernel_size,
+            strides=self.strides,
+            padding='same',
+            use_bias=False,
+            depthwise_initializer=conv_kernel_initializer(),
+            data_format=self.data_format,
+            name='dwconv',
+        )
         self.bn = self._norm('bn')
         self._make_se()
         self.project_conv = self._conv(self.output_filters, 1, 1, 'project_conv')
@@ -423,15 +519,17 @@ class FusedMBConvBlock(_Block):
         super().__init__(input_filters, output_filters, **kwargs)
         self.expand_conv = self.expand_bn = None
         if self.expand_ratio != 1:
-            self.expand_conv = self._conv(self.expanded_filters, self.kernel_size, self.strides,
-                                          'expand_conv')
+            self.expand_conv = self._conv(
+                self.expanded_filters, self.kernel_size, self.strides, 'expand_conv'
+            )
             self.expand_bn = self._norm('expand_bn')
             self._make_se()
             self.project_conv = self._conv(self.output_filters, 1, 1, 'project_conv')
         else:
             # A single strided kxk conv straight to the output width, followed by an activation.
-            self.project_conv = self._conv(self.output_filters, self.kernel_size, self.strides,
-                                           'project_conv')
+            self.project_conv = self._conv(
+                self.output_filters, self.kernel_size, self.strides, 'project_conv'
+            )
         self.project_bn = self._norm('project_bn')
 
     def build(self, input_shape):
@@ -463,9 +561,19 @@ class FusedMBConvBlock(_Block):
 class ConvBNAct(keras.layers.Layer):
     """Conv (no bias) -> BN -> activation: the stem (3x3, stride 2) and the head (1x1)."""
 
-    def __init__(self, filters, kernel_size=3, strides=1, act_fn='silu', bn_momentum=0.9,
-                 bn_epsilon=1e-3, sync_bn=False, fused_bn=True, data_format='channels_last',
-                 **kwargs):
+    def __init__(
+        self,
+        filters,
+        kernel_size=3,
+        strides=1,
+        act_fn='silu',
+        bn_momentum=0.9,
+        bn_epsilon=1e-3,
+        sync_bn=False,
+        fused_bn=True,
+        data_format='channels_last',
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.filters = filters
         self.kernel_size = kernel_size
@@ -492,17 +600,24 @@ class ConvBNAct(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
-                      act_fn=self.act_fn, bn_momentum=self.bn_momentum,
-                      bn_epsilon=self.bn_epsilon, sync_bn=self.sync_bn, fused_bn=self.fused_bn,
-                      data_format=self.data_format)
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            act_fn=self.act_fn,
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+            sync_bn=self.sync_bn,
+            fused_bn=self.fused_bn,
+            data_format=self.data_format,
+        )
         return config
 
 
 def _strided_shape(input_shape, channels, strides, data_format):
     """Output shape of a 'same'-padded strided op: spatial dims ceil-divided, new channels."""
     shape = list(input_shape)
-    for axis in ([2, 3] if data_format == 'channels_first' else [1, 2]):
+    for axis in [2, 3] if data_format == 'channels_first' else [1, 2]:
         if shape[axis] is not None:
             shape[axis] = -(-shape[axis] // strides)
     return _channels(shape, channels, data_format)

@@ -67,45 +67,83 @@ class EfficientNet(keras.Model):
         name: the Keras model name (defaults to `model_name`).
     """
 
-    def __init__(self, blocks, width_coefficient=1.0, depth_coefficient=1.0, depth_divisor=8,
-                 min_depth=8, round_filters_10pct=False, feature_size=1280, dropout_rate=0.2,
-                 survival_prob=0.8, bn_momentum=0.9, bn_epsilon=1e-3, act_fn='silu',
-                 sync_bn=False, fused_bn=True, conv_dropout=0.0, headbias=None, bn_group_size=8,
-                 include_top=True, num_classes=1000, pooling=None, input_shape=None,
-                 classifier_activation=None, data_format='channels_last', model_name=None,
-                 name=None, **kwargs):
+    def __init__(
+        self,
+        blocks,
+        width_coefficient=1.0,
+        depth_coefficient=1.0,
+        depth_divisor=8,
+        min_depth=8,
+        round_filters_10pct=False,
+        feature_size=1280,
+        dropout_rate=0.2,
+        survival_prob=0.8,
+        bn_momentum=0.9,
+        bn_epsilon=1e-3,
+        act_fn='silu',
+        sync_bn=False,
+        fused_bn=True,
+        conv_dropout=0.0,
+        headbias=None,
+        bn_group_size=8,
+        include_top=True,
+        num_classes=1000,
+        pooling=None,
+        input_shape=None,
+        classifier_activation=None,
+        data_format='channels_last',
+        model_name=None,
+        name=None,
+        **kwargs,
+    ):
         config = {key: value for key, value in locals().items() if key in _CONFIG_KEYS}
         config['blocks'] = list(blocks)
         if pooling not in POOLING:
-            raise ValueError('pooling must be one of %s. Received: pooling=%r'
-                             % (POOLING, pooling))
+            raise ValueError(f'pooling must be one of {POOLING}. Received: pooling={pooling!r}')
         if include_top and (not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError('num_classes must be a positive integer. Received: num_classes=%r'
-                             % (num_classes,))
+            raise ValueError(
+                f'num_classes must be a positive integer. Received: num_classes={num_classes!r}'
+            )
         if data_format not in ('channels_last', 'channels_first'):
-            raise ValueError("data_format must be 'channels_last' or 'channels_first'. "
-                             'Received: data_format=%r' % (data_format,))
+            raise ValueError(
+                "data_format must be 'channels_last' or 'channels_first'. "
+                f'Received: data_format={data_format!r}'
+            )
         if not 0.0 <= dropout_rate < 1.0:
-            raise ValueError('dropout_rate must be in [0, 1). Received: dropout_rate=%r'
-                             % (dropout_rate,))
+            raise ValueError(
+                f'dropout_rate must be in [0, 1). Received: dropout_rate={dropout_rate!r}'
+            )
         layers.get_activation(act_fn)  # Fails early on an unknown name.
         base_stages = blocks_lib.decode_list(list(blocks))
-        stages = blocks_lib.scale_stages(base_stages, width_coefficient, depth_coefficient,
-                                         depth_divisor, min_depth, round_filters_10pct)
+        stages = blocks_lib.scale_stages(
+            base_stages,
+            width_coefficient,
+            depth_coefficient,
+            depth_divisor,
+            min_depth,
+            round_filters_10pct,
+        )
 
         def width(filters):
-            return blocks_lib.round_filters(filters, width_coefficient, depth_divisor, min_depth,
-                                            round_filters_10pct)
+            return blocks_lib.round_filters(
+                filters, width_coefficient, depth_divisor, min_depth, round_filters_10pct
+            )
 
         channel_axis = 1 if data_format == 'channels_first' else -1
         if input_shape is None:
             input_shape = (3, None, None) if channel_axis == 1 else (None, None, 3)
-        norm_args = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, sync_bn=sync_bn,
-                         fused_bn=fused_bn, data_format=data_format)
+        norm_args = dict(
+            bn_momentum=bn_momentum,
+            bn_epsilon=bn_epsilon,
+            sync_bn=sync_bn,
+            fused_bn=fused_bn,
+            data_format=data_format,
+        )
 
         inputs = keras.Input(shape=tuple(input_shape), name='images')
-        x = layers.ConvBNAct(width(base_stages[0].input_filters), 3, 2, act_fn=act_fn, name='stem',
-                             **norm_args)(inputs)
+        x = layers.ConvBNAct(
+            width(base_stages[0].input_filters), 3, 2, act_fn=act_fn, name='stem', **norm_args
+        )(inputs)
 
         total_blocks = sum(s.num_repeat for s in stages)
         block_specs = []  # (name, strides) per block, for the endpoint table.
@@ -120,10 +158,17 @@ class EfficientNet(keras.Model):
                 block_name = _block_name(stage_id, repeat)
                 x = block_cls(
                     stage.input_filters if first else stage.output_filters,
-                    stage.output_filters, kernel_size=stage.kernel_size,
-                    strides=stage.strides if first else 1, expand_ratio=stage.expand_ratio,
-                    se_ratio=stage.se_ratio, survival_prob=prob, act_fn=act_fn,
-                    conv_dropout=conv_dropout, name=block_name, **norm_args)(x)
+                    stage.output_filters,
+                    kernel_size=stage.kernel_size,
+                    strides=stage.strides if first else 1,
+                    expand_ratio=stage.expand_ratio,
+                    se_ratio=stage.se_ratio,
+                    survival_prob=prob,
+                    act_fn=act_fn,
+                    conv_dropout=conv_dropout,
+                    name=block_name,
+                    **norm_args,
+                )(x)
                 block_specs.append((block_name, stage.strides if first else 1))
                 index += 1
 
@@ -133,17 +178,21 @@ class EfficientNet(keras.Model):
             # Always present (rate may be 0) so progressive training can change the rate.
             x = layers.AdaptiveDropout(dropout_rate, name='top_dropout')(x)
             x = keras.layers.Dense(
-                num_classes, activation=classifier_activation,
+                num_classes,
+                activation=classifier_activation,
                 kernel_initializer=layers.dense_kernel_initializer(),
                 bias_initializer=keras.initializers.Constant(headbias or 0.0),
-                name='predictions', dtype='float32' if classifier_activation else None)(x)
+                name='predictions',
+                dtype='float32' if classifier_activation else None,
+            )(x)
         elif pooling == 'avg':
             x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name='avg_pool')(x)
         elif pooling == 'max':
             x = keras.layers.GlobalMaxPooling2D(data_format=data_format, name='max_pool')(x)
 
-        super().__init__(inputs=inputs, outputs=x, name=name or model_name or 'efficientnet',
-                         **kwargs)
+        super().__init__(
+            inputs=inputs, outputs=x, name=name or model_name or 'efficientnet', **kwargs
+        )
         self._init_args = dict(config, input_shape=tuple(input_shape))
         self.model_name = model_name
         self.include_top = include_top
@@ -185,8 +234,10 @@ class EfficientNet(keras.Model):
         Reduction level k has stride 2**k; these are the block outputs just before each
         spatial reduction (and the last block), as the official `reduction_k` endpoints.
         """
-        outputs = {'reduction_%d' % (i + 1): self.get_layer(name).output
-                   for i, name in enumerate(self.endpoint_names)}
+        outputs = {
+            'reduction_%d' % (i + 1): self.get_layer(name).output
+            for i, name in enumerate(self.endpoint_names)
+        }
         return keras.Model(self.inputs, outputs, name=self.name + '_features')
 
 
@@ -202,15 +253,20 @@ def _reduction_endpoints(block_specs):
 # The constructor signature is the one source of the model defaults.
 _SIGNATURE = inspect.signature(EfficientNet.__init__).parameters
 # Everything `get_config` returns besides the Keras name.
-_CONFIG_KEYS = tuple(key for key, p in _SIGNATURE.items()
-                     if key not in ('self', 'name') and p.kind is p.POSITIONAL_OR_KEYWORD)
+_CONFIG_KEYS = tuple(
+    key
+    for key, p in _SIGNATURE.items()
+    if key not in ('self', 'name') and p.kind is p.POSITIONAL_OR_KEYWORD
+)
 # How a model is built (head, pooling, input), not what the network is.
 BUILD_OPTIONS = ('include_top', 'pooling', 'input_shape', 'classifier_activation')
 # The `model` section of a run config: the constructor's defaults (`blocks`, which has no
 # default, is the empty list), minus the build options.
 DEFAULT_MODEL_HPARAMS = {
     key: [] if key == 'blocks' else _SIGNATURE[key].default
-    for key in _CONFIG_KEYS if key not in BUILD_OPTIONS}
+    for key in _CONFIG_KEYS
+    if key not in BUILD_OPTIONS
+}
 
 
 def model_hparams(model_name, **overrides):
@@ -227,13 +283,24 @@ def model_hparams(model_name, **overrides):
     return config
 
 
-def build_model(model_name, include_top=True, input_shape=None, pooling=None,
-                classifier_activation=None, **overrides):
+def build_model(
+    model_name,
+    include_top=True,
+    input_shape=None,
+    pooling=None,
+    classifier_activation=None,
+    **overrides,
+):
     """Builds a published variant with freshly initialised weights.
 
     `efficientnetv2.get_model` is this plus `weights=`; see it for the arguments.
     `num_classes` and every other model hyper-parameter go in `overrides`.
     """
     config = model_hparams(model_name, **overrides)
-    return EfficientNet(include_top=include_top, pooling=pooling, input_shape=input_shape,
-                        classifier_activation=classifier_activation, **config.as_dict())
+    return EfficientNet(
+        include_top=include_top,
+        pooling=pooling,
+        input_shape=input_shape,
+        classifier_activation=classifier_activation,
+        **config.as_dict(),
+    )

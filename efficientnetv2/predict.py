@@ -25,8 +25,10 @@ def imagenet_class_names():
     those at run time), so ids such as 'n01440764' are what an offline install can print.
     """
     import tensorflow_datasets
-    path = os.path.join(os.path.dirname(tensorflow_datasets.__file__), 'datasets',
-                        'imagenet2012', 'labels.txt')
+
+    path = os.path.join(
+        os.path.dirname(tensorflow_datasets.__file__), 'datasets', 'imagenet2012', 'labels.txt'
+    )
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -50,16 +52,20 @@ def preprocess_family(config, info):
 
 def eval_transform(config, info):
     """Keyword arguments of `preprocess_for_eval` for the run's eval pipeline."""
-    return dict(image_size=int(config.eval.image_size), family=preprocess_family(config, info),
-                center_crop=bool(info.eval_center_crop))
+    return dict(
+        image_size=int(config.eval.image_size),
+        family=preprocess_family(config, info),
+        center_crop=bool(info.eval_center_crop),
+    )
 
 
 def load_trained_model(config, model_dir):
     """The run's network with the latest checkpoint of `model_dir` (EMA weights preferred)."""
     if not tf.train.latest_checkpoint(model_dir):
-        raise FileNotFoundError('No checkpoint in model_dir %s: train first '
-                                '(python main.py --mode=train --model_dir=%s).'
-                                % (model_dir, model_dir))
+        raise FileNotFoundError(
+            f'No checkpoint in model_dir {model_dir}: train first '
+            f'(python main.py --mode=train --model_dir={model_dir}).'
+        )
     args = config.model.as_dict()
     args['sync_bn'] = False
     model = model_lib.EfficientNet(**args)
@@ -86,18 +92,29 @@ def export(config, model_dir, export_dir=None, formats=None):
     model = load_trained_model(config, model_dir)
     export_dir = export_dir or os.path.join(model_dir, 'export')
     transform = eval_transform(config, info)
-    logging.info('Export: %s, %d px, %s preprocessing, centre crop %s, formats %s.',
-                 config.model.model_name, transform['image_size'], transform['family'],
-                 'on' if transform['center_crop'] else 'off', ', '.join(formats))
-    paths = export_lib.export_all(model, export_dir, image_size=transform['image_size'],
-                                  preprocess=transform['family'],
-                                  class_names=class_names(info),
-                                  center_crop=transform['center_crop'], formats=formats,
-                                  verify=False)
+    logging.info(
+        'Export: %s, %d px, %s preprocessing, centre crop %s, formats %s.',
+        config.model.model_name,
+        transform['image_size'],
+        transform['family'],
+        'on' if transform['center_crop'] else 'off',
+        ', '.join(formats),
+    )
+    paths = export_lib.export_all(
+        model,
+        export_dir,
+        image_size=transform['image_size'],
+        preprocess=transform['family'],
+        class_names=class_names(info),
+        center_crop=transform['center_crop'],
+        formats=formats,
+        verify=False,
+    )
     for kind, path in paths.items():
         logging.info('Exported %s: %s', kind, path)
-    rows = export_lib.verify_exports(model, paths, transform['image_size'],
-                                     transform['family'], transform['center_crop'])
+    rows = export_lib.verify_exports(
+        model, paths, transform['image_size'], transform['family'], transform['center_crop']
+    )
     table = export_lib.format_table(rows)
     logging.info('Export parity against the Keras model:\n%s', table)
     print(table)
@@ -110,7 +127,7 @@ def infer(config, model_dir, image_paths, top_k=5):
         raise ValueError('--mode=infer needs --images=a.jpg,b.png.')
     missing = [p for p in image_paths if not tf.io.gfile.exists(p)]
     if missing:
-        raise FileNotFoundError('Image file(s) not found: %s' % ', '.join(missing))
+        raise FileNotFoundError('Image file(s) not found: {}'.format(', '.join(missing)))
     info = data.get_dataset_info(config.data.dataset, data_dir=config.data.data_dir)
     names = class_names(info)
     transform = eval_transform(config, info)
@@ -120,10 +137,10 @@ def infer(config, model_dir, image_paths, top_k=5):
     for path, image in zip(image_paths, images):
         logits = model(image[tf.newaxis], training=False)
         probs = tf.nn.softmax(tf.cast(logits, tf.float32))[0].numpy()
-        top = np.argsort(-probs)[:min(top_k, len(probs))]
+        top = np.argsort(-probs)[: min(top_k, len(probs))]
         row = [(names[i] if names else str(i), float(probs[i])) for i in top]
         results.append((path, row))
-        print('%s: %s' % (path, ', '.join('%s (%.3f)' % item for item in row)))
+        print('{}: {}'.format(path, ', '.join('{} ({:.3f})'.format(*item) for item in row)))
     return results
 
 
@@ -140,5 +157,5 @@ def load_images(image_paths, transform):
         try:
             images.append(data.preprocessing.preprocess_for_eval(encoded, **transform))
         except tf.errors.InvalidArgumentError as e:
-            raise ValueError('Cannot decode image %s: %s' % (path, e.message)) from None
+            raise ValueError(f'Cannot decode image {path}: {e.message}') from None
     return images

@@ -22,7 +22,7 @@ _MAC_OPS = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul', 'BatchMatMulV2', 'Conv2
 def _static(shape):
     dims = shape.as_list() if hasattr(shape, 'as_list') else list(shape)
     if any(d is None for d in dims):
-        raise ValueError('FLOP counting needs static shapes; got %s.' % (dims,))
+        raise ValueError(f'FLOP counting needs static shapes; got {dims}.')
     return dims
 
 
@@ -59,10 +59,12 @@ def count_flops(model, image_size=None, input_shape=None):
         if image_size is None:
             input_shape = tuple(model.inputs[0].shape[1:])
         else:
-            channels_first = getattr(model, 'get_config', lambda: {})().get(
-                'data_format') == 'channels_first'
-            input_shape = (3, image_size, image_size) if channels_first else (
-                image_size, image_size, 3)
+            channels_first = (
+                getattr(model, 'get_config', lambda: {})().get('data_format') == 'channels_first'
+            )
+            input_shape = (
+                (3, image_size, image_size) if channels_first else (image_size, image_size, 3)
+            )
     spec = tf.TensorSpec((1,) + tuple(input_shape), model.inputs[0].dtype)
     graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec).graph
     return sum(_op_macs(op) for op in graph.get_operations() if op.type in _MAC_OPS)
@@ -81,22 +83,35 @@ def describe(model_name, image_size=None, **overrides):
     image_size = image_size or variant.eval_size
     model = model_lib.build_model(model_name, **overrides)
     trainable, non_trainable = count_params(model)
-    return dict(model_name=variant.name, image_size=image_size, trainable_params=trainable,
-                total_params=trainable + non_trainable,
-                flops=count_flops(model, image_size))
+    return dict(
+        model_name=variant.name,
+        image_size=image_size,
+        trainable_params=trainable,
+        total_params=trainable + non_trainable,
+        flops=count_flops(model, image_size),
+    )
 
 
 def main(argv=None):
     import argparse
+
     from absl import logging
 
     parser = argparse.ArgumentParser(
         prog='python -m efficientnetv2.summary',
-        description='Print parameters and FLOPs (multiply-adds) of EfficientNet models.')
-    parser.add_argument('--model_name', default='efficientnetv2-s',
-                        help='one of: %s' % ', '.join(architectures.list_models()))
-    parser.add_argument('--image_size', type=int, default=None,
-                        help='square input size (default: the model\'s eval size)')
+        description='Print parameters and FLOPs (multiply-adds) of EfficientNet models.',
+    )
+    parser.add_argument(
+        '--model_name',
+        default='efficientnetv2-s',
+        help='one of: {}'.format(', '.join(architectures.list_models())),
+    )
+    parser.add_argument(
+        '--image_size',
+        type=int,
+        default=None,
+        help="square input size (default: the model's eval size)",
+    )
     parser.add_argument('--all', action='store_true', help='every published model')
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
@@ -107,9 +122,17 @@ def main(argv=None):
             row = describe(name, args.image_size)
         except ValueError as e:
             parser.error(str(e))
-        print('%-20s %6d %15s %15s %17s' % (
-            row['model_name'], row['image_size'], format(row['trainable_params'], ','),
-            format(row['total_params'], ','), format(row['flops'], ',')), flush=True)
+        print(
+            '%-20s %6d %15s %15s %17s'
+            % (
+                row['model_name'],
+                row['image_size'],
+                format(row['trainable_params'], ','),
+                format(row['total_params'], ','),
+                format(row['flops'], ','),
+            ),
+            flush=True,
+        )
 
 
 if __name__ == '__main__':

@@ -58,9 +58,16 @@ _HEAD_PREFIX = 'predictions/'
 # Entry points.
 
 
-def get_model(model_name, include_top=True, weights=None, input_shape=None, pooling=None,
-              num_classes=model_lib.DEFAULT_MODEL_HPARAMS['num_classes'],
-              classifier_activation=None, **overrides):
+def get_model(
+    model_name,
+    include_top=True,
+    weights=None,
+    input_shape=None,
+    pooling=None,
+    num_classes=model_lib.DEFAULT_MODEL_HPARAMS['num_classes'],
+    classifier_activation=None,
+    **overrides,
+):
     """Builds a published EfficientNet / EfficientNetV2 variant, optionally with weights.
 
     Args:
@@ -81,16 +88,23 @@ def get_model(model_name, include_top=True, weights=None, input_shape=None, pool
         An `EfficientNet` keras.Model taking images preprocessed for the variant's family
         (see README: V2-S/M/L/XL (x - 128) / 128; V1 and V2-B0..B3 ImageNet mean/std).
     """
-    model = model_lib.build_model(model_name, include_top=include_top, input_shape=input_shape,
-                                  pooling=pooling, classifier_activation=classifier_activation,
-                                  num_classes=num_classes, **overrides)
+    model = model_lib.build_model(
+        model_name,
+        include_top=include_top,
+        input_shape=input_shape,
+        pooling=pooling,
+        classifier_activation=classifier_activation,
+        num_classes=num_classes,
+        **overrides,
+    )
     return load_weights(model, weights)
 
 
 def get_feature_extractor(model_name, input_shape=None, weights=None, **overrides):
     """A backbone returning the multi-scale endpoints `reduction_1` .. `reduction_5`."""
-    return get_model(model_name, include_top=False, input_shape=input_shape, weights=weights,
-                     **overrides).feature_extractor()
+    return get_model(
+        model_name, include_top=False, input_shape=input_shape, weights=weights, **overrides
+    ).feature_extractor()
 
 
 def load_weights(model, weights, skip_mismatch=False, prefer_ema=True):
@@ -122,8 +136,10 @@ def load_weights(model, weights, skip_mismatch=False, prefer_ema=True):
     try:
         path = os.fspath(weights)
     except TypeError:
-        raise ValueError("weights must be None, 'imagenet' or a path to a .keras, .weights.h5 or "
-                         'TF checkpoint. Received: weights=%r' % (weights,)) from None
+        raise ValueError(
+            "weights must be None, 'imagenet' or a path to a .keras, .weights.h5 or "
+            f'TF checkpoint. Received: weights={weights!r}'
+        ) from None
     if path.endswith('.keras'):
         _require_file(path)
         _load_keras_file(model, path, skip_mismatch)
@@ -133,19 +149,22 @@ def load_weights(model, weights, skip_mismatch=False, prefer_ema=True):
     else:
         prefix = resolve_checkpoint(path)
         if is_official_checkpoint(prefix):
-            load_official_checkpoint(model, prefix, skip_mismatch=skip_mismatch,
-                                     prefer_ema=prefer_ema)
+            load_official_checkpoint(
+                model, prefix, skip_mismatch=skip_mismatch, prefer_ema=prefer_ema
+            )
         else:
-            _load_project_checkpoint(model, prefix, prefer_ema=prefer_ema,
-                                     skip_mismatch=skip_mismatch)
+            _load_project_checkpoint(
+                model, prefix, prefer_ema=prefer_ema, skip_mismatch=skip_mismatch
+            )
             logging.info('Loaded project checkpoint %s.', prefix)
     return model
 
 
 def _require_file(path):
     if not os.path.isfile(path):
-        raise ValueError('weights must name an existing file. Received: weights=%r '
-                         '(no such file).' % (path,))
+        raise ValueError(
+            f'weights must name an existing file. Received: weights={path!r} (no such file).'
+        )
 
 
 def resolve_checkpoint(path):
@@ -161,21 +180,28 @@ def resolve_checkpoint(path):
         latest = tf.train.latest_checkpoint(path)
         if latest:
             return latest
-        indexes = sorted(f[:-len('.index')] for f in os.listdir(path) if f.endswith('.index'))
+        indexes = sorted(f[: -len('.index')] for f in os.listdir(path) if f.endswith('.index'))
         if len(indexes) == 1:
             return os.path.join(path, indexes[0])
         if os.path.exists(os.path.join(path, 'saved_model.pb')):
-            raise ValueError('weights=%r is a SavedModel directory, not weights; load it with '
-                             'tf.saved_model.load.' % (path,))
-        raise ValueError('weights=%r is a directory without a unique checkpoint (found %s). Pass '
-                         'a checkpoint prefix such as %r.'
-                         % (path, indexes or 'none', os.path.join(path, 'model.ckpt')))
+            raise ValueError(
+                f'weights={path!r} is a SavedModel directory, not weights; load it with '
+                'tf.saved_model.load.'
+            )
+        raise ValueError(
+            'weights={!r} is a directory without a unique checkpoint (found {}). Pass '
+            'a checkpoint prefix such as {!r}.'.format(
+                path, indexes or 'none', os.path.join(path, 'model.ckpt')
+            )
+        )
     if path.endswith('.index') and os.path.isfile(path):
-        path = path[:-len('.index')]
+        path = path[: -len('.index')]
     if os.path.isfile(path + '.index'):
         return path
-    raise ValueError('weights must be an existing .keras / .weights.h5 file, checkpoint prefix or '
-                     'checkpoint directory. Received: weights=%r (no such file).' % (path,))
+    raise ValueError(
+        'weights must be an existing .keras / .weights.h5 file, checkpoint prefix or '
+        f'checkpoint directory. Received: weights={path!r} (no such file).'
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,22 +232,28 @@ def _load_project_checkpoint(model, path, prefer_ema=True, skip_mismatch=False):
         # The layout `train.ema.ExponentialMovingAverage` saves: a module whose tracked list
         # `shadow_variables` holds one shadow per averaged variable.
         shadows = tf.Module(name='ema')
-        shadows.shadow_variables = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
-                                    for v in averaged]
+        shadows.shadow_variables = [
+            tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in averaged
+        ]
         tracked['ema'] = shadows
     try:
         status = tf.train.Checkpoint(**tracked).read(path)
         status.expect_partial()
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
-        raise ValueError('Cannot load checkpoint %r into model %r (a checkpoint of another model '
-                         'or head?): %s' % (path, _copier.model_label(model),
-                                            _first_line(error))) from None
+        raise ValueError(
+            f'Cannot load checkpoint {path!r} into model {_copier.model_label(model)!r} (a checkpoint of another model '
+            f'or head?): {_first_line(error)}'
+        ) from None
     if shadows is not None:
         for variable, shadow in zip(averaged, shadows.shadow_variables):
             variable.assign(shadow)  # `source` is scratch: nothing to roll back.
-    _copy_by_path(source, model, origin='checkpoint %s%s' % (path, ' (EMA)' if shadows else ''),
-                  skip_mismatch=skip_mismatch)
+    _copy_by_path(
+        source,
+        model,
+        origin='checkpoint {}{}'.format(path, ' (EMA)' if shadows else ''),
+        skip_mismatch=skip_mismatch,
+    )
 
 
 def _source_model_for(model, path):
@@ -254,7 +286,7 @@ def _checkpoint_reader(prefix):
         reader = tf.train.load_checkpoint(prefix)
         return reader, reader.get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as error:
-        raise ValueError('Cannot read checkpoint %r: %s' % (prefix, _first_line(error))) from None
+        raise ValueError(f'Cannot read checkpoint {prefix!r}: {_first_line(error)}') from None
 
 
 def _numbered(base, index):
@@ -285,7 +317,7 @@ def _conv_entries(scope, conv, with_bias=False):
 
 
 def _norm_entries(scope, norm):
-    return [('%s/%s' % (scope, attr), getattr(norm, attr)) for attr in _BN_VARIABLES]
+    return [(f'{scope}/{attr}', getattr(norm, attr)) for attr in _BN_VARIABLES]
 
 
 def _block_entries(scope, block):
@@ -293,27 +325,31 @@ def _block_entries(scope, block):
     names = _ScopeNames()
     entries = []
     if block.expand_conv is not None:
-        entries += _conv_entries('%s/%s' % (scope, names.conv()), block.expand_conv)
-        entries += _norm_entries('%s/%s' % (scope, names.norm()), block.expand_bn)
+        entries += _conv_entries(f'{scope}/{names.conv()}', block.expand_conv)
+        entries += _norm_entries(f'{scope}/{names.norm()}', block.expand_bn)
     if isinstance(block, layers_lib.MBConvBlock):
         entries.append((scope + '/depthwise_conv2d/depthwise_kernel', block.dwconv.kernel))
-        entries += _norm_entries('%s/%s' % (scope, names.norm()), block.bn)
+        entries += _norm_entries(f'{scope}/{names.norm()}', block.bn)
     if block.se is not None:
         entries += _conv_entries(scope + '/se/conv2d', block.se.reduce, with_bias=True)
         entries += _conv_entries(scope + '/se/conv2d_1', block.se.expand, with_bias=True)
-    entries += _conv_entries('%s/%s' % (scope, names.conv()), block.project_conv)
-    entries += _norm_entries('%s/%s' % (scope, names.norm()), block.project_bn)
+    entries += _conv_entries(f'{scope}/{names.conv()}', block.project_conv)
+    entries += _norm_entries(f'{scope}/{names.norm()}', block.project_bn)
     return entries
 
 
 def _blocks(model):
-    blocks = [layer for layer in model.layers
-              if isinstance(layer, (layers_lib.MBConvBlock, layers_lib.FusedMBConvBlock))]
+    blocks = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, (layers_lib.MBConvBlock, layers_lib.FusedMBConvBlock))
+    ]
     stages = getattr(model, 'stages', None)
     if stages is not None and len(blocks) != sum(s.num_repeat for s in stages):
-        raise ValueError('Model %r has %d blocks but its stages list %d; cannot map names.'
-                         % (_copier.model_label(model), len(blocks),
-                            sum(s.num_repeat for s in stages)))
+        raise ValueError(
+            'Model %r has %d blocks but its stages list %d; cannot map names.'
+            % (_copier.model_label(model), len(blocks), sum(s.num_repeat for s in stages))
+        )
     return blocks
 
 
@@ -329,26 +365,37 @@ def official_variable_map(model, scope):
         the classifier (`<scope>/head/dense/*`), present only if the model has one.
     """
     stem = model.get_layer('stem')
-    entries = [(n, v, False) for n, v in _conv_entries(scope + '/stem/conv2d', stem.conv)
-               + _norm_entries(scope + '/stem/tpu_batch_normalization', stem.bn)]
+    entries = [
+        (n, v, False)
+        for n, v in _conv_entries(scope + '/stem/conv2d', stem.conv)
+        + _norm_entries(scope + '/stem/tpu_batch_normalization', stem.bn)
+    ]
     for index, block in enumerate(_blocks(model)):
         block_scope = '%s/blocks_%d' % (scope, index)
         entries += [(n, v, False) for n, v in _block_entries(block_scope, block)]
     top = model.get_layer('top')
-    entries += [(n, v, False) for n, v in _conv_entries(scope + '/head/conv2d', top.conv)
-                + _norm_entries(scope + '/head/tpu_batch_normalization', top.bn)]
+    entries += [
+        (n, v, False)
+        for n, v in _conv_entries(scope + '/head/conv2d', top.conv)
+        + _norm_entries(scope + '/head/tpu_batch_normalization', top.bn)
+    ]
     if getattr(model, 'include_top', False):
         dense = model.get_layer('predictions')
-        entries += [(scope + '/head/dense/kernel', dense.kernel, True),
-                    (scope + '/head/dense/bias', dense.bias, True)]
+        entries += [
+            (scope + '/head/dense/kernel', dense.kernel, True),
+            (scope + '/head/dense/bias', dense.bias, True),
+        ]
     return entries
 
 
 def _checkpoint_scope(shapes, path):
-    scopes = sorted({n[:-len(_STEM_KERNEL)] for n in shapes if n.endswith(_STEM_KERNEL)})
+    scopes = sorted({n[: -len(_STEM_KERNEL)] for n in shapes if n.endswith(_STEM_KERNEL)})
     if len(scopes) != 1:
-        raise ValueError('Checkpoint %r: expected one model scope with %r, found %s.'
-                         % (path, _STEM_KERNEL.lstrip('/'), scopes or 'none'))
+        raise ValueError(
+            'Checkpoint {!r}: expected one model scope with {!r}, found {}.'.format(
+                path, _STEM_KERNEL.lstrip('/'), scopes or 'none'
+            )
+        )
     return scopes[0]
 
 
@@ -376,14 +423,15 @@ def load_official_checkpoint(model, path, skip_mismatch=False, prefer_ema=True):
     prefix = resolve_checkpoint(os.fspath(path))
     reader, shapes = _checkpoint_reader(prefix)
     scope = _checkpoint_scope(shapes, prefix)
-    origin = 'official checkpoint %r' % prefix
+    origin = f'official checkpoint {prefix!r}'
     problems = []
     model_name = getattr(model, 'model_name', None)
     if model_name and model_name != scope:
-        problems.append('the checkpoint holds model %r but the model is %r' % (scope, model_name))
+        problems.append(f'the checkpoint holds model {scope!r} but the model is {model_name!r}')
         if not skip_mismatch:
-            raise ValueError('Cannot load official checkpoint %r into model %r: %s.'
-                             % (prefix, model_name, problems[0]))
+            raise ValueError(
+                f'Cannot load official checkpoint {prefix!r} into model {model_name!r}: {problems[0]}.'
+            )
 
     variable_map = official_variable_map(model, scope)
     head_loaded = _head_fits(variable_map, shapes, prefix, scope, prefer_ema)
@@ -393,20 +441,30 @@ def load_official_checkpoint(model, path, skip_mismatch=False, prefer_ema=True):
             continue
         source = _source_name(name, shapes, prefer_ema)
         if source not in shapes:
-            problems.append('tensor %r is missing' % name)
+            problems.append(f'tensor {name!r} is missing')
             continue
         used.add(name)
-        entries.append(_copier.Entry(source, variable, shapes[source],
-                                     lambda source=source: reader.get_tensor(source)))
-    problems += ['tensor %r is not used by the model' % n
-                 for n in _unused_names(shapes, scope, used, head_skipped=not head_loaded)]
+        entries.append(
+            _copier.Entry(
+                source, variable, shapes[source], lambda source=source: reader.get_tensor(source)
+            )
+        )
+    problems += [
+        f'tensor {n!r} is not used by the model'
+        for n in _unused_names(shapes, scope, used, head_skipped=not head_loaded)
+    ]
     loaded, problems = _copier.copy_entries(entries, model, origin, problems, skip_mismatch)
     from_ema = sum(name.endswith(EMA_SUFFIX) for name in loaded)
-    logging.info('Loaded %d tensors (%d from ExponentialMovingAverage) from official checkpoint '
-                 '%s (scope %r); classifier %s.', len(loaded), from_ema, prefix, scope,
-                 'loaded' if head_loaded else 'skipped')
-    return dict(loaded=len(loaded), from_ema=from_ema, skipped=problems,
-                head_loaded=head_loaded)
+    logging.info(
+        'Loaded %d tensors (%d from ExponentialMovingAverage) from official checkpoint '
+        '%s (scope %r); classifier %s.',
+        len(loaded),
+        from_ema,
+        prefix,
+        scope,
+        'loaded' if head_loaded else 'skipped',
+    )
+    return dict(loaded=len(loaded), from_ema=from_ema, skipped=problems, head_loaded=head_loaded)
 
 
 def _source_name(name, shapes, prefer_ema):
@@ -425,14 +483,19 @@ def _head_fits(entries, shapes, prefix, scope, prefer_ema):
     if kernel_name not in head:
         return False
     if kernel_name not in shapes and kernel_name + EMA_SUFFIX not in shapes:
-        logging.warning('Checkpoint %s has no classifier; the head keeps its initial values.',
-                        prefix)
+        logging.warning(
+            'Checkpoint %s has no classifier; the head keeps its initial values.', prefix
+        )
         return False
     ckpt_classes = shapes[_source_name(kernel_name, shapes, prefer_ema)][-1]
     model_classes = head[kernel_name].shape[-1]
     if ckpt_classes != model_classes:
-        logging.info('Checkpoint %s has %d classes, the model %d: classifier skipped.',
-                     prefix, ckpt_classes, model_classes)
+        logging.info(
+            'Checkpoint %s has %d classes, the model %d: classifier skipped.',
+            prefix,
+            ckpt_classes,
+            model_classes,
+        )
         return False
     return True
 
@@ -443,7 +506,7 @@ def _unused_names(shapes, scope, used, head_skipped):
     for name in sorted(shapes):
         if not name.startswith(scope + '/'):
             continue  # global_step and other non-model state.
-        base = name[:-len(EMA_SUFFIX)] if name.endswith(EMA_SUFFIX) else name
+        base = name[: -len(EMA_SUFFIX)] if name.endswith(EMA_SUFFIX) else name
         if base in used or _OPTIMIZER_SLOT_RE.search(base):
             continue
         if head_skipped and base.startswith(scope + '/head/dense/'):
@@ -476,16 +539,20 @@ def _copy_by_path(source, model, origin, skip_mismatch=False):
         if path.startswith(_HEAD_PREFIX) and not head_ok:
             continue
         if path not in source_vars:
-            problems.append('tensor %r is missing' % path)
+            problems.append(f'tensor {path!r} is missing')
         else:
             value = source_vars[path]
             entries.append(_copier.Entry(path, variable, tuple(value.shape), value.numpy))
     for path in source_vars:
         if path not in target_vars and not (path.startswith(_HEAD_PREFIX) and not head_ok):
-            problems.append('tensor %r is not used by the model' % path)
+            problems.append(f'tensor {path!r} is not used by the model')
     loaded, _ = _copier.copy_entries(entries, model, origin, problems, skip_mismatch)
-    logging.info('Copied %d variables from %s; classifier %s.', len(loaded), origin,
-                 'loaded' if head_ok else 'skipped')
+    logging.info(
+        'Copied %d variables from %s; classifier %s.',
+        len(loaded),
+        origin,
+        'loaded' if head_ok else 'skipped',
+    )
 
 
 def _keras_head_fits(source_vars, target_vars, origin):
@@ -495,8 +562,12 @@ def _keras_head_fits(source_vars, target_vars, origin):
             logging.warning('%s has no classifier; the head keeps its initial values.', origin)
         return False
     if tuple(source_vars[kernel].shape) != tuple(target_vars[kernel].shape):
-        logging.info('%s has classifier shape %s, the model %s: classifier skipped.', origin,
-                     tuple(source_vars[kernel].shape), tuple(target_vars[kernel].shape))
+        logging.info(
+            '%s has classifier shape %s, the model %s: classifier skipped.',
+            origin,
+            tuple(source_vars[kernel].shape),
+            tuple(target_vars[kernel].shape),
+        )
         return False
     return True
 
@@ -505,9 +576,8 @@ def _load_keras_file(model, path, skip_mismatch):
     try:
         source = keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for unreadable files.
-        raise ValueError('Cannot read the .keras file %r: %s'
-                         % (path, _first_line(error))) from None
-    origin = '.keras file %r' % path
+        raise ValueError(f'Cannot read the .keras file {path!r}: {_first_line(error)}') from None
+    origin = f'.keras file {path!r}'
     if _looks_like_keras_applications(source):
         _copy_keras_applications(source, model, origin, skip_mismatch)
     else:
@@ -521,8 +591,10 @@ def _looks_like_keras_applications(source):
 def _copy_keras_applications(source, model, origin, skip_mismatch):
     """Copies a keras.applications EfficientNet's weights by `convert`'s name map."""
     if not isinstance(model, model_lib.EfficientNet):
-        raise ValueError('Cannot load %s into %r: keras.applications weights load into an '
-                         'efficientnetv2 EfficientNet only.' % (origin, model.name))
+        raise ValueError(
+            f'Cannot load {origin} into {model.name!r}: keras.applications weights load into an '
+            'efficientnetv2 EfficientNet only.'
+        )
     model_head = source_head = None
     if getattr(model, 'include_top', False):
         model_head = tuple(model.get_layer('predictions').kernel.shape)
@@ -531,17 +603,26 @@ def _copy_keras_applications(source, model, origin, skip_mismatch):
         source_head = tuple(classifier[0].kernel.shape)
     copy_classifier = model_head is not None and model_head == source_head
     if model_head is not None and not copy_classifier:
-        logging.info('%s has classifier shape %s, the model %s: classifier skipped.', origin,
-                     source_head, model_head)
+        logging.info(
+            '%s has classifier shape %s, the model %s: classifier skipped.',
+            origin,
+            source_head,
+            model_head,
+        )
     variant = convert.identify_variant(source)
     if model.model_name and model.model_name != variant:
-        raise ValueError('Cannot load %s into model %r: it holds %s.'
-                         % (origin, _copier.model_label(model), variant))
+        raise ValueError(
+            f'Cannot load {origin} into model {_copier.model_label(model)!r}: it holds {variant}.'
+        )
     entries, problems = convert.weight_map(source, model, copy_classifier=copy_classifier)
     loaded, _ = _copier.copy_entries(entries, model, origin, problems, skip_mismatch)
-    logging.info('Copied %d variables from %s; classifier %s. Input the model expects: %s.',
-                 len(loaded), origin, 'loaded' if copy_classifier else 'skipped',
-                 convert.keras_preprocessing(source).describe())
+    logging.info(
+        'Copied %d variables from %s; classifier %s. Input the model expects: %s.',
+        len(loaded),
+        origin,
+        'loaded' if copy_classifier else 'skipped',
+        convert.keras_preprocessing(source).describe(),
+    )
 
 
 def _load_h5(model, path, skip_mismatch):
@@ -550,17 +631,20 @@ def _load_h5(model, path, skip_mismatch):
     model_head = None
     if getattr(model, 'include_top', False):
         model_head = tuple(model.get_layer('predictions').kernel.shape)
-    origin = 'weights file %r' % path
+    origin = f'weights file {path!r}'
     if file_head == model_head or not isinstance(model, model_lib.EfficientNet):
         # Keras' own loader; it assigns as it reads, so roll back on failure.
-        _copier.with_rollback(model, lambda: _keras_load_weights(model, path, origin,
-                                                                 skip_mismatch))
+        _copier.with_rollback(
+            model, lambda: _keras_load_weights(model, path, origin, skip_mismatch)
+        )
         return
     # Another head: load into a twin with the file's head, then copy everything else.
     config = dict(model.get_config())
-    config.update(include_top=file_head is not None,
-                  num_classes=file_head[-1] if file_head else config.get('num_classes'),
-                  classifier_activation=None)
+    config.update(
+        include_top=file_head is not None,
+        num_classes=file_head[-1] if file_head else config.get('num_classes'),
+        classifier_activation=None,
+    )
     twin = type(model).from_config(config)
     _keras_load_weights(twin, path, origin, skip_mismatch)
     _copy_by_path(twin, model, origin=origin, skip_mismatch=skip_mismatch)
@@ -569,17 +653,18 @@ def _load_h5(model, path, skip_mismatch):
 def _h5_head_shape(path):
     """The classifier kernel shape stored in a `.weights.h5` file, or None."""
     import h5py  # A Keras dependency.
+
     try:
         with h5py.File(path, 'r') as f:
             kernel = f.get('layers/dense/vars/0')
             return tuple(kernel.shape) if kernel is not None else None
     except OSError as error:
-        raise ValueError('Cannot read the weights file %r: %s'
-                         % (path, _first_line(error))) from None
+        raise ValueError(f'Cannot read the weights file {path!r}: {_first_line(error)}') from None
 
 
 def _keras_load_weights(model, path, origin, skip_mismatch):
     import warnings
+
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='Skipping nested container')
@@ -587,8 +672,9 @@ def _keras_load_weights(model, path, origin, skip_mismatch):
     except Exception as error:  # Keras raises ValueError and others with long messages.
         lines = [line for line in str(error).splitlines() if line.strip()]
         detail = ' '.join(lines[:3])
-        raise ValueError('Cannot load %s into model %r: %s'
-                         % (origin, _copier.model_label(model), detail[:600])) from None
+        raise ValueError(
+            f'Cannot load {origin} into model {_copier.model_label(model)!r}: {detail[:600]}'
+        ) from None
 
 
 def _load_imagenet(model, skip_mismatch):
@@ -596,10 +682,12 @@ def _load_imagenet(model, skip_mismatch):
     name = getattr(model, 'model_name', None)
     variant = architectures.get_variant(name) if name else None
     if variant is None or not variant.keras_name:
-        raise ValueError("weights='imagenet' needs a variant that keras.applications ships "
-                         '(EfficientNetV2 B0-B3/S/M/L, EfficientNet B0-B7). Received model %r.'
-                         % (_copier.model_label(model),))
+        raise ValueError(
+            "weights='imagenet' needs a variant that keras.applications ships "
+            f'(EfficientNetV2 B0-B3/S/M/L, EfficientNet B0-B7). Received model {_copier.model_label(model)!r}.'
+        )
     constructor = getattr(keras.applications, variant.keras_name)
     source = constructor(include_top=True, weights='imagenet', classifier_activation=None)
-    _copy_keras_applications(source, model, 'keras.applications.%s ImageNet weights'
-                             % variant.keras_name, skip_mismatch)
+    _copy_keras_applications(
+        source, model, f'keras.applications.{variant.keras_name} ImageNet weights', skip_mismatch
+    )

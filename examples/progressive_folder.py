@@ -49,29 +49,45 @@ def main(_):
     info = data.folder_dataset_info(FLAGS.data_dir)
     steps_per_epoch = max(1, info.get_split('train').num_images // FLAGS.batch_size)
     plan = efficientnetv2.progressive_plan(
-        epochs=FLAGS.epochs, image_size=FLAGS.image_size, num_stages=FLAGS.stages,
-        mode=FLAGS.mode, ram=(5.0, FLAGS.final_ram), mixup=(0.0, FLAGS.final_mixup),
-        dropout=(0.1, FLAGS.final_dropout))
+        epochs=FLAGS.epochs,
+        image_size=FLAGS.image_size,
+        num_stages=FLAGS.stages,
+        mode=FLAGS.mode,
+        ram=(5.0, FLAGS.final_ram),
+        mixup=(0.0, FLAGS.final_mixup),
+        dropout=(0.1, FLAGS.final_dropout),
+    )
     logging.info('%s', plan.format_table())
 
     def dataset_fn(stage):
-        return data.build_dataset(info, 'train', image_size=stage.image_size,
-                                  batch_size=FLAGS.batch_size, augname='randaug', ram=stage.ram,
-                                  mixup_alpha=stage.mixup_alpha,
-                                  cutmix_alpha=stage.cutmix_alpha)
+        return data.build_dataset(
+            info,
+            'train',
+            image_size=stage.image_size,
+            batch_size=FLAGS.batch_size,
+            augname='randaug',
+            ram=stage.ram,
+            mixup_alpha=stage.mixup_alpha,
+            cutmix_alpha=stage.cutmix_alpha,
+        )
 
-    validation = data.build_dataset(info, 'eval', image_size=FLAGS.eval_size or FLAGS.image_size,
-                                    batch_size=FLAGS.batch_size)
+    validation = data.build_dataset(
+        info, 'eval', image_size=FLAGS.eval_size or FLAGS.image_size, batch_size=FLAGS.batch_size
+    )
     model = efficientnetv2.get_model(FLAGS.model, num_classes=info.num_classes)
-    schedule = keras.optimizers.schedules.CosineDecay(FLAGS.learning_rate,
-                                                      FLAGS.epochs * steps_per_epoch)
-    model.compile(keras.optimizers.Adam(schedule),
-                  keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1),
-                  metrics=[keras.metrics.CategoricalAccuracy(name='top_1')])
+    schedule = keras.optimizers.schedules.CosineDecay(
+        FLAGS.learning_rate, FLAGS.epochs * steps_per_epoch
+    )
+    model.compile(
+        keras.optimizers.Adam(schedule),
+        keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1),
+        metrics=[keras.metrics.CategoricalAccuracy(name='top_1')],
+    )
     ema = None
     if FLAGS.ema_decay:
-        ema = efficientnetv2.ModelEMA(FLAGS.ema_decay,
-                                      filepath=os.path.join(FLAGS.model_dir, 'ema.weights.h5'))
+        ema = efficientnetv2.ModelEMA(
+            FLAGS.ema_decay, filepath=os.path.join(FLAGS.model_dir, 'ema.weights.h5')
+        )
     callbacks = [
         keras.callbacks.ModelCheckpoint(os.path.join(FLAGS.model_dir, 'ckpt-{epoch}.keras')),
         keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, 'logs')),
@@ -80,14 +96,26 @@ def main(_):
     if FLAGS.resume_epoch:
         resume = os.path.join(FLAGS.model_dir, 'ckpt-%d.keras' % FLAGS.resume_epoch)
     result = efficientnetv2.fit_progressive(
-        model, dataset_fn, plan, steps_per_epoch=steps_per_epoch, validation_data=validation,
-        callbacks=callbacks, ema=ema, initial_epoch=FLAGS.resume_epoch, resume_from=resume)
+        model,
+        dataset_fn,
+        plan,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=validation,
+        callbacks=callbacks,
+        ema=ema,
+        initial_epoch=FLAGS.resume_epoch,
+        resume_from=resume,
+    )
     if ema is not None:
         ema.copy_to_model()
     model.save(os.path.join(FLAGS.model_dir, 'final.keras'))
     for stage, history in result.stages:
-        logging.info('Stage %d (%d px): %s', stage.index, stage.image_size,
-                     {k: round(v[-1], 4) for k, v in history.history.items()})
+        logging.info(
+            'Stage %d (%d px): %s',
+            stage.index,
+            stage.image_size,
+            {k: round(v[-1], 4) for k, v in history.history.items()},
+        )
 
 
 if __name__ == '__main__':

@@ -22,19 +22,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # The tiny 3-block model of tests/test_train.py on the offline digits set.
-TINY = ("model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
-        "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32")
-TINY_TRAIN = ('train.batch_size=32,train.steps_per_loop=4,train.ckpt_interval=1000,'
-              'train.seed=1,eval.batch_size=90,train.image_size=24,train.min_image_size=12,'
-              'train.lr_warmup_epochs=0.2')
+TINY = (
+    "model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
+    "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32"
+)
+TINY_TRAIN = (
+    'train.batch_size=32,train.steps_per_loop=4,train.ckpt_interval=1000,'
+    'train.seed=1,eval.batch_size=90,train.image_size=24,train.min_image_size=12,'
+    'train.lr_warmup_epochs=0.2'
+)
 
 
 def _configure_cpus(num_devices):
     import tensorflow as tf
+
     if num_devices > 1:
         cpu = tf.config.list_physical_devices('CPU')[0]
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
+            cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices
+        )
     return tf
 
 
@@ -44,6 +50,7 @@ def _make_strategy(tf, name, num_devices):
     if name == 'one':
         return tf.distribute.OneDeviceStrategy('/cpu:0')
     from efficientnetv2 import distribute
+
     return distribute.get_strategy(name)
 
 
@@ -52,8 +59,10 @@ def train(args):
     tf = _configure_cpus(args.devices)
     strategy = _make_strategy(tf, args.strategy, args.devices)
     import numpy as np
+
     from efficientnetv2 import config as config_lib
     from efficientnetv2.train import trainer as trainer_lib
+
     config = config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=TINY)
     config.override(TINY_TRAIN)
     if args.overrides:
@@ -77,11 +86,15 @@ def loss_scale(args):
     """Prints, per optimizer class, weights and scale after a step where replica 1 overflows."""
     tf = _configure_cpus(2)
     import keras
+
     from efficientnetv2 import distribute
+
     strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
     results = {}
-    for name, wrap in (('stock', keras.optimizers.LossScaleOptimizer),
-                       ('synced', distribute.loss_scale_optimizer)):
+    for name, wrap in (
+        ('stock', keras.optimizers.LossScaleOptimizer),
+        ('synced', distribute.loss_scale_optimizer),
+    ):
         for bad_replica in (1, -1):
             with strategy.scope():
                 weights = keras.Variable([1.0, 2.0], name='w')
@@ -93,16 +106,21 @@ def loss_scale(args):
                 def replica_fn():
                     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
                     # Already scaled gradients, as tape.gradient(scale_loss(loss)) gives.
-                    grad = tf.where(tf.equal(replica, bad_replica),
-                                    tf.constant([float('inf'), 4.0]), tf.constant([4.0, 4.0]))
+                    grad = tf.where(
+                        tf.equal(replica, bad_replica),
+                        tf.constant([float('inf'), 4.0]),
+                        tf.constant([4.0, 4.0]),
+                    )
                     optimizer.apply([grad], [weights])
+
                 strategy.run(replica_fn)
 
             step()
             copies = strategy.experimental_local_results(weights.value)
-            results['%s/%s' % (name, 'overflow' if bad_replica >= 0 else 'finite')] = dict(
+            results['{}/{}'.format(name, 'overflow' if bad_replica >= 0 else 'finite')] = dict(
                 weights=[copy.numpy().tolist() for copy in copies],
-                scale=float(optimizer.dynamic_scale.numpy()))
+                scale=float(optimizer.dynamic_scale.numpy()),
+            )
     results['trainer'] = _train_float16(strategy, args.model_dir)
     print(json.dumps(results))
 
@@ -110,26 +128,35 @@ def loss_scale(args):
 def _train_float16(strategy, model_dir):
     """Four mixed_float16 steps of the tiny config with synced loss scaling, two replicas."""
     import keras
+
     from efficientnetv2 import config as config_lib
     from efficientnetv2 import distribute
     from efficientnetv2.train import trainer as trainer_lib
+
     # What Trainer builds for mixed_float16, until it calls distribute.loss_scale_optimizer.
     keras.optimizers.LossScaleOptimizer = distribute.SyncedLossScaleOptimizer
     config = config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=TINY)
     config.override(TINY_TRAIN)
-    config.override('train.stages=0,train.epochs=0.1,train.min_steps=4,model.sync_bn=True,'
-                    'runtime.mixed_precision=mixed_float16')
+    config.override(
+        'train.stages=0,train.epochs=0.1,train.min_steps=4,model.sync_bn=True,'
+        'runtime.mixed_precision=mixed_float16'
+    )
     trainer = trainer_lib.Trainer(config, model_dir, strategy)
     trainer.train()
-    return dict(optimizer=type(trainer.optimizer).__name__, precision=trainer.precision,
-                step=int(trainer.global_step.numpy()),
-                losses=[entry['loss'] for entry in trainer.history])
+    return dict(
+        optimizer=type(trainer.optimizer).__name__,
+        precision=trainer.precision,
+        step=int(trainer.global_step.numpy()),
+        losses=[entry['loss'] for entry in trainer.history],
+    )
 
 
 def any_worker(args):
     """Multi-worker: prints which of 4 rounds stop when only worker 0 asks to, at round 2."""
     import tensorflow as tf
+
     from efficientnetv2 import distribute
+
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     _, index = distribute.task_info()
     rounds = [distribute.any_worker(strategy, index == 0 and i == 2) for i in range(4)]
@@ -141,7 +168,9 @@ def bn_groups(args):
     BatchNorm training step on 4 logical CPUs, per group size (and the error for 3)."""
     tf = _configure_cpus(4)
     import numpy as np
+
     from efficientnetv2 import layers
+
     strategy = tf.distribute.MirroredStrategy(['/cpu:%d' % i for i in range(4)])
     rng = np.random.RandomState(0)
     # Replica r: 3 images of 2x2x5 with their own offset and spread, so groups differ.
@@ -150,12 +179,20 @@ def bn_groups(args):
     gamma, beta = rng.uniform(0.5, 1.5, 5), rng.normal(0.0, 1.0, 5)
     arrays = dict(x=x, c=c, gamma=gamma, beta=beta)
     inputs = strategy.experimental_distribute_values_from_function(
-        lambda ctx: (tf.constant(x[ctx.replica_id_in_sync_group], tf.float32),
-                     tf.constant(c[ctx.replica_id_in_sync_group], tf.float32)))
+        lambda ctx: (
+            tf.constant(x[ctx.replica_id_in_sync_group], tf.float32),
+            tf.constant(c[ctx.replica_id_in_sync_group], tf.float32),
+        )
+    )
     for group_size in (2, 0, 3):
         with strategy.scope():
-            bn = layers.BatchNorm(synchronized=True, group_size=group_size, momentum=0.75,
-                                  epsilon=1e-3, name='bn%d' % group_size)
+            bn = layers.BatchNorm(
+                synchronized=True,
+                group_size=group_size,
+                momentum=0.75,
+                epsilon=1e-3,
+                name='bn%d' % group_size,
+            )
             bn.build((None, 2, 2, 5))
             bn.gamma.assign(gamma)
             bn.beta.assign(beta)
@@ -173,9 +210,11 @@ def bn_groups(args):
             arrays['error%d' % group_size] = np.array(str(e))
             continue
         arrays['y%d' % group_size] = np.stack(
-            [t.numpy() for t in strategy.experimental_local_results(outputs)])
+            [t.numpy() for t in strategy.experimental_local_results(outputs)]
+        )
         arrays['dx%d' % group_size] = np.stack(
-            [t.numpy() for t in strategy.experimental_local_results(grads)])
+            [t.numpy() for t in strategy.experimental_local_results(grads)]
+        )
         for name in ('moving_mean', 'moving_variance'):
             copies = strategy.experimental_local_results(getattr(bn, name).value)
             arrays['%s%d' % (name, group_size)] = np.stack([t.numpy() for t in copies])
@@ -196,7 +235,9 @@ def tpu(args):
     silent_address = '127.0.0.1:%d' % silent.getsockname()[1]
     closed_address = '127.0.0.1:%d' % _free_port()
     import tensorflow as tf
+
     from efficientnetv2 import distribute
+
     server = tf.distribute.Server.create_local_server()  # A gRPC worker without TPUs.
     cases = [  # The connecting case last: it changes this process's runtime.
         ('local', 'local', None),
@@ -226,8 +267,9 @@ def main():
     jobs = parser.add_subparsers(dest='job', required=True)
     job = jobs.add_parser('train')
     job.add_argument('--devices', type=int, default=1)
-    job.add_argument('--strategy', default='one',
-                     help="one, mirrored, or a distribute.get_strategy name")
+    job.add_argument(
+        '--strategy', default='one', help='one, mirrored, or a distribute.get_strategy name'
+    )
     job.add_argument('--model_dir', required=True)
     job.add_argument('--overrides', default='')
     job.add_argument('--out', required=True)
@@ -239,8 +281,9 @@ def main():
     job = jobs.add_parser('tpu')
     job.add_argument('--timeout', type=float, default=3.0)
     args = parser.parse_args()
-    dict(train=train, loss_scale=loss_scale, any_worker=any_worker, bn_groups=bn_groups,
-         tpu=tpu)[args.job](args)
+    dict(train=train, loss_scale=loss_scale, any_worker=any_worker, bn_groups=bn_groups, tpu=tpu)[
+        args.job
+    ](args)
 
 
 if __name__ == '__main__':

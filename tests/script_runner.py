@@ -13,8 +13,15 @@ def run_script(script, timeout=300):
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join([REPO_ROOT, env.get('PYTHONPATH', '')])
     env['TF_CPP_MIN_LOG_LEVEL'] = '2'
-    completed = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT, env=env,
-                               capture_output=True, text=True, timeout=timeout, check=False)
+    completed = subprocess.run(
+        [sys.executable, '-c', script],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = next(text for text in completed.stdout.splitlines() if text.startswith('RESULT'))
-    return json.loads(line[len('RESULT'):])
+    return json.loads(line[len('RESULT') :])

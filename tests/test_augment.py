@@ -57,8 +57,7 @@ def _shear_reference(image, level, axis):
     out = np.full_like(image, GRAY)
     for y in range(height):
         for x in range(width):
-            src_x, src_y = (x + level * y, y) if axis == 'x' else (
-                x, y + level * x)
+            src_x, src_y = (x + level * y, y) if axis == 'x' else (x, y + level * x)
             src_x, src_y = int(np.round(src_x)), int(np.round(src_y))
             if 0 <= src_x < width and 0 <= src_y < height:
                 out[y, x] = image[src_y, src_x]
@@ -70,11 +69,11 @@ def test_shear_matches_reference(level):
     # Levels and sizes avoid .5 ties in the rounding of source coordinates.
     image = _image(5, 5, low=0, high=100)
     np.testing.assert_array_equal(
-        _np(augment.shear_x(image, level)),
-        _shear_reference(image, level, 'x'))
+        _np(augment.shear_x(image, level)), _shear_reference(image, level, 'x')
+    )
     np.testing.assert_array_equal(
-        _np(augment.shear_y(image, level)),
-        _shear_reference(image, level, 'y'))
+        _np(augment.shear_y(image, level)), _shear_reference(image, level, 'y')
+    )
 
 
 def test_fill_matches_official_wrap_unwrap():
@@ -84,12 +83,16 @@ def test_fill_matches_official_wrap_unwrap():
     matrix = tf.constant([[0.9, -0.4, 3.0, 0.4, 0.9, -2.0, 0.0, 0.0]])
     wrapped = tf.concat([image, np.ones((11, 13, 1), np.uint8)], -1)[None]
     moved = tf.raw_ops.ImageProjectiveTransformV3(
-        images=wrapped, transforms=matrix, output_shape=[11, 13],
-        fill_value=0.0, interpolation='NEAREST', fill_mode='CONSTANT')[0]
+        images=wrapped,
+        transforms=matrix,
+        output_shape=[11, 13],
+        fill_value=0.0,
+        interpolation='NEAREST',
+        fill_mode='CONSTANT',
+    )[0]
     moved = _np(moved)
     expected = np.where(moved[..., 3:] == 0, GRAY, moved[..., :3])
-    np.testing.assert_array_equal(
-        _np(augment.transform(image, matrix[0])), expected)
+    np.testing.assert_array_equal(_np(augment.transform(image, matrix[0])), expected)
 
 
 # ----------------------------------------------------------------------------
@@ -101,28 +104,26 @@ def _pixels(values):
 
 def test_posterize_known_pixels():
     image = _pixels([0, 15, 16, 200, 255])
-    np.testing.assert_array_equal(
-        _np(augment.posterize(image, 4))[0, :, 0], [0, 0, 16, 192, 240])
-    np.testing.assert_array_equal(
-        _np(augment.posterize(image, 8))[0, :, 0], [0, 15, 16, 200, 255])
+    np.testing.assert_array_equal(_np(augment.posterize(image, 4))[0, :, 0], [0, 0, 16, 192, 240])
+    np.testing.assert_array_equal(_np(augment.posterize(image, 8))[0, :, 0], [0, 15, 16, 200, 255])
     # 0 bits: TF clamps the uint8 shift of 8 to 7 (keeps the top bit).
-    np.testing.assert_array_equal(
-        _np(augment.posterize(image, 0))[0, :, 0], [0, 0, 0, 128, 128])
+    np.testing.assert_array_equal(_np(augment.posterize(image, 0))[0, :, 0], [0, 0, 0, 128, 128])
 
 
 def test_solarize_and_solarize_add_known_pixels():
     image = _pixels([0, 100, 127, 128, 200, 255])
     np.testing.assert_array_equal(
-        _np(augment.solarize(image, 128))[0, :, 0], [0, 100, 127, 127, 55, 0])
+        _np(augment.solarize(image, 128))[0, :, 0], [0, 100, 127, 127, 55, 0]
+    )
     np.testing.assert_array_equal(
-        _np(augment.solarize(image, 256, wrap=False))[0, :, 0],
-        image[0, :, 0])
+        _np(augment.solarize(image, 256, wrap=False))[0, :, 0], image[0, :, 0]
+    )
     np.testing.assert_array_equal(
-        _np(augment.solarize_add(image, 110))[0, :, 0],
-        [110, 210, 237, 128, 200, 255])
+        _np(augment.solarize_add(image, 110))[0, :, 0], [110, 210, 237, 128, 200, 255]
+    )
     np.testing.assert_array_equal(
-        _np(augment.solarize_add(image, 200))[0, :, 0],
-        [200, 255, 255, 128, 200, 255])
+        _np(augment.solarize_add(image, 200))[0, :, 0], [200, 255, 255, 128, 200, 255]
+    )
 
 
 def test_solarize_threshold_wraps_like_the_released_code():
@@ -134,29 +135,30 @@ def test_solarize_threshold_wraps_like_the_released_code():
     for magnitude in (10, 20):  # Thresholds 256 and 512 -> 0.
         threshold = augment.level_to_arg('Solarize', magnitude)
         np.testing.assert_array_equal(
-            _np(augment.solarize(image, threshold))[0, :, 0],
-            everything_inverted)
+            _np(augment.solarize(image, threshold))[0, :, 0], everything_inverted
+        )
     # M=15: 384 -> 128.
     np.testing.assert_array_equal(
-        _np(augment.solarize(image, augment.level_to_arg('Solarize', 15)))
-        [0, :, 0], [0, 1, 41, 42, 100, 127, 127, 55, 0])
+        _np(augment.solarize(image, augment.level_to_arg('Solarize', 15)))[0, :, 0],
+        [0, 1, 41, 42, 100, 127, 127, 55, 0],
+    )
     # 298 (M = 11.67) -> 42.
     np.testing.assert_array_equal(
-        _np(augment.solarize(image, 298))[0, :, 0],
-        [0, 1, 41, 213, 155, 128, 127, 55, 0])
+        _np(augment.solarize(image, 298))[0, :, 0], [0, 1, 41, 213, 155, 128, 127, 55, 0]
+    )
     # Thresholds below 256 are the same either way.
     for threshold in (0, 42, 128, 255):
         np.testing.assert_array_equal(
             _np(augment.solarize(image, threshold)),
-            _np(augment.solarize(image, threshold, wrap=False)))
+            _np(augment.solarize(image, threshold, wrap=False)),
+        )
 
 
 def test_solarize_clamped_option_keeps_large_thresholds_a_no_op():
     image = _image(5, 7)
     for magnitude in (10, 15, 20):
         threshold = augment.level_to_arg('Solarize', magnitude)
-        np.testing.assert_array_equal(
-            _np(augment.solarize(image, threshold, wrap=False)), image)
+        np.testing.assert_array_equal(_np(augment.solarize(image, threshold, wrap=False)), image)
 
 
 def test_invert():
@@ -192,34 +194,27 @@ def _equalize_reference(channel):
 def test_equalize_matches_pil_algorithm():
     image = _image(17, 19, seed=3, low=40, high=120)
     image[..., 2] = 9  # Constant channel: step 0, unchanged.
-    expected = np.stack(
-        [_equalize_reference(image[..., c]) for c in range(3)], -1)
+    expected = np.stack([_equalize_reference(image[..., c]) for c in range(3)], -1)
     np.testing.assert_array_equal(_np(augment.equalize(image)), expected)
 
 
 def test_blend_semantics():
     first = _pixels([10, 100, 200])
     second = _pixels([15, 200, 100])
-    np.testing.assert_array_equal(_np(augment.blend(first, second, 0.0)),
-                                  first)
-    np.testing.assert_array_equal(_np(augment.blend(first, second, 1.0)),
-                                  second)
+    np.testing.assert_array_equal(_np(augment.blend(first, second, 0.0)), first)
+    np.testing.assert_array_equal(_np(augment.blend(first, second, 1.0)), second)
     # Interpolation truncates: 12.5 -> 12, 150 -> 150, 150 -> 150.
-    np.testing.assert_array_equal(
-        _np(augment.blend(first, second, 0.5))[0, :, 0], [12, 150, 150])
+    np.testing.assert_array_equal(_np(augment.blend(first, second, 0.5))[0, :, 0], [12, 150, 150])
     # Extrapolation clips: 10 + 2 * 5 = 20, 100 + 200 -> 255, 200 - 200 = 0.
-    np.testing.assert_array_equal(
-        _np(augment.blend(first, second, 2.0))[0, :, 0], [20, 255, 0])
+    np.testing.assert_array_equal(_np(augment.blend(first, second, 2.0))[0, :, 0], [20, 255, 0])
 
 
 def test_color_brightness_contrast_degenerate_images():
     image = _image(16, 16)
     gray = _np(tf.image.rgb_to_grayscale(image))
-    np.testing.assert_array_equal(_np(augment.color(image, 0.0)),
-                                  np.repeat(gray, 3, -1))
+    np.testing.assert_array_equal(_np(augment.color(image, 0.0)), np.repeat(gray, 3, -1))
     np.testing.assert_array_equal(_np(augment.brightness(image, 0.0)), 0)
-    np.testing.assert_array_equal(_np(augment.brightness(image, 0.5)),
-                                  image // 2)
+    np.testing.assert_array_equal(_np(augment.brightness(image, 0.5)), image // 2)
     # Official "mean" = num_pixels / 256: 1 for 16x16, clipped 255 for 256x256.
     np.testing.assert_array_equal(_np(augment.contrast(image, 0.0)), 1)
     big = np.full((256, 256, 3), 3, np.uint8)
@@ -232,7 +227,7 @@ def test_sharpness_zero_is_smoothed_interior_with_original_border():
     expected = image.copy()
     for y in range(1, 5):
         for x in range(1, 6):
-            window = image[y - 1:y + 2, x - 1:x + 2]
+            window = image[y - 1 : y + 2, x - 1 : x + 2]
             expected[y, x] = np.einsum('ijc,ij->c', window, kernel)
     out = _np(augment.sharpness(image.astype(np.uint8), 0.0))
     # Float32 convolution may land on the other side of an integer.
@@ -255,16 +250,19 @@ def test_cutout_fills_one_clipped_square():
 # ----------------------------------------------------------------------------
 # Level mappings and policies.
 # ----------------------------------------------------------------------------
-@pytest.mark.parametrize('name,expected', [
-    ('Rotate', [15, 30, 45, 60]),
-    ('Posterize', [2, 4, 6, 8]),
-    ('Solarize', [128, 256, 384, 512]),
-    ('Color', [1.0, 1.9, 2.8, 3.7]),
-    ('ShearX', [0.15, 0.3, 0.45, 0.6]),
-    ('TranslateY', [50, 100, 150, 200]),
-    ('Cutout', [20, 40, 60, 80]),
-    ('SolarizeAdd', [55, 110, 165, 220]),
-])
+@pytest.mark.parametrize(
+    'name,expected',
+    [
+        ('Rotate', [15, 30, 45, 60]),
+        ('Posterize', [2, 4, 6, 8]),
+        ('Solarize', [128, 256, 384, 512]),
+        ('Color', [1.0, 1.9, 2.8, 3.7]),
+        ('ShearX', [0.15, 0.3, 0.45, 0.6]),
+        ('TranslateY', [50, 100, 150, 200]),
+        ('Cutout', [20, 40, 60, 80]),
+        ('SolarizeAdd', [55, 110, 165, 220]),
+    ],
+)
 def test_level_to_arg_official_scale(name, expected):
     got = [augment.level_to_arg(name, m) for m in (5, 10, 15, 20)]
     np.testing.assert_allclose(got, expected, rtol=1e-9)
@@ -276,11 +274,23 @@ def test_level_to_arg_rejects_unknown_op():
         augment.level_to_arg('Spin', 5)
 
 
-@pytest.mark.parametrize('name,magnitude', [
-    ('Rotate', 0), ('ShearX', 0), ('ShearY', 0), ('TranslateX', 0),
-    ('TranslateY', 0), ('Cutout', 0), ('SolarizeAdd', 0), ('Posterize', 20),
-    ('Color', 5), ('Contrast', 5), ('Brightness', 5), ('Sharpness', 5),
-])
+@pytest.mark.parametrize(
+    'name,magnitude',
+    [
+        ('Rotate', 0),
+        ('ShearX', 0),
+        ('ShearY', 0),
+        ('TranslateX', 0),
+        ('TranslateY', 0),
+        ('Cutout', 0),
+        ('SolarizeAdd', 0),
+        ('Posterize', 20),
+        ('Color', 5),
+        ('Contrast', 5),
+        ('Brightness', 5),
+        ('Sharpness', 5),
+    ],
+)
 def test_identity_magnitudes_through_apply_op(name, magnitude):
     image = _image(9, 9)
     arg = augment.level_to_arg(name, magnitude)
@@ -294,16 +304,14 @@ def test_solarize_through_apply_op_and_randaugment(magnitude):
     index = augment.op_index('Solarize')
     arg = augment.level_to_arg('Solarize', magnitude)
     wrapped = augment.solarize(image, arg % 256, wrap=False)
+    np.testing.assert_array_equal(_np(augment.apply_op(image, index, arg, seed=[3, 4])), wrapped)
     np.testing.assert_array_equal(
-        _np(augment.apply_op(image, index, arg, seed=[3, 4])), wrapped)
-    np.testing.assert_array_equal(
-        _np(augment.apply_op(image, index, arg, seed=[3, 4],
-                             solarize_wrap=False)), image)
+        _np(augment.apply_op(image, index, arg, seed=[3, 4], solarize_wrap=False)), image
+    )
     # RandAugment: find seeds whose one layer picks Solarize.
     picks_solarize = []
     for s in range(64):
-        clamped = _np(augment.randaugment(image, 1, magnitude, seed=[s, 0],
-                                          solarize_wrap=False))
+        clamped = _np(augment.randaugment(image, 1, magnitude, seed=[s, 0], solarize_wrap=False))
         default = _np(augment.randaugment(image, 1, magnitude, seed=[s, 0]))
         if not np.array_equal(clamped, default):
             picks_solarize.append(s)
@@ -317,10 +325,8 @@ def test_apply_op_identity_index_and_random_sign():
     out = augment.apply_op(image, augment.IDENTITY, 0.0, seed=[0, 0])
     np.testing.assert_array_equal(_np(out), image)
     index = augment.op_index('TranslateX')
-    shifted = {_np(augment.apply_op(image, index, 2.0, seed=[s, 1])).tobytes()
-               for s in range(16)}
-    expected = {_np(augment.translate_x(image, p)).tobytes()
-                for p in (2.0, -2.0)}
+    shifted = {_np(augment.apply_op(image, index, 2.0, seed=[s, 1])).tobytes() for s in range(16)}
+    expected = {_np(augment.translate_x(image, p)).tobytes() for p in (2.0, -2.0)}
     assert shifted == expected  # Both signs occur and nothing else.
 
 
@@ -330,25 +336,24 @@ def test_randaugment_is_seeded_and_changes_images():
     again = _np(augment.randaugment(image, 2, 15.0, seed=[5, 6]))
     np.testing.assert_array_equal(first, again)
     assert first.dtype == np.uint8 and first.shape == image.shape
-    outputs = {_np(augment.randaugment(image, 2, 15.0, seed=[s, 0])).tobytes()
-               for s in range(12)}
+    outputs = {_np(augment.randaugment(image, 2, 15.0, seed=[s, 0])).tobytes() for s in range(12)}
     assert len(outputs) > 6
-    np.testing.assert_array_equal(
-        _np(augment.randaugment(image, 0, 15.0, seed=[1, 1])), image)
+    np.testing.assert_array_equal(_np(augment.randaugment(image, 0, 15.0, seed=[1, 1])), image)
 
 
 def test_autoaugment_probabilities():
     image = _image(8, 8)
     always = ((('Invert', 1.0, 0), ('Invert', 0.0, 0)),)
     np.testing.assert_array_equal(
-        _np(augment.autoaugment(image, [1, 2], policy=always)), 255 - image)
+        _np(augment.autoaugment(image, [1, 2], policy=always)), 255 - image
+    )
     twice = ((('Invert', 1.0, 0), ('Invert', 1.0, 0)),)
-    np.testing.assert_array_equal(
-        _np(augment.autoaugment(image, [1, 2], policy=twice)), image)
+    np.testing.assert_array_equal(_np(augment.autoaugment(image, [1, 2], policy=twice)), image)
     half = ((('Invert', 0.5, 0), ('Invert', 0.0, 0)),)
     inverted = sum(
-        int((_np(augment.autoaugment(image, [s, 9], policy=half)) !=
-             image).any()) for s in range(200))
+        int((_np(augment.autoaugment(image, [s, 9], policy=half)) != image).any())
+        for s in range(200)
+    )
     assert 70 < inverted < 130
 
 
@@ -364,11 +369,9 @@ def test_autoaugment_v0_solarize_level_10_is_a_random_invert():
         if any(np.array_equal(out, x) for x in (image, posterized)):
             outcomes['plain'] += 1
         else:
-            assert any(np.array_equal(out, 255 - x)
-                       for x in (image, posterized))
+            assert any(np.array_equal(out, 255 - x) for x in (image, posterized))
             outcomes['inverted'] += 1
-        clamped = _np(augment.autoaugment(image, [s, 3], policy=(sub_policy,),
-                                          solarize_wrap=False))
+        clamped = _np(augment.autoaugment(image, [s, 3], policy=(sub_policy,), solarize_wrap=False))
         assert any(np.array_equal(clamped, x) for x in (image, posterized))
     assert 45 < outcomes['inverted'] < 75  # p = 0.6.
 
@@ -380,8 +383,7 @@ def test_policy_v0_and_ra_aa_run_deterministically():
         first = _np(augment.distort_image(image, policy, 2, 10.0, [7, 8]))
         second = _np(augment.distort_image(image, policy, 2, 10.0, [7, 8]))
         np.testing.assert_array_equal(first, second)
-        clamped = augment.distort_image(image, policy, 2, 10.0, [7, 8],
-                                        solarize_wrap=False)
+        clamped = augment.distort_image(image, policy, 2, 10.0, [7, 8], solarize_wrap=False)
         assert _np(clamped).shape == image.shape
     with pytest.raises(ValueError, match='randaug'):
         augment.distort_image(image, 'mixaug')

@@ -12,18 +12,24 @@ import sys
 from script_runner import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = {'efficientnetv2-train', 'efficientnetv2-export', 'efficientnetv2-nas',
-            'efficientnetv2-summary'}
+COMMANDS = {
+    'efficientnetv2-train',
+    'efficientnetv2-export',
+    'efficientnetv2-nas',
+    'efficientnetv2-summary',
+}
 
 
 def _console_scripts():
     """{name: 'module:attr'} of setup.py's console_scripts, read without running setup.py."""
     with open(os.path.join(ROOT, 'setup.py')) as f:
         tree = ast.parse(f.read())
-    call = next(node for node in ast.walk(tree)
-                if isinstance(node, ast.Call) and getattr(node.func, 'id', None) == 'setup')
-    entry_points = ast.literal_eval(next(k.value for k in call.keywords
-                                         if k.arg == 'entry_points'))
+    call = next(
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, 'id', None) == 'setup'
+    )
+    entry_points = ast.literal_eval(next(k.value for k in call.keywords if k.arg == 'entry_points'))
     scripts = {}
     for line in entry_points['console_scripts']:
         name, target = (part.strip() for part in line.split('='))
@@ -32,10 +38,19 @@ def _console_scripts():
 
 
 def _python(*args, cwd=ROOT, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3',
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
-    return subprocess.run([sys.executable] + list(args), capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout)
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL='3',
+        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]),
+    )
+    return subprocess.run(
+        [sys.executable] + list(args),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def test_console_scripts_resolve_to_callables():
@@ -54,9 +69,16 @@ def test_module_helpshort_lists_the_flags(tmp_path):
     # absl exits 1 after printing help (its convention for --help, --helpshort and --helpfull).
     assert done.returncode == 1, done.stderr[-3000:]
     assert 'Traceback' not in done.stderr
-    for flag in ('--mode', '--model_name', '--dataset_cfg', '--model_dir', '--hparam_str',
-                 '--export_formats', '--images'):
-        assert '\n  %s:' % flag in done.stdout, flag
+    for flag in (
+        '--mode',
+        '--model_name',
+        '--dataset_cfg',
+        '--model_dir',
+        '--hparam_str',
+        '--export_formats',
+        '--images',
+    ):
+        assert f'\n  {flag}:' in done.stdout, flag
     assert "default: 'traineval'" in done.stdout
     assert 'Exit codes: 0 done' in done.stdout  # The command's documentation, too.
     assert not os.listdir(tmp_path)
@@ -65,8 +87,10 @@ def test_module_helpshort_lists_the_flags(tmp_path):
 def test_export_command_defaults_to_export_mode(tmp_path):
     # As the efficientnetv2-export script calls it: a run directory without config.yaml is a
     # usage error that names --mode=export.
-    script = ("import sys; sys.argv = ['efficientnetv2-export', '--model_dir=%s']; "
-              "from efficientnetv2 import cli; cli.run_export()" % (tmp_path / 'none'))
+    script = (
+        "import sys; sys.argv = ['efficientnetv2-export', '--model_dir=%s']; "
+        'from efficientnetv2 import cli; cli.run_export()' % (tmp_path / 'none')
+    )
     done = _python('-c', script)
     assert done.returncode == 1, done.stderr[-3000:]
     assert 'No run config %s' % (tmp_path / 'none' / 'config.yaml') in done.stderr
@@ -75,17 +99,19 @@ def test_export_command_defaults_to_export_mode(tmp_path):
 
 
 def test_nas_command_helpshort_lists_its_flags():
-    script = ("import sys; sys.argv = ['efficientnetv2-nas', '--helpshort']; "
-              "from efficientnetv2 import console; console.nas()")
+    script = (
+        "import sys; sys.argv = ['efficientnetv2-nas', '--helpshort']; "
+        'from efficientnetv2 import console; console.nas()'
+    )
     done = _python('-c', script)
     assert done.returncode == 1, done.stderr[-3000:]
     for flag in ('--output_dir', '--trials', '--backbone', '--dataset_cfg'):
-        assert '\n  %s:' % flag in done.stdout, flag
+        assert f'\n  {flag}:' in done.stdout, flag
     assert '--mode' not in done.stdout  # The training command's flags are not defined.
 
 
 def test_importing_the_package_defines_no_command_flags():
-    result = run_script('''
+    result = run_script("""
 import json
 from absl import flags
 import efficientnetv2
@@ -98,5 +124,5 @@ import efficientnetv2.nas.__main__  # The NAS command line too: shared flags do 
 argv = flags.FLAGS(['prog', '--mode=train', '--dataset_cfg=cifar10', '--trials=3'])
 print('RESULT' + json.dumps(dict(after_package=after_package, mode=flags.FLAGS.mode,
                                  dataset_cfg=flags.FLAGS.dataset_cfg, trials=flags.FLAGS.trials)))
-''')
+""")
     assert result == dict(after_package=[], mode='train', dataset_cfg='cifar10', trials=3)

@@ -14,8 +14,10 @@ from efficientnetv2 import hparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, 'configs')
-TINY = ("model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1'],model.feature_size=32,"
-        'train.batch_size=8,train.steps_per_loop=1,eval.batch_size=4')
+TINY = (
+    "model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1'],model.feature_size=32,"
+    'train.batch_size=8,train.steps_per_loop=1,eval.batch_size=4'
+)
 
 
 @pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(CONFIG_DIR, '*.yaml'))))
@@ -23,8 +25,7 @@ def test_shipped_configs_load(path):
     with open(path) as f:
         values = yaml.safe_load(f)
     model_name = values['model']['model_name']
-    dataset = 'cifar10Ft' if 'finetune' in path else (
-        'digits' if 'digits' in path else 'imagenet')
+    dataset = 'cifar10Ft' if 'finetune' in path else ('digits' if 'digits' in path else 'imagenet')
     config = config_lib.build_config(model_name, dataset, config_file=path)
     for section, entries in values.items():
         for key, value in entries.items():
@@ -33,15 +34,20 @@ def test_shipped_configs_load(path):
 
 def test_digits_yaml_equals_the_built_in_demo():
     built_in = config_lib.build_config('efficientnetv2-b0', 'digits')
-    from_file = config_lib.build_config('efficientnetv2-b0', 'digits',
-                                        config_file=os.path.join(CONFIG_DIR, 'digits.yaml'))
+    from_file = config_lib.build_config(
+        'efficientnetv2-b0', 'digits', config_file=os.path.join(CONFIG_DIR, 'digits.yaml')
+    )
     assert built_in == from_file
 
 
 def test_paper_recipe_targets_table_6():
     config = config_lib.build_config('efficientnetv2-s', 'imagenet')
-    assert (config.train.image_size, config.data.ram, config.data.mixup_alpha,
-            config.model.dropout_rate) == (300, 15.0, 0.0, 0.3)
+    assert (
+        config.train.image_size,
+        config.data.ram,
+        config.data.mixup_alpha,
+        config.model.dropout_rate,
+    ) == (300, 15.0, 0.0, 0.3)
     assert config.eval.image_size == 384 and config.train.stages == 4
     v1 = config_lib.build_config('efficientnet-b0', 'imagenet')
     assert v1.train.stages == 0 and v1.model.bn_momentum == 0.99
@@ -49,25 +55,32 @@ def test_paper_recipe_targets_table_6():
 
 
 def test_override_order_and_finetune_recipe():
-    config = config_lib.build_config('efficientnetv2-b0', 'cifar10Ft',
-                                     hparam_str='train.lr_base=0.001')
+    config = config_lib.build_config(
+        'efficientnetv2-b0', 'cifar10Ft', hparam_str='train.lr_base=0.001'
+    )
     assert config.model.num_classes == 10
-    assert config.train.lr_base == 0.001          # hparam_str beats the dataset recipe.
-    assert config.train.lr_sched == 'constant'     # dataset recipe beats the defaults.
+    assert config.train.lr_base == 0.001  # hparam_str beats the dataset recipe.
+    assert config.train.lr_sched == 'constant'  # dataset recipe beats the defaults.
     assert config_lib.train_image_size(config) == 224
 
 
 def test_config_for_another_model_is_refused():
     with pytest.raises(ValueError, match='--model_name=efficientnetv2-s'):
-        config_lib.build_config('efficientnetv2-m', 'imagenet', config_file=os.path.join(
-            CONFIG_DIR, 'imagenet-efficientnetv2-s.yaml'))
+        config_lib.build_config(
+            'efficientnetv2-m',
+            'imagenet',
+            config_file=os.path.join(CONFIG_DIR, 'imagenet-efficientnetv2-s.yaml'),
+        )
 
 
-@pytest.mark.parametrize('override,message', [
-    ('train.lr_sched=step', 'train.lr_sched must be one of'),
-    ('train.batch_size=0', 'train.batch_size must be an integer > 0; received 0'),
-    ('runtime.strategy=tpus', 'runtime.strategy must be one of'),
-])
+@pytest.mark.parametrize(
+    'override,message',
+    [
+        ('train.lr_sched=step', 'train.lr_sched must be one of'),
+        ('train.batch_size=0', 'train.batch_size must be an integer > 0; received 0'),
+        ('runtime.strategy=tpus', 'runtime.strategy must be one of'),
+    ],
+)
 def test_bad_values_are_named(override, message):
     with pytest.raises(ValueError, match=message):
         config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=override)
@@ -75,27 +88,41 @@ def test_bad_values_are_named(override, message):
 
 # -- typed values ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize('override,message', [
-    ('train.batch_size=abc', "train.batch_size must be an integer > 0; received 'abc' (str)"),
-    ("train.epochs=__import__('os').system('x')",
-     "train.epochs must be a number > 0; received \"__import__('os').system('x')\" (str)"),
-    ('train.epochs=-1', 'train.epochs must be a number > 0; received -1 (int)'),
-    ('train.label_smoothing=1.5', 'train.label_smoothing must be a number in [0.0, 1.0); '
-     'received 1.5'),
-    ('data.mixup_alpha=-0.2', 'data.mixup_alpha must be a number >= 0.0; received -0.2'),
-    ('model.dropout_rate=1', 'model.dropout_rate must be a number in [0.0, 1.0); received 1'),
-    ('model.survival_prob=0', 'model.survival_prob must be a number in (0.0, 1.0] or None; '
-     'received 0'),
-    ('train.seed=1.5', 'train.seed must be an integer >= 0 or None; received 1.5 (float)'),
-    ('eval.image_size=True', 'eval.image_size must be an integer > 0; received True (bool)'),
-    ('train.stages=two', "train.stages must be an integer >= 0; received 'two'"),
-    ('runtime.deterministic=1', 'runtime.deterministic must be a boolean (true/false); '
-     'received 1 (int)'),
-    ('data.preprocess=v3', "data.preprocess must be one of ['v2', 'legacy', 'ft'] or None; "
-     "received 'v3'"),
-    ('train.progressive=fast', "train.progressive must be one of ['paper', 'official']"),
-    ('data.augname=randaugment', "augname` must be None, 'randaug'"),
-])
+
+@pytest.mark.parametrize(
+    'override,message',
+    [
+        ('train.batch_size=abc', "train.batch_size must be an integer > 0; received 'abc' (str)"),
+        (
+            "train.epochs=__import__('os').system('x')",
+            "train.epochs must be a number > 0; received \"__import__('os').system('x')\" (str)",
+        ),
+        ('train.epochs=-1', 'train.epochs must be a number > 0; received -1 (int)'),
+        (
+            'train.label_smoothing=1.5',
+            'train.label_smoothing must be a number in [0.0, 1.0); received 1.5',
+        ),
+        ('data.mixup_alpha=-0.2', 'data.mixup_alpha must be a number >= 0.0; received -0.2'),
+        ('model.dropout_rate=1', 'model.dropout_rate must be a number in [0.0, 1.0); received 1'),
+        (
+            'model.survival_prob=0',
+            'model.survival_prob must be a number in (0.0, 1.0] or None; received 0',
+        ),
+        ('train.seed=1.5', 'train.seed must be an integer >= 0 or None; received 1.5 (float)'),
+        ('eval.image_size=True', 'eval.image_size must be an integer > 0; received True (bool)'),
+        ('train.stages=two', "train.stages must be an integer >= 0; received 'two'"),
+        (
+            'runtime.deterministic=1',
+            'runtime.deterministic must be a boolean (true/false); received 1 (int)',
+        ),
+        (
+            'data.preprocess=v3',
+            "data.preprocess must be one of ['v2', 'legacy', 'ft'] or None; received 'v3'",
+        ),
+        ('train.progressive=fast', "train.progressive must be one of ['paper', 'official']"),
+        ('data.augname=randaugment', "augname` must be None, 'randaug'"),
+    ],
+)
 def test_typed_values_from_the_hparam_string(override, message):
     with pytest.raises(hparams.ConfigValueError) as raised:
         config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=override)
@@ -127,7 +154,7 @@ def test_every_key_is_typed_and_none_defaults_are_declared():
     for key in defaults.flat_keys():
         section, name = key.split('.')
         if defaults[section][name] is None:
-            assert key in config_lib.KEY_SPECS, 'give %s (default None) a Spec' % key
+            assert key in config_lib.KEY_SPECS, f'give {key} (default None) a Spec'
     # The keys other helpers add are declared, whether or not they exist yet.
     assert config_lib.KEY_SPECS['runtime.jit_compile'].nullable
     assert config_lib.KEY_SPECS['model.bn_group_size'].low == 0
@@ -144,21 +171,32 @@ def test_validate_types_an_untyped_config():
 
 # -- sizes ----------------------------------------------------------------------------------
 
+
 def _sizes(config, steps=400):
     return [stage.image_size for stage in config_lib.stage_plan(config, steps)]
 
 
 def test_min_image_size_only_matters_with_stages_and_is_derived_when_unset():
-    config = config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=(
-        'train.stages=0,train.image_size=48,eval.image_size=64,train.min_image_size=none'))
+    config = config_lib.build_config(
+        'efficientnetv2-b0',
+        'digits',
+        hparam_str=(
+            'train.stages=0,train.image_size=48,eval.image_size=64,train.min_image_size=none'
+        ),
+    )
     assert _sizes(config) == [48]
-    config.override('train.min_image_size=128')   # Ignored: one stage.
+    config.override('train.min_image_size=128')  # Ignored: one stage.
     config_lib.validate(config)
     assert _sizes(config) == [48]
     # Unset: half of a final size <= 128 (official mode for B0: int(32 + 32 (i + 1) / 3)).
-    config = config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=(
-        'train.stages=3,train.image_size=64,train.min_image_size=none,'
-        'train.progressive=official'))
+    config = config_lib.build_config(
+        'efficientnetv2-b0',
+        'digits',
+        hparam_str=(
+            'train.stages=3,train.image_size=64,train.min_image_size=none,'
+            'train.progressive=official'
+        ),
+    )
     assert _sizes(config) == [42, 53, 64]
     config.override('train.progressive=paper')
     assert _sizes(config) == [32, 48, 64]
@@ -168,23 +206,30 @@ def test_min_image_size_only_matters_with_stages_and_is_derived_when_unset():
 
 
 def test_min_image_size_above_the_final_size_is_a_usage_error():
-    with pytest.raises(hparams.ConfigValueError,
-                       match=r'train.min_image_size must be <= the final train size 48 px.*'
-                             r'received 64'):
-        config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=(
-            'train.stages=2,train.image_size=48,train.min_image_size=64'))
+    with pytest.raises(
+        hparams.ConfigValueError,
+        match=r'train.min_image_size must be <= the final train size 48 px.*'
+        r'received 64',
+    ):
+        config_lib.build_config(
+            'efficientnetv2-b0',
+            'digits',
+            hparam_str=('train.stages=2,train.image_size=48,train.min_image_size=64'),
+        )
     with pytest.raises(hparams.ConfigValueError, match='gives a train size of 0 px'):
-        config_lib.build_config('efficientnetv2-b0', 'digits',
-                                hparam_str='train.image_size=0.25,eval.image_size=32')
+        config_lib.build_config(
+            'efficientnetv2-b0', 'digits', hparam_str='train.image_size=0.25,eval.image_size=32'
+        )
 
 
 # -- progressive plans per model ------------------------------------------------------------
+
 
 def test_digits_demo_keeps_paper_mode_16_to_32():
     config = config_lib.build_config('efficientnetv2-b0', 'digits')
     assert config.train.progressive == 'paper'
     plan = config_lib.stage_plan(config, 400)
-    assert [s.image_size for s in plan] == [16, 21, 27, 32]   # 16 + 16 i / 3, rounded.
+    assert [s.image_size for s in plan] == [16, 21, 27, 32]  # 16 + 16 i / 3, rounded.
 
 
 @pytest.mark.parametrize('model', ['efficientnetv2-s', 'efficientnetv2-m', 'efficientnetv2-l'])
@@ -222,14 +267,22 @@ def test_models_without_table_6_follow_the_official_plan(model):
 
 # -- through main.py ------------------------------------------------------------------------
 
+
 def _main(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py')] + list(args),
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'main.py')] + list(args),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
 def _image_folder(root, size=48, per_class=10):
     import tensorflow as tf
+
     rng = np.random.default_rng(0)
     for name in ('cats', 'dogs'):
         os.makedirs(os.path.join(root, name))
@@ -242,7 +295,7 @@ def _image_folder(root, size=48, per_class=10):
 
 def test_main_bad_value_is_a_usage_error_that_writes_nothing(tmp_path):
     model_dir = tmp_path / 'run'
-    done = _main('--model_dir=%s' % model_dir, '--hparam_str=train.batch_size=abc')
+    done = _main(f'--model_dir={model_dir}', '--hparam_str=train.batch_size=abc')
     assert done.returncode == 2, done.stderr[-3000:]
     assert "train.batch_size must be an integer > 0; received 'abc' (str)" in done.stderr
     assert 'Traceback' not in done.stderr
@@ -254,9 +307,14 @@ def test_main_trains_a_small_image_folder_with_derived_first_stage(tmp_path):
     # a fixed 128 used to fail; eval runs at B0's 224 px, larger than the images.
     data_dir = _image_folder(str(tmp_path / 'images'))
     model_dir = tmp_path / 'run'
-    done = _main('--mode=train', '--strategy=cpu', '--dataset_cfg=folder',
-                 '--data_dir=%s' % data_dir, '--model_dir=%s' % model_dir,
-                 '--hparam_str=%s,train.stages=2,train.image_size=64,train.epochs=1' % TINY)
+    done = _main(
+        '--mode=train',
+        '--strategy=cpu',
+        '--dataset_cfg=folder',
+        f'--data_dir={data_dir}',
+        f'--model_dir={model_dir}',
+        f'--hparam_str={TINY},train.stages=2,train.image_size=64,train.epochs=1',
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'Progressive learning plan (official mode, 2 stages, 2 steps)' in done.stderr
     assert 'image size 48' in done.stderr and 'image size 64' in done.stderr

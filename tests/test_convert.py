@@ -95,13 +95,19 @@ def test_variant_and_counts(converted_pair):
 
 
 def _preprocessing_params(model):
-    return sum(layer.count_params() for layer in model.layers
-               if isinstance(layer, keras.layers.Normalization))
+    return sum(
+        layer.count_params()
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Normalization)
+    )
 
 
 def test_fingerprints_tell_every_keras_variant_apart():
-    fingerprints = {variant.name: convert.variant_fingerprint(variant)
-                    for variant in architectures.VARIANTS.values() if variant.keras_name}
+    fingerprints = {
+        variant.name: convert.variant_fingerprint(variant)
+        for variant in architectures.VARIANTS.values()
+        if variant.keras_name
+    }
     assert len(fingerprints) == 15  # V1 B0-B7 and V2 B0-B3, S, M, L.
     assert len(set(fingerprints.values())) == len(fingerprints)
     # V1-B3 with the 10% rule: stem 40, head 1536, last stage 384 channels.
@@ -110,17 +116,22 @@ def test_fingerprints_tell_every_keras_variant_apart():
 
 
 def test_preprocessing_descriptions():
-    v2s = convert.keras_preprocessing(keras.applications.EfficientNetV2S(
-        weights=None, include_top=False))
+    v2s = convert.keras_preprocessing(
+        keras.applications.EfficientNetV2S(weights=None, include_top=False)
+    )
     np.testing.assert_allclose(v2s.scale, [1 / 128] * 3)
     np.testing.assert_allclose(v2s.offset, [-1.0] * 3)
-    v2b0 = convert.keras_preprocessing(keras.applications.EfficientNetV2B0(
-        weights=None, include_top=False))
+    v2b0 = convert.keras_preprocessing(
+        keras.applications.EfficientNetV2B0(weights=None, include_top=False)
+    )
     np.testing.assert_allclose(v2b0.scale, 1 / (255 * IMAGENET_STD), rtol=1e-6)
     np.testing.assert_allclose(v2b0.offset, -IMAGENET_MEAN / IMAGENET_STD, rtol=1e-6)
     assert 'Normalization' in v2b0.describe()
-    bare = convert.keras_preprocessing(keras.applications.EfficientNetV2B0(
-        weights=None, include_top=False, include_preprocessing=False))
+    bare = convert.keras_preprocessing(
+        keras.applications.EfficientNetV2B0(
+            weights=None, include_top=False, include_preprocessing=False
+        )
+    )
     assert bare.is_identity and 'identity' in bare.describe()
     images = _images(8)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(bare(images)), images)
@@ -137,8 +148,9 @@ def test_v1_imagenet_rescaling_quirk(tmp_path, monkeypatch):
     from keras.src.utils import file_utils
 
     donor = _keras_model(keras.applications.EfficientNetB0)
-    normalization = [layer for layer in donor.layers
-                     if isinstance(layer, keras.layers.Normalization)][0]
+    normalization = [
+        layer for layer in donor.layers if isinstance(layer, keras.layers.Normalization)
+    ][0]
     normalization.adapt_mean.assign(IMAGENET_MEAN)
     normalization.adapt_variance.assign(IMAGENET_STD)  # keras' file stores std here.
     path = str(tmp_path / 'efficientnetb0.h5')
@@ -147,8 +159,7 @@ def test_v1_imagenet_rescaling_quirk(tmp_path, monkeypatch):
     monkeypatch.setattr(file_utils, 'get_file', lambda *args, **kwargs: path)
 
     source = _keras_model(keras.applications.EfficientNetB0, weights='imagenet')
-    rescalings = [layer for layer in source.layers
-                  if isinstance(layer, keras.layers.Rescaling)]
+    rescalings = [layer for layer in source.layers if isinstance(layer, keras.layers.Rescaling)]
     assert len(rescalings) == 2  # 1/255 and the 1/sqrt(std) correction.
     scaling = convert.keras_preprocessing(source)
     np.testing.assert_allclose(scaling.scale, 1 / (255 * IMAGENET_STD), rtol=1e-6)
@@ -161,8 +172,9 @@ def test_v1_imagenet_rescaling_quirk(tmp_path, monkeypatch):
 @pytest.fixture(scope='module')
 def headless_source():
     # Renamed: identification must come from the structure, not keras' model name.
-    source = _keras_model(keras.applications.EfficientNetV2B0, include_top=False,
-                          include_preprocessing=False)
+    source = _keras_model(
+        keras.applications.EfficientNetV2B0, include_top=False, include_preprocessing=False
+    )
     return keras.Model(source.input, source.output, name='my_backbone')
 
 
@@ -182,8 +194,10 @@ def test_other_num_classes_keeps_body(converted_pair):
     _, source, _ = converted_pair
     converted = convert.from_keras_applications(source, num_classes=10)
     assert converted.get_layer('predictions').kernel.shape == (1280, 10)
-    np.testing.assert_array_equal(converted.get_layer('top').bn.moving_variance.numpy(),
-                                  source.get_layer('top_bn').moving_variance.numpy())
+    np.testing.assert_array_equal(
+        converted.get_layer('top').bn.moving_variance.numpy(),
+        source.get_layer('top_bn').moving_variance.numpy(),
+    )
     headless = convert.from_keras_applications(source, include_top=False, pooling='avg')
     assert headless.output.shape == (None, 1280)
 
@@ -198,8 +212,9 @@ def test_not_an_efficientnet():
 
 def test_unmatched_weights_are_named(headless_source):
     features = keras.layers.GlobalAveragePooling2D()(headless_source.output)
-    extended = keras.Model(headless_source.input,
-                           keras.layers.Dense(3, name='extra_head')(features))
+    extended = keras.Model(
+        headless_source.input, keras.layers.Dense(3, name='extra_head')(features)
+    )
     with pytest.raises(ValueError, match='extra_head'):
         convert.from_keras_applications(extended, include_top=False)
 
@@ -222,7 +237,7 @@ def test_conversion_is_all_or_nothing(headless_source):
     last = entries[-1]  # top_bn: the last layer in the source's order.
     assert last.name.startswith('top_bn/')
     entries[-1] = last._replace(shape=(7,), value=np.zeros(7, np.float32))
-    with pytest.raises(ValueError, match="top_bn/.*has shape \\[7\\]"):
+    with pytest.raises(ValueError, match='top_bn/.*has shape \\[7\\]'):
         _copier.copy_entries(entries, target, 'keras.applications model')
     for variable, value in zip(target.weights, before):
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)

@@ -22,17 +22,25 @@ WORKER = os.path.join(ROOT, 'tests', 'distributed_worker.py')
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=ROOT)
 ENV.pop('TF_CONFIG', None)
 # Deterministic training: differences between strategies are only float summation order.
-EXACT = ('train.stages=0,train.epochs=0.1,train.min_steps=8,runtime.deterministic=True,'
-         'model.survival_prob=None,model.dropout_rate=0.0,train.min_dropout=0.0')
+EXACT = (
+    'train.stages=0,train.epochs=0.1,train.min_steps=8,runtime.deterministic=True,'
+    'model.survival_prob=None,model.dropout_rate=0.0,train.min_dropout=0.0'
+)
 # Two replicas of 16 images against one device of 32: weights agree to this after 8 steps
 # (measured: 7e-7); without synchronized batch norm they differ by far more.
 WEIGHT_ATOL = 1e-5
 
 
 def _start(args, env=None, **kwargs):
-    return subprocess.Popen([sys.executable] + args, env=env or ENV, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **kwargs)
+    return subprocess.Popen(
+        [sys.executable] + args,
+        env=env or ENV,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def _finish(processes, timeout):
@@ -68,8 +76,11 @@ def _free_ports(count):
 
 def test_unknown_or_unavailable_strategies_are_refused(monkeypatch):
     monkeypatch.delenv('TF_CONFIG', raising=False)
-    with pytest.raises(ValueError, match=r"one of \['auto', 'cpu', 'gpus', 'multi_worker', "
-                                         r"'tpu'\]. Received: 'tpus'"):
+    with pytest.raises(
+        ValueError,
+        match=r"one of \['auto', 'cpu', 'gpus', 'multi_worker', "
+        r"'tpu'\]. Received: 'tpus'",
+    ):
         distribute.get_strategy('tpus')
     with pytest.raises(ValueError, match='TF_CONFIG'):
         distribute.get_strategy('multi_worker')
@@ -94,21 +105,43 @@ def test_cpu_and_auto_give_one_device_in_float32(monkeypatch):
 def test_batch_plan_scales_the_learning_rate():
     strategy = distribute.get_strategy('cpu')
     plan = distribute.batch_plan(strategy, 4096, lr_base=0.016)
-    assert plan == dict(replicas=1, global_batch=4096, per_replica_batch=4096,
-                        lr=pytest.approx(0.256))
+    assert plan == dict(
+        replicas=1, global_batch=4096, per_replica_batch=4096, lr=pytest.approx(0.256)
+    )
 
 
-@pytest.mark.parametrize('tf_config,chief,task', [
-    (None, True, ('worker', 0)),
-    ({'cluster': {'worker': ['a:1', 'b:1']}, 'task': {'type': 'worker', 'index': 0}}, True,
-     ('worker', 0)),
-    ({'cluster': {'worker': ['a:1', 'b:1']}, 'task': {'type': 'worker', 'index': 1}}, False,
-     ('worker', 1)),
-    ({'cluster': {'chief': ['c:1'], 'worker': ['a:1']}, 'task': {'type': 'worker', 'index': 0}},
-     False, ('worker', 0)),
-    ({'cluster': {'chief': ['c:1'], 'worker': ['a:1']}, 'task': {'type': 'chief', 'index': 0}},
-     True, ('chief', 0)),
-])
+@pytest.mark.parametrize(
+    'tf_config,chief,task',
+    [
+        (None, True, ('worker', 0)),
+        (
+            {'cluster': {'worker': ['a:1', 'b:1']}, 'task': {'type': 'worker', 'index': 0}},
+            True,
+            ('worker', 0),
+        ),
+        (
+            {'cluster': {'worker': ['a:1', 'b:1']}, 'task': {'type': 'worker', 'index': 1}},
+            False,
+            ('worker', 1),
+        ),
+        (
+            {
+                'cluster': {'chief': ['c:1'], 'worker': ['a:1']},
+                'task': {'type': 'worker', 'index': 0},
+            },
+            False,
+            ('worker', 0),
+        ),
+        (
+            {
+                'cluster': {'chief': ['c:1'], 'worker': ['a:1']},
+                'task': {'type': 'chief', 'index': 0},
+            },
+            True,
+            ('chief', 0),
+        ),
+    ],
+)
 def test_chief_is_the_chief_task_or_worker_zero(monkeypatch, tf_config, chief, task):
     if tf_config is None:
         monkeypatch.delenv('TF_CONFIG', raising=False)
@@ -125,14 +158,30 @@ def test_chief_is_the_chief_task_or_worker_zero(monkeypatch, tf_config, chief, t
 def mirrored_runs(tmp_path_factory):
     """One device, two mirrored replicas (sync BN), two replicas (plain BN); in parallel."""
     root = tmp_path_factory.mktemp('mirrored')
-    runs = dict(one=('one', 1, 'model.sync_bn=True'),
-                mirrored=('mirrored', 2, 'model.sync_bn=True'),
-                mirrored_plain_bn=('mirrored', 2, 'model.sync_bn=False'))
+    runs = dict(
+        one=('one', 1, 'model.sync_bn=True'),
+        mirrored=('mirrored', 2, 'model.sync_bn=True'),
+        mirrored_plain_bn=('mirrored', 2, 'model.sync_bn=False'),
+    )
     processes = [
-        _start([WORKER, 'train', '--strategy', strategy, '--devices', str(devices),
-                '--model_dir', str(root / name), '--out', str(root / (name + '.npz')),
-                '--overrides', EXACT + ',' + overrides])
-        for name, (strategy, devices, overrides) in runs.items()]
+        _start(
+            [
+                WORKER,
+                'train',
+                '--strategy',
+                strategy,
+                '--devices',
+                str(devices),
+                '--model_dir',
+                str(root / name),
+                '--out',
+                str(root / (name + '.npz')),
+                '--overrides',
+                EXACT + ',' + overrides,
+            ]
+        )
+        for name, (strategy, devices, overrides) in runs.items()
+    ]
     _finish(processes, timeout=300)
     return {name: dict(np.load(root / (name + '.npz'))) for name in runs}
 
@@ -154,8 +203,7 @@ def test_mirrored_two_devices_match_one_device_with_sync_bn(mirrored_runs):
 
 
 def test_synced_loss_scaling_skips_a_step_when_any_replica_overflows(tmp_path):
-    out = _finish([_start([WORKER, 'loss_scale', '--model_dir', str(tmp_path)])],
-                  timeout=180)[0]
+    out = _finish([_start([WORKER, 'loss_scale', '--model_dir', str(tmp_path)])], timeout=180)[0]
     results = json.loads([line for line in out.splitlines() if line.startswith('{')][-1])
     # Stock Keras 3 looks at replica 0 only: replica 1's inf reaches every copy of the weights.
     assert np.isinf(results['stock/overflow']['weights'][0][0])
@@ -164,8 +212,11 @@ def test_synced_loss_scaling_skips_a_step_when_any_replica_overflows(tmp_path):
     assert results['synced/overflow']['weights'] == [[1.0, 2.0], [1.0, 2.0]]
     assert results['synced/overflow']['scale'] == 2.0
     # A finite step: (4 + 4) / scale 4 = 2 per weight, learning rate 1.
-    assert results['synced/finite'] == results['stock/finite'] == dict(
-        weights=[[-1.0, 0.0], [-1.0, 0.0]], scale=4.0)
+    assert (
+        results['synced/finite']
+        == results['stock/finite']
+        == dict(weights=[[-1.0, 0.0], [-1.0, 0.0]], scale=4.0)
+    )
     # The trainer runs with it: mixed_float16 on two replicas, the loss near ln(10) at start.
     trained = results['trainer']
     assert trained['optimizer'] == 'SyncedLossScaleOptimizer'
@@ -174,38 +225,56 @@ def test_synced_loss_scaling_skips_a_step_when_any_replica_overflows(tmp_path):
 
 
 def _worker_env(cluster, index):
-    return dict(ENV, TF_CONFIG=json.dumps(
-        {'cluster': {'worker': cluster}, 'task': {'type': 'worker', 'index': index}}))
+    return dict(
+        ENV,
+        TF_CONFIG=json.dumps(
+            {'cluster': {'worker': cluster}, 'task': {'type': 'worker', 'index': index}}
+        ),
+    )
 
 
 def test_multi_worker_cli_run_agrees_on_the_final_weights(tmp_path):
     # Meanwhile a second cluster checks that a stop request of one worker stops both.
     stop_cluster = ['127.0.0.1:%d' % port for port in _free_ports(2)]
-    stop_check = [_start([WORKER, 'any_worker'], env=_worker_env(stop_cluster, index))
-                  for index in range(2)]
+    stop_check = [
+        _start([WORKER, 'any_worker'], env=_worker_env(stop_cluster, index)) for index in range(2)
+    ]
     model_dir = tmp_path / 'run'
-    hparams = ("model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
-               "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32,model.sync_bn=True,"
-               'train.batch_size=32,train.steps_per_loop=4,train.seed=1,train.image_size=24,'
-               'train.stages=0,train.epochs=0.1,train.min_steps=8')
+    hparams = (
+        "model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
+        "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32,model.sync_bn=True,"
+        'train.batch_size=32,train.steps_per_loop=4,train.seed=1,train.image_size=24,'
+        'train.stages=0,train.epochs=0.1,train.min_steps=8'
+    )
     cluster = ['127.0.0.1:%d' % port for port in _free_ports(2)]
-    processes = [_start([os.path.join(ROOT, 'main.py'), '--mode=train', '--strategy=multi_worker',
-                         '--model_dir=%s' % model_dir, '--hparam_str=%s' % hparams],
-                        env=_worker_env(cluster, index)) for index in range(2)]
+    processes = [
+        _start(
+            [
+                os.path.join(ROOT, 'main.py'),
+                '--mode=train',
+                '--strategy=multi_worker',
+                f'--model_dir={model_dir}',
+                f'--hparam_str={hparams}',
+            ],
+            env=_worker_env(cluster, index),
+        )
+        for index in range(2)
+    ]
     outputs = _finish(processes + stop_check, timeout=240)
     for out in outputs[2:]:
         agreed = json.loads([line for line in out.splitlines() if line.startswith('{')][-1])
         assert agreed['rounds'] == [False, False, True, False], agreed
-    assert all('strategy=multi_worker (CollectiveAllReduceStrategy) with 2 replica(s)' in out
-               for out in outputs[:2])
+    assert all(
+        'strategy=multi_worker (CollectiveAllReduceStrategy) with 2 replica(s)' in out
+        for out in outputs[:2]
+    )
 
     chief = tf.train.load_checkpoint(str(model_dir / 'ckpt-8'))
     other = tf.train.load_checkpoint(str(model_dir / '.worker_tmp' / 'worker_1' / 'ckpt-8'))
     names = [n for n in chief.get_variable_to_shape_map() if not n.startswith('_CHECKPOINT')]
     assert {name.split('/')[0] for name in names} >= {'model', 'optimizer', 'ema', 'step'}
     for name in names:
-        np.testing.assert_array_equal(chief.get_tensor(name), other.get_tensor(name),
-                                      err_msg=name)
+        np.testing.assert_array_equal(chief.get_tensor(name), other.get_tensor(name), err_msg=name)
     assert int(chief.get_tensor('step/.ATTRIBUTES/VARIABLE_VALUE')) == 8
     # Only the chief wrote the run's own files.
     assert (model_dir / 'config.yaml').exists()
@@ -214,8 +283,10 @@ def test_multi_worker_cli_run_agrees_on_the_final_weights(tmp_path):
 
 def test_tpu_strategy_fails_fast_and_clearly_without_a_tpu():
     out = _finish([_start([WORKER, 'tpu', '--timeout', '2'])], timeout=120)[0]
-    results = {r['case']: r for r in map(json.loads, (
-        line for line in out.splitlines() if line.startswith('{')))}
+    results = {
+        r['case']: r
+        for r in map(json.loads, (line for line in out.splitlines() if line.startswith('{')))
+    }
     assert len(results) == 6, out[-3000:]
     for case, result in results.items():
         assert result['error'] == 'TPUConnectionError', (case, result)
@@ -238,8 +309,9 @@ def _batch_norm_reference(x, c, gamma, beta, epsilon):
     scale = np.sqrt(variance + epsilon)
     normalized = (x - mean) / scale
     upstream = c * gamma
-    grad = (upstream - upstream.mean(axis=axes)
-            - normalized * (upstream * normalized).mean(axis=axes)) / scale
+    grad = (
+        upstream - upstream.mean(axis=axes) - normalized * (upstream * normalized).mean(axis=axes)
+    ) / scale
     return normalized * gamma + beta, mean, variance, grad
 
 
@@ -253,17 +325,21 @@ def test_batch_norm_groups_share_statistics_within_each_group_only(tmp_path):
         for group in groups:
             # The group's replicas normalise their images as one batch of 3 * len(group).
             y, mean, variance, grad = _batch_norm_reference(
-                np.concatenate(x[group]), np.concatenate(c[group]), d['gamma'], d['beta'],
-                1e-3)
+                np.concatenate(x[group]), np.concatenate(c[group]), d['gamma'], d['beta'], 1e-3
+            )
             means.append(mean)
             variances.append(variance)
-            np.testing.assert_allclose(np.concatenate(d['y%d' % group_size][group]), y,
-                                       rtol=1e-4, atol=1e-4)
-            np.testing.assert_allclose(np.concatenate(d['dx%d' % group_size][group]), grad,
-                                       rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(
+                np.concatenate(d['y%d' % group_size][group]), y, rtol=1e-4, atol=1e-4
+            )
+            np.testing.assert_allclose(
+                np.concatenate(d['dx%d' % group_size][group]), grad, rtol=1e-4, atol=1e-4
+            )
         # Moving statistics: the mean over replicas of their group's update; equal everywhere.
-        for name, batch, initial in (('moving_mean', means, 0.0),
-                                     ('moving_variance', variances, 1.0)):
+        for name, batch, initial in (
+            ('moving_mean', means, 0.0),
+            ('moving_variance', variances, 1.0),
+        ):
             expected = momentum * initial + (1 - momentum) * np.mean(batch, axis=0)
             for copy in d['%s%d' % (name, group_size)]:
                 np.testing.assert_allclose(copy, expected, rtol=1e-4, atol=1e-5)
@@ -275,15 +351,18 @@ def test_batch_norm_groups_share_statistics_within_each_group_only(tmp_path):
 def test_model_passes_bn_group_size_to_every_batch_norm():
     from efficientnetv2 import layers
     from efficientnetv2 import model as model_lib
+
     assert model_lib.DEFAULT_MODEL_HPARAMS['bn_group_size'] == 8  # As the released TPU code.
     blocks = ['r1_k3_s1_e1_i16_o8_c1', 'r1_k3_s2_e4_i8_o16_se0.25']
-    model = model_lib.EfficientNet(blocks=blocks, feature_size=32, num_classes=3, sync_bn=True,
-                                   bn_group_size=2)
+    model = model_lib.EfficientNet(
+        blocks=blocks, feature_size=32, num_classes=3, sync_bn=True, bn_group_size=2
+    )
     norms = [layer for layer in model._flatten_layers() if isinstance(layer, layers.BatchNorm)]
     assert len(norms) == 6 and all(n.group_size == 2 and n.synchronized for n in norms)
     clone = model_lib.EfficientNet.from_config(model.get_config())
-    assert all(n.group_size == 2 for n in clone._flatten_layers()
-               if isinstance(n, layers.BatchNorm))
+    assert all(
+        n.group_size == 2 for n in clone._flatten_layers() if isinstance(n, layers.BatchNorm)
+    )
     with pytest.raises(ValueError, match='bn_group_size must be an integer >= 0'):
         model_lib.EfficientNet(blocks=blocks, feature_size=32, bn_group_size=-1)
 
@@ -308,18 +387,34 @@ class _DefaultStrategy:
         raise RuntimeError('The default strategy has no worker devices.')
 
 
-@pytest.mark.parametrize('strategy,logical_gpus,precision', [
-    (TPUStrategy(['/job:worker/replica:0/task:0/device:TPU:%d' % i for i in range(8)]), [],
-     'mixed_bfloat16'),
-    (_FakeStrategy(['/job:localhost/replica:0/task:0/device:GPU:0',
-                    '/job:localhost/replica:0/task:0/device:GPU:1']), [], 'mixed_float16'),
-    (_FakeStrategy(['/job:localhost/replica:0/task:0/device:CPU:0']), ['GPU:0'], 'float32'),
-    (_DefaultStrategy(), ['/device:GPU:0'], 'mixed_float16'),
-    (_DefaultStrategy(), [], 'float32'),
-])
-def test_default_precision_follows_the_device_kind(monkeypatch, strategy, logical_gpus,
-                                                   precision):
+@pytest.mark.parametrize(
+    'strategy,logical_gpus,precision',
+    [
+        (
+            TPUStrategy(['/job:worker/replica:0/task:0/device:TPU:%d' % i for i in range(8)]),
+            [],
+            'mixed_bfloat16',
+        ),
+        (
+            _FakeStrategy(
+                [
+                    '/job:localhost/replica:0/task:0/device:GPU:0',
+                    '/job:localhost/replica:0/task:0/device:GPU:1',
+                ]
+            ),
+            [],
+            'mixed_float16',
+        ),
+        (_FakeStrategy(['/job:localhost/replica:0/task:0/device:CPU:0']), ['GPU:0'], 'float32'),
+        (_DefaultStrategy(), ['/device:GPU:0'], 'mixed_float16'),
+        (_DefaultStrategy(), [], 'float32'),
+    ],
+)
+def test_default_precision_follows_the_device_kind(monkeypatch, strategy, logical_gpus, precision):
     # The strategy's own devices decide; a GPU elsewhere on the host does not (third case).
-    monkeypatch.setattr(distribute.tf.config, 'list_logical_devices',
-                        lambda kind=None: list(logical_gpus) if kind == 'GPU' else [])
+    monkeypatch.setattr(
+        distribute.tf.config,
+        'list_logical_devices',
+        lambda kind=None: list(logical_gpus) if kind == 'GPU' else [],
+    )
     assert distribute.default_precision(strategy) == precision

@@ -4,35 +4,38 @@ import textwrap
 
 import keras
 import numpy as np
-import script_runner
 import pytest
+import script_runner
 import tensorflow as tf
 
-from efficientnetv2.train.ema import (
-    ExponentialMovingAverage, effective_decay, ema_variables)
+from efficientnetv2.train.ema import ExponentialMovingAverage
+from efficientnetv2.train.ema import effective_decay
+from efficientnetv2.train.ema import ema_variables
 
 
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def bn_model():
     """A tiny conv + BN + dense model, built and with non-trivial BN stats."""
-    model = keras.Sequential(name="tiny", layers=[
-        keras.Input((4, 4, 2)),
-        keras.layers.Conv2D(3, 3, name="conv"),
-        keras.layers.BatchNormalization(name="bn"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(2, name="dense"),
-    ])
+    model = keras.Sequential(
+        name='tiny',
+        layers=[
+            keras.Input((4, 4, 2)),
+            keras.layers.Conv2D(3, 3, name='conv'),
+            keras.layers.BatchNormalization(name='bn'),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2, name='dense'),
+        ],
+    )
     model(tf.ones((2, 4, 4, 2)), training=True)
     return model
 
 
-@pytest.mark.parametrize("step, expected", [
-    (0, 0.1), (100, 101 / 110), (1000, 1001 / 1010), (10_000, 10001 / 10010),
-    (1_000_000, 0.9999)])
+@pytest.mark.parametrize(
+    'step, expected',
+    [(0, 0.1), (100, 101 / 110), (1000, 1001 / 1010), (10_000, 10001 / 10010), (1_000_000, 0.9999)],
+)
 def test_effective_decay_warm_up(step, expected):
-    assert float(effective_decay(0.9999, step)) == pytest.approx(
-        expected, rel=1e-6)
+    assert float(effective_decay(0.9999, step)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_effective_decay_without_num_updates():
@@ -41,8 +44,7 @@ def test_effective_decay_without_num_updates():
 
 def test_arithmetic_by_hand_fixed_decay():
     variable = keras.Variable([1.0, -2.0])
-    ema = ExponentialMovingAverage([variable], decay=0.5,
-                                   use_num_updates=False)
+    ema = ExponentialMovingAverage([variable], decay=0.5, use_num_updates=False)
     shadow = ema.shadow_variables[0]
     np.testing.assert_array_equal(shadow.numpy(), [1.0, -2.0])
     expected = np.array([1.0, -2.0])
@@ -93,25 +95,33 @@ def test_matches_tf_train_exponential_moving_average():
         step.assign_add(1)
     np.testing.assert_allclose(
         ours.shadow_variables[0].numpy(),
-        reference.average(ref_variable).numpy(), rtol=1e-6, atol=1e-7)
+        reference.average(ref_variable).numpy(),
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_ema_variables_include_bn_statistics(bn_model):
     names = [v.path for v in ema_variables(bn_model)]
     assert names == [
-        "tiny/conv/kernel", "tiny/conv/bias", "tiny/bn/gamma", "tiny/bn/beta",
-        "tiny/dense/kernel", "tiny/dense/bias", "tiny/bn/moving_mean",
-        "tiny/bn/moving_variance"]
+        'tiny/conv/kernel',
+        'tiny/conv/bias',
+        'tiny/bn/gamma',
+        'tiny/bn/beta',
+        'tiny/dense/kernel',
+        'tiny/dense/bias',
+        'tiny/bn/moving_mean',
+        'tiny/bn/moving_variance',
+    ]
 
 
 def test_shadow_names_and_lookup(bn_model):
     variables = ema_variables(bn_model)
     ema = ExponentialMovingAverage(variables)
-    assert ema.shadow_variables[0].name.startswith(
-        "tiny/conv/kernel/ExponentialMovingAverage")
-    moving_mean = bn_model.get_layer("bn").moving_mean
+    assert ema.shadow_variables[0].name.startswith('tiny/conv/kernel/ExponentialMovingAverage')
+    moving_mean = bn_model.get_layer('bn').moving_mean
     assert ema.shadow_for(moving_mean) is ema.shadow_variables[6]
-    with pytest.raises(ValueError, match="`variable`"):
+    with pytest.raises(ValueError, match='`variable`'):
         ema.shadow_for(keras.Variable(1.0))
 
 
@@ -127,16 +137,14 @@ def test_swap_and_average_weights_restore_originals(bn_model):
     for variable, original in zip(variables, originals):
         np.testing.assert_array_equal(variable.numpy(), original)
 
-    with pytest.raises(RuntimeError):
-        with ema.average_weights():
-            raise RuntimeError("evaluation failed")
+    with pytest.raises(RuntimeError), ema.average_weights():
+        raise RuntimeError('evaluation failed')
     for variable, original in zip(variables, originals):
         np.testing.assert_array_equal(variable.numpy(), original)
 
     ema.swap()
     np.testing.assert_allclose(variables[0].numpy(), originals[0] + 1.0)
-    np.testing.assert_array_equal(ema.shadow_variables[0].numpy(),
-                                  originals[0])
+    np.testing.assert_array_equal(ema.shadow_variables[0].numpy(), originals[0])
     ema.swap()
     np.testing.assert_array_equal(variables[0].numpy(), originals[0])
 
@@ -154,19 +162,19 @@ def test_copy_to_model_and_reset_from_model():
 
 def test_checkpoint_round_trip(tmp_path):
     variable = keras.Variable([1.0, 2.0])
-    ema = ExponentialMovingAverage([variable], decay=0.5,
-                                   use_num_updates=False)
+    ema = ExponentialMovingAverage([variable], decay=0.5, use_num_updates=False)
     variable.assign([3.0, 4.0])
     ema.apply()
     checkpoint = tf.train.Checkpoint(weights=[variable], ema=ema)
-    path = checkpoint.save(str(tmp_path / "ckpt"))
+    path = checkpoint.save(str(tmp_path / 'ckpt'))
     keys = [name for name, _ in tf.train.list_variables(path)]
-    assert "ema/shadow_variables/0/.ATTRIBUTES/VARIABLE_VALUE" in keys
+    assert 'ema/shadow_variables/0/.ATTRIBUTES/VARIABLE_VALUE' in keys
     # The model variable is saved once, not again under `ema`.
-    assert sorted(name for name in keys if name.endswith("VALUE")) == [
-        "ema/shadow_variables/0/.ATTRIBUTES/VARIABLE_VALUE",
-        "save_counter/.ATTRIBUTES/VARIABLE_VALUE",
-        "weights/0/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert sorted(name for name in keys if name.endswith('VALUE')) == [
+        'ema/shadow_variables/0/.ATTRIBUTES/VARIABLE_VALUE',
+        'save_counter/.ATTRIBUTES/VARIABLE_VALUE',
+        'weights/0/.ATTRIBUTES/VARIABLE_VALUE',
+    ]
 
     ema.shadow_variables[0].assign([0.0, 0.0])
     checkpoint.restore(path).assert_consumed()
@@ -174,9 +182,9 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="`decay`"):
+    with pytest.raises(ValueError, match='`decay`'):
         ExponentialMovingAverage([keras.Variable(1.0)], decay=1.0)
-    with pytest.raises(ValueError, match="`variables`"):
+    with pytest.raises(ValueError, match='`variables`'):
         ExponentialMovingAverage([])
 
 
@@ -232,7 +240,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
 
 def test_mirrored_strategy_apply_in_replica_context():
     result = script_runner.run_script(_MIRRORED_SCRIPT)
-    assert result["num_copies"] == 2
-    assert result["shadow_diff"] <= 1e-6
-    assert result["averaged_diff"] <= 1e-6
-    assert result["restored_diff"] == 0.0
+    assert result['num_copies'] == 2
+    assert result['shadow_diff'] <= 1e-6
+    assert result['averaged_diff'] <= 1e-6
+    assert result['restored_diff'] == 0.0

@@ -16,15 +16,20 @@ from efficientnetv2 import export
 from efficientnetv2.data import preprocessing
 
 SIZE = 64  # Evaluation size of the exported classifier (< 320: centre crop).
-TINY = ['r1_k3_s1_e1_i16_o8_c1', 'r1_k3_s2_e4_i8_o16_c1', 'r2_k3_s2_e4_i16_o24_se0.25',
-        'r1_k3_s2_e6_i24_o32_se0.25']
+TINY = [
+    'r1_k3_s1_e1_i16_o8_c1',
+    'r1_k3_s2_e4_i8_o16_c1',
+    'r2_k3_s2_e4_i16_o24_se0.25',
+    'r1_k3_s2_e6_i24_o32_se0.25',
+]
 CLASSES = ['cat', 'dog', 'fox', 'owl', 'eel', 'ant']
 
 
 def tiny_model(**kwargs):
     keras.utils.set_random_seed(0)
-    model = efficientnetv2.EfficientNet(blocks=TINY, feature_size=48, num_classes=len(CLASSES),
-                                        model_name='tiny', **kwargs)
+    model = efficientnetv2.EfficientNet(
+        blocks=TINY, feature_size=48, num_classes=len(CLASSES), model_name='tiny', **kwargs
+    )
     rng = np.random.RandomState(0)
     # Non-trivial batch-norm statistics and a spread of logits, with outputs that depend on the
     # input (moving means of the order of the activations' spread, not above it: a network whose
@@ -48,7 +53,7 @@ def reference_v2(image, size=SIZE):
     h, w = image.shape[:2]
     side = int(size / (size + 32) * min(h, w))
     top, left = (h - side) // 2, (w - side) // 2
-    crop = image[top:top + side, left:left + side]
+    crop = image[top : top + side, left : left + side]
     return (tf.image.resize(crop[None], [size, size]).numpy()[0] - 128.0) / 128.0
 
 
@@ -76,7 +81,7 @@ def encoded():
     return files, decoded
 
 
-FRESH_PROCESS = textwrap.dedent('''
+FRESH_PROCESS = textwrap.dedent("""
     import sys
     import numpy as np
     import tensorflow as tf
@@ -98,7 +103,7 @@ FRESH_PROCESS = textwrap.dedent('''
              top_k_indices=images['top_k_indices'].numpy(),
              top_k_names=images['top_k_names'].numpy().astype(str),
              bytes_logits=files['logits'].numpy(), session_logits=session_logits)
-''')
+""")
 
 
 def test_saved_model_reproduces_keras_in_a_fresh_process(model, saved_model, encoded, tmp_path):
@@ -106,9 +111,14 @@ def test_saved_model_reproduces_keras_in_a_fresh_process(model, saved_model, enc
     data_path, out_path = str(tmp_path / 'in.npz'), str(tmp_path / 'out.npz')
     np.savez(data_path, images=images, files=np.array(encoded[0], dtype=object).astype(bytes))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH='')
-    result = subprocess.run([sys.executable, '-c', FRESH_PROCESS, saved_model, data_path,
-                             out_path], capture_output=True, text=True, env=env,
-                            cwd=str(tmp_path), timeout=300)
+    result = subprocess.run(
+        [sys.executable, '-c', FRESH_PROCESS, saved_model, data_path, out_path],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = np.load(out_path)
 
@@ -139,8 +149,12 @@ def test_bytes_signature_equals_feeding_the_decoded_images(saved_model, encoded)
 # resize. 'digits' is the no-crop case (as the digits dataset evaluates).
 PARITY_SIZE = 24
 PARITY_SHAPE = (45, 61)  # Non-square, larger than the eval size: crop (or not) and resize.
-PARITY_CASES = {'v2': ('v2', None, True), 'legacy': ('legacy', 'effnetv1_autoaug', True),
-                'ft': ('ft', 'ft', True), 'digits': ('v2', None, False)}
+PARITY_CASES = {
+    'v2': ('v2', None, True),
+    'legacy': ('legacy', 'effnetv1_autoaug', True),
+    'ft': ('ft', 'ft', True),
+    'digits': ('v2', None, False),
+}
 
 
 @pytest.fixture(scope='module')
@@ -161,27 +175,40 @@ def parity_folder(tmp_path_factory):
 @pytest.mark.parametrize('case', sorted(PARITY_CASES))
 def test_eval_pipeline_infer_saved_model_and_tflite_agree(case, model, parity_folder, tmp_path):
     import dataclasses
+
     from efficientnetv2 import data
     from efficientnetv2 import predict
+
     family, augname, center_crop = PARITY_CASES[case]
     root, images = parity_folder
     info = dataclasses.replace(data.folder_dataset_info(str(root)), eval_center_crop=center_crop)
     # 1. The eval input pipeline, as the trainer builds it (the family resolved from the config).
-    batch, labels = next(iter(data.build_dataset(
-        info, split='eval', image_size=PARITY_SIZE, batch_size=3, is_training=False,
-        preprocess=family, augname=augname)))
+    batch, labels = next(
+        iter(
+            data.build_dataset(
+                info,
+                split='eval',
+                image_size=PARITY_SIZE,
+                batch_size=3,
+                is_training=False,
+                preprocess=family,
+                augname=augname,
+            )
+        )
+    )
     pipeline = batch.numpy()[np.argsort(np.argmax(labels.numpy(), -1))]
     # The transform by hand: the crop rule of the family, then resize and scaling.
     if center_crop and family != 'ft':
         side = int(PARITY_SIZE / (PARITY_SIZE + 32) * min(PARITY_SHAPE))  # 18
         extra = 1 if family == 'legacy' else 0
         top, left = (45 - side + extra) // 2, (61 - side + extra) // 2
-        crops = images[:, top:top + side, left:left + side]
+        crops = images[:, top : top + side, left : left + side]
     else:
         crops = images
     if family == 'legacy':
-        resized = tf.compat.v1.image.resize_bicubic(crops, [PARITY_SIZE] * 2, align_corners=False,
-                                                    half_pixel_centers=False)
+        resized = tf.compat.v1.image.resize_bicubic(
+            crops, [PARITY_SIZE] * 2, align_corners=False, half_pixel_centers=False
+        )
     else:
         resized = tf.image.resize(crops, [PARITY_SIZE] * 2)
     expected = preprocessing.normalize(resized, family).numpy()
@@ -205,12 +232,18 @@ def test_eval_pipeline_infer_saved_model_and_tflite_agree(case, model, parity_fo
     assert bool(loaded.center_crop.numpy()) == center_crop
     # 4. TFLite (builtin ops only: the legacy bicubic as matrix products).
     tflite = str(tmp_path / 'model.tflite')
-    export.export_tflite(model, tflite, PARITY_SIZE, preprocess=family, center_crop=center_crop,
-                         input_size=PARITY_SHAPE)
+    export.export_tflite(
+        model,
+        tflite,
+        PARITY_SIZE,
+        preprocess=family,
+        center_crop=center_crop,
+        input_size=PARITY_SHAPE,
+    )
     np.testing.assert_allclose(export.tflite_predict(tflite, images), logits, rtol=0, atol=1e-3)
 
 
-class SimpleConfig(object):
+class SimpleConfig:
     """The few config keys `predict.eval_transform` reads."""
 
     def __init__(self, size, preprocess, augname):
@@ -221,8 +254,9 @@ class SimpleConfig(object):
 def test_feature_vector_loads_as_tfsm_layer_and_fine_tunes(model, tmp_path):
     path = str(tmp_path / 'feature_vector')
     export.export_feature_vector(model, path)
-    layer = keras.layers.TFSMLayer(path, call_endpoint='serve',
-                                   call_training_endpoint='serve_training')
+    layer = keras.layers.TFSMLayer(
+        path, call_endpoint='serve', call_training_endpoint='serve_training'
+    )
     x = np.random.RandomState(5).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
     pooled = keras.Model(model.input, model.get_layer('avg_pool').output)
     np.testing.assert_allclose(layer(x).numpy(), pooled(x).numpy(), rtol=0, atol=1e-5)
@@ -236,12 +270,13 @@ def test_feature_vector_loads_as_tfsm_layer_and_fine_tunes(model, tmp_path):
     assert list(loaded.regularization_losses) == []
 
     classifier = keras.Sequential([keras.Input((32, 32, 3)), layer, keras.layers.Dense(3)])
-    classifier.compile(optimizer=keras.optimizers.SGD(0.1),
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    classifier.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     before = [w.numpy() for w in layer.trainable_weights]
     classifier.fit(x, np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)
-    changed = sum(not np.array_equal(b, w.numpy())
-                  for b, w in zip(before, layer.trainable_weights))
+    changed = sum(not np.array_equal(b, w.numpy()) for b, w in zip(before, layer.trainable_weights))
     assert changed > len(before) // 2  # The backbone itself was fine-tuned.
 
 
@@ -290,8 +325,9 @@ def test_bad_arguments_are_explained(model, tmp_path):
         export.export_tflite(model, str(tmp_path / 'g.tflite'), 32, input_size=(40, 50))
     with pytest.raises(ValueError, match="quantize must be one of .*'int8'"):
         export.export_tflite(model, str(tmp_path / 'd.tflite'), 32, quantize='int8')
-    features = efficientnetv2.EfficientNet(blocks=TINY, feature_size=48, include_top=False,
-                                           pooling='avg')
+    features = efficientnetv2.EfficientNet(
+        blocks=TINY, feature_size=48, include_top=False, pooling='avg'
+    )
     with pytest.raises(ValueError, match='needs a classifier'):
         export.export_saved_model(features, str(tmp_path / 'e'), SIZE)
     softmax = tiny_model(classifier_activation='softmax')
@@ -302,8 +338,14 @@ def test_bad_arguments_are_explained(model, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # export_all: every written artifact checked against the Keras model.
 
-DEFAULT_ROWS = ['saved_model:serving_default', 'saved_model:serving_bytes', 'feature_vector',
-                'tflite', 'tflite_dynamic', 'keras']
+DEFAULT_ROWS = [
+    'saved_model:serving_default',
+    'saved_model:serving_bytes',
+    'feature_vector',
+    'tflite',
+    'tflite_dynamic',
+    'keras',
+]
 
 
 @pytest.fixture(scope='module')
@@ -337,7 +379,10 @@ def test_every_default_artifact_reproduces_the_keras_model(model, exported):
 def test_check_images_are_non_square_and_varied():
     images = export.check_images(SIZE)
     assert {k: v.shape for k, v in images.items()} == {
-        '260x300': (2, 260, 300, 3), '64x64': (2, 64, 64, 3), '300x200': (1, 300, 200, 3)}
+        '260x300': (2, 260, 300, 3),
+        '64x64': (2, 64, 64, 3),
+        '300x200': (1, 300, 200, 3),
+    }
     for batch in images.values():
         assert batch.dtype == np.uint8 and batch.std() > 30
     assert not np.array_equal(*images['64x64'])
@@ -408,8 +453,9 @@ def test_export_formats_are_checked(model, tmp_path, monkeypatch):
         export.export_all(model, str(tmp_path / 'a'), SIZE, formats=['keras', 'onnyx'])
     # Without the [onnx] extra: a clear error naming it, before anything is written.
     monkeypatch.setitem(sys.modules, 'tf2onnx', None)
-    with pytest.raises(ImportError,
-                       match=r"tf2onnx is missing.*pip install 'efficientnetv2\[onnx\]'"):
+    with pytest.raises(
+        ImportError, match=r"tf2onnx is missing.*pip install 'efficientnetv2\[onnx\]'"
+    ):
         export.export_all(model, str(tmp_path / 'b'), SIZE, formats=['keras', 'onnx'])
     assert not os.path.exists(tmp_path / 'b')
 
@@ -450,8 +496,9 @@ def test_onnx_network_reproduces_the_keras_model(model, exported, tmp_path):
     # The input contract: the eval transform applied by the user, here to a 260x300 image.
     image = export.check_images(SIZE)['260x300']
     prepped = preprocessing.preprocess_for_eval(image, SIZE, 'legacy').numpy()
-    np.testing.assert_allclose(export.onnx_predict(paths['onnx'], prepped),
-                               model(prepped).numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        export.onnx_predict(paths['onnx'], prepped), model(prepped).numpy(), rtol=0, atol=1e-5
+    )
     proto = onnx.load(paths['onnx'])
     assert [i.name for i in proto.graph.input] == ['images']
     assert [o.name for o in proto.graph.output] == ['logits']

@@ -15,8 +15,12 @@ def tiny_model(num_classes=10):
 
 
 def _bn_count(layers):
-    return sum(1 for layer in layers for sub in layer._flatten_layers()
-               if isinstance(sub, keras.layers.BatchNormalization))
+    return sum(
+        1
+        for layer in layers
+        for sub in layer._flatten_layers()
+        if isinstance(sub, keras.layers.BatchNormalization)
+    )
 
 
 def test_stage_names_follow_the_blocks():
@@ -58,8 +62,12 @@ def test_freeze_counts_trainable_variables_per_stage(freeze_bn):
         assert counts[name] == expected, name
     assert counts['head'] == 2
     assert len(model.trainable_variables) == sum(counts.values())
-    norms = [sub for layer in groups['stage1'] for sub in layer._flatten_layers()
-             if isinstance(sub, keras.layers.BatchNormalization)]
+    norms = [
+        sub
+        for layer in groups['stage1']
+        for sub in layer._flatten_layers()
+        if isinstance(sub, keras.layers.BatchNormalization)
+    ]
     # Inference mode (untrainable layer) with freeze_bn; else training mode, gamma/beta fixed.
     assert all(norm.trainable is (not freeze_bn) for norm in norms)
     assert not any(norm.gamma.trainable for norm in norms)

@@ -8,11 +8,20 @@ from efficientnetv2 import hparams
 
 
 def make():
-    return hparams.Config(dict(
-        model=dict(width_coefficient=1.0, dropout_rate=0.2, act_fn='silu', blocks=['a']),
-        train=dict(epochs=350, batch_size=4096, lr_base=0.016, stages=4, ft_init_ckpt=None,
-                   use_ema=True),
-        data=dict(extra={})))
+    return hparams.Config(
+        dict(
+            model=dict(width_coefficient=1.0, dropout_rate=0.2, act_fn='silu', blocks=['a']),
+            train=dict(
+                epochs=350,
+                batch_size=4096,
+                lr_base=0.016,
+                stages=4,
+                ft_init_ckpt=None,
+                use_ema=True,
+            ),
+            data=dict(extra={}),
+        )
+    )
 
 
 def test_attribute_and_item_access():
@@ -24,8 +33,9 @@ def test_attribute_and_item_access():
 
 def test_override_from_string_parses_values_safely():
     cfg = make().override(
-        "train.epochs=10,train.lr_base=1,model.act_fn=relu,train.use_ema=False,"
-        "train.ft_init_ckpt=none,model.blocks=x|y,train.batch_size=0x10")
+        'train.epochs=10,train.lr_base=1,model.act_fn=relu,train.use_ema=False,'
+        'train.ft_init_ckpt=none,model.blocks=x|y,train.batch_size=0x10'
+    )
     assert cfg.train.epochs == 10
     assert cfg.train.lr_base == 1.0 and isinstance(cfg.train.lr_base, float)
     assert cfg.model.act_fn == 'relu'
@@ -104,9 +114,17 @@ def test_flat_keys_and_copy_are_independent():
 # -- typed configs --------------------------------------------------------------------------
 
 DEFAULTS = dict(
-    train=dict(epochs=350, lr_base=0.016, use_ema=True, optimizer='rmsprop', blocks=['a'],
-               seed=None, ckpt=None),
-    data=dict(extra={}))
+    train=dict(
+        epochs=350,
+        lr_base=0.016,
+        use_ema=True,
+        optimizer='rmsprop',
+        blocks=['a'],
+        seed=None,
+        ckpt=None,
+    ),
+    data=dict(extra={}),
+)
 EXPLICIT = {
     'train.epochs': hparams.Spec('number', low=0, low_open=True),
     'train.seed': hparams.Spec('int', low=0, nullable=True),
@@ -122,29 +140,41 @@ def typed():
 def test_kinds_come_from_the_defaults():
     schema = hparams.derive_schema(DEFAULTS)
     assert {k: s.kind for k, s in schema.items()} == {
-        'train.epochs': 'int', 'train.lr_base': 'float', 'train.use_ema': 'bool',
-        'train.optimizer': 'str', 'train.blocks': 'list', 'train.seed': 'any',
-        'train.ckpt': 'any'}
+        'train.epochs': 'int',
+        'train.lr_base': 'float',
+        'train.use_ema': 'bool',
+        'train.optimizer': 'str',
+        'train.blocks': 'list',
+        'train.seed': 'any',
+        'train.ckpt': 'any',
+    }
     assert not schema['train.epochs'].nullable and schema['train.seed'].nullable
 
 
-@pytest.mark.parametrize('override,message', [
-    ('train.epochs=abc', re.escape("train.epochs must be a number > 0; received 'abc' (str)")),
-    ("train.epochs=__import__('os').system('false')", re.escape(
-        "train.epochs must be a number > 0; received \"__import__('os').system('false')\"")),
-    ('train.epochs=0', r'train.epochs must be a number > 0; received 0 \(int\)'),
-    ('train.epochs=True', r'received True \(bool\)'),            # bools are not numbers
-    ('train.lr_base=none', r'train.lr_base must be a number; received None'),
-    ('train.lr_base=True', r'train.lr_base must be a number; received True'),
-    ('train.use_ema=1', r'train.use_ema must be a boolean \(true/false\); received 1 \(int\)'),
-    ('train.optimizer=3', r"train.optimizer must be one of \['rmsprop', 'sgd'\]; received 3"),
-    ('train.optimizer=adam', r"must be one of \['rmsprop', 'sgd'\]; received 'adam'"),
-    ('train.seed=1.5', r'train.seed must be an integer >= 0 or None; received 1.5 \(float\)'),
-    ('train.seed=-2', r'train.seed must be an integer >= 0 or None; received -2'),
-    ('train.blocks=3', r'train.blocks must be a list; received 3'),
-    ('train.lr_base=nan', r"train.lr_base must be a number; received 'nan' \(str\)"),
-    ({'train': {'lr_base': float('inf')}}, r'train.lr_base must be a number; received inf'),
-])
+@pytest.mark.parametrize(
+    'override,message',
+    [
+        ('train.epochs=abc', re.escape("train.epochs must be a number > 0; received 'abc' (str)")),
+        (
+            "train.epochs=__import__('os').system('false')",
+            re.escape(
+                "train.epochs must be a number > 0; received \"__import__('os').system('false')\""
+            ),
+        ),
+        ('train.epochs=0', r'train.epochs must be a number > 0; received 0 \(int\)'),
+        ('train.epochs=True', r'received True \(bool\)'),  # bools are not numbers
+        ('train.lr_base=none', r'train.lr_base must be a number; received None'),
+        ('train.lr_base=True', r'train.lr_base must be a number; received True'),
+        ('train.use_ema=1', r'train.use_ema must be a boolean \(true/false\); received 1 \(int\)'),
+        ('train.optimizer=3', r"train.optimizer must be one of \['rmsprop', 'sgd'\]; received 3"),
+        ('train.optimizer=adam', r"must be one of \['rmsprop', 'sgd'\]; received 'adam'"),
+        ('train.seed=1.5', r'train.seed must be an integer >= 0 or None; received 1.5 \(float\)'),
+        ('train.seed=-2', r'train.seed must be an integer >= 0 or None; received -2'),
+        ('train.blocks=3', r'train.blocks must be a list; received 3'),
+        ('train.lr_base=nan', r"train.lr_base must be a number; received 'nan' \(str\)"),
+        ({'train': {'lr_base': float('inf')}}, r'train.lr_base must be a number; received inf'),
+    ],
+)
 def test_bad_values_name_key_expectation_and_value(override, message):
     with pytest.raises(hparams.ConfigValueError, match=message):
         typed().override(override)
@@ -152,14 +182,15 @@ def test_bad_values_name_key_expectation_and_value(override, message):
 
 
 def test_good_values_are_stored_in_their_kind():
-    cfg = typed().override('train.epochs=0.5,train.lr_base=1,train.seed=3,train.seed=none,'
-                           'train.blocks=x,train.ckpt=7')
+    cfg = typed().override(
+        'train.epochs=0.5,train.lr_base=1,train.seed=3,train.seed=none,train.blocks=x,train.ckpt=7'
+    )
     assert cfg.train.epochs == 0.5
     assert cfg.train.lr_base == 1.0 and isinstance(cfg.train.lr_base, float)
     assert cfg.train.seed is None
     assert cfg.train.blocks == ['x']
-    assert cfg.train.ckpt == 7                                   # None default, no spec: any
-    cfg.override({'train': {'seed': 2.0, 'lr_base': '1e-5'}})    # YAML reads 1e-5 as text
+    assert cfg.train.ckpt == 7  # None default, no spec: any
+    cfg.override({'train': {'seed': 2.0, 'lr_base': '1e-5'}})  # YAML reads 1e-5 as text
     assert cfg.train.seed == 2 and isinstance(cfg.train.seed, int)
     assert cfg.train.lr_base == 1e-5
 
@@ -201,9 +232,11 @@ def test_copies_stay_typed_and_new_default_keys_are_typed():
 
 def test_spec_describe():
     assert hparams.Spec('float', low=0.0, high=1.0, high_open=True).describe() == (
-        'a number in [0.0, 1.0)')
+        'a number in [0.0, 1.0)'
+    )
     assert hparams.Spec('int', low=0, low_open=True).describe() == 'an integer > 0'
     assert hparams.Spec('str', choices=('a', 'b'), nullable=True).describe() == (
-        "one of ['a', 'b'] or None")
+        "one of ['a', 'b'] or None"
+    )
     with pytest.raises(ValueError, match='kind'):
         hparams.Spec('complex')

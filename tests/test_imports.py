@@ -22,7 +22,7 @@ def package_modules(name, path):
     """{module name: source file} of a package and every module under it, found on disk."""
     modules = {name: os.path.join(path, '__init__.py')}
     for info in pkgutil.iter_modules([path]):
-        full = '%s.%s' % (name, info.name)
+        full = f'{name}.{info.name}'
         if info.ispkg:
             modules.update(package_modules(full, os.path.join(path, info.name)))
         else:
@@ -36,7 +36,7 @@ def _resolve(module, is_package, node):
         return node.module
     parts = module.split('.')
     base = parts if is_package else parts[:-1]
-    base = base[:len(base) - (node.level - 1)]
+    base = base[: len(base) - (node.level - 1)]
     return '.'.join(base + ([node.module] if node.module else []))
 
 
@@ -55,7 +55,7 @@ def import_graph(modules):
                 base = _resolve(module, is_package, node)
                 targets = []
                 for alias in node.names:
-                    sub = '%s.%s' % (base, alias.name)
+                    sub = f'{base}.{alias.name}'
                     targets.append(sub if sub in modules else base)
             else:
                 continue
@@ -74,7 +74,7 @@ def find_cycle(graph):
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -98,8 +98,12 @@ def _package_path():
 
 def test_package_import_graph_has_no_cycle():
     modules = package_modules(PACKAGE, _package_path())
-    assert {'efficientnetv2.model', 'efficientnetv2.weights', 'efficientnetv2.convert',
-            'efficientnetv2.train.ema'} <= set(modules)
+    assert {
+        'efficientnetv2.model',
+        'efficientnetv2.weights',
+        'efficientnetv2.convert',
+        'efficientnetv2.train.ema',
+    } <= set(modules)
     graph = import_graph(modules)
     # The graph is really read: known edges are present.
     assert 'efficientnetv2.model' in graph['efficientnetv2.weights']
@@ -133,7 +137,8 @@ def test_a_lazy_import_cycle_is_found(tmp_path, lazy):
     (root / 'a.py').write_text('from pkg.sub import b\n')
     body = '    from .. import a\n' if lazy else ''
     (root / 'sub' / 'b.py').write_text(
-        'def f():\n' + (body or '    pass\n') + ('' if lazy else 'import pkg.a\n'))
+        'def f():\n' + (body or '    pass\n') + ('' if lazy else 'import pkg.a\n')
+    )
     graph = import_graph(package_modules('pkg', str(root)))
     assert graph['pkg.a'] == {'pkg.sub.b'} and graph['pkg.sub.b'] == {'pkg.a'}
     assert find_cycle(graph) == ['pkg.a', 'pkg.sub.b', 'pkg.a']

@@ -19,10 +19,12 @@ STEPS = 2
 
 
 def tiny_model(num_classes=10, dropout_rate=0.2):
-    model = model_lib.EfficientNet(TINY_BLOCKS, feature_size=32, num_classes=num_classes,
-                                   dropout_rate=dropout_rate)
-    model.compile(keras.optimizers.Adam(1e-3),
-                  keras.losses.CategoricalCrossentropy(from_logits=True))
+    model = model_lib.EfficientNet(
+        TINY_BLOCKS, feature_size=32, num_classes=num_classes, dropout_rate=dropout_rate
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-3), keras.losses.CategoricalCrossentropy(from_logits=True)
+    )
     return model
 
 
@@ -43,18 +45,34 @@ def probe_train_step(model):
 def digits_fn(calls):
     def dataset_fn(stage):
         calls.append(stage)
-        return data.build_dataset('digits', 'train', image_size=stage.image_size, batch_size=16,
-                                  ram=stage.ram, mixup_alpha=stage.mixup_alpha,
-                                  cutmix_alpha=stage.cutmix_alpha, augname='randaug', seed=1)
+        return data.build_dataset(
+            'digits',
+            'train',
+            image_size=stage.image_size,
+            batch_size=16,
+            ram=stage.ram,
+            mixup_alpha=stage.mixup_alpha,
+            cutmix_alpha=stage.cutmix_alpha,
+            augname='randaug',
+            seed=1,
+        )
+
     return dataset_fn
 
 
 def test_stages_change_size_dropout_and_augmentation(monkeypatch):
     model = tiny_model()
     probe_train_step(model)
-    plan = efficientnetv2.progressive_plan(epochs=3, image_size=24, num_stages=3,
-                                           min_image_size=12, ram=(2, 10), mixup=(0, 0.4),
-                                           cutmix=(0.1, 0.3), dropout=(0.1, 0.3))
+    plan = efficientnetv2.progressive_plan(
+        epochs=3,
+        image_size=24,
+        num_stages=3,
+        min_image_size=12,
+        ram=(2, 10),
+        mixup=(0, 0.4),
+        cutmix=(0.1, 0.3),
+        dropout=(0.1, 0.3),
+    )
     built = []
     build = data.build_dataset
 
@@ -64,8 +82,9 @@ def test_stages_change_size_dropout_and_augmentation(monkeypatch):
 
     monkeypatch.setattr(data, 'build_dataset', spy)
     calls = []
-    result = efficientnetv2.fit_progressive(model, digits_fn(calls), plan, steps_per_epoch=STEPS,
-                                            verbose=0)
+    result = efficientnetv2.fit_progressive(
+        model, digits_fn(calls), plan, steps_per_epoch=STEPS, verbose=0
+    )
     assert [s.index for s in calls] == [0, 1, 2]
     assert [c['image_size'] for c in built] == [12, 18, 24]
     np.testing.assert_allclose([c['ram'] for c in built], [2.0, 6.0, 10.0])
@@ -97,21 +116,25 @@ def test_keras_dropout_layers_of_any_model_follow_the_plan():
     def dataset_fn(stage):
         images = np.random.RandomState(0).rand(8, stage.image_size, stage.image_size, 3)
         labels = np.eye(3)[np.arange(8) % 3]
-        return tf.data.Dataset.from_tensor_slices((images.astype('float32'),
-                                                   labels.astype('float32'))).batch(4)
+        return tf.data.Dataset.from_tensor_slices(
+            (images.astype('float32'), labels.astype('float32'))
+        ).batch(4)
 
-    plan = efficientnetv2.progressive_plan(epochs=2, image_size=16, num_stages=2,
-                                           dropout=(0.1, 0.4))
-    result = efficientnetv2.fit_progressive(model, dataset_fn, plan, callbacks=[Record()],
-                                            verbose=0)
+    plan = efficientnetv2.progressive_plan(
+        epochs=2, image_size=16, num_stages=2, dropout=(0.1, 0.4)
+    )
+    result = efficientnetv2.fit_progressive(
+        model, dataset_fn, plan, callbacks=[Record()], verbose=0
+    )
     assert [rate for rate, _ in seen] == pytest.approx([0.1, 0.4])
     assert seen[0][1] is not seen[1][1]  # The baked-in rate needs a new train function.
     assert len(result.history['loss']) == 2
 
 
 def test_fixed_size_model_is_refused():
-    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input((16, 16, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)]
+    )
     model.compile('sgd', 'mse')
     plan = efficientnetv2.progressive_plan(epochs=2, image_size=16, num_stages=2)
     with pytest.raises(ValueError, match='fixed size'):
@@ -120,25 +143,30 @@ def test_fixed_size_model_is_refused():
 
 def test_step_plan_is_scaled_to_epochs():
     plan = progressive.build_stage_plan(
-        num_stages=4, total_steps=1000, final_image_size=64, final_ram=10, final_mixup=0,
-        final_cutmix=0, final_dropout=0.2)
+        num_stages=4,
+        total_steps=1000,
+        final_image_size=64,
+        final_ram=10,
+        final_mixup=0,
+        final_cutmix=0,
+        final_dropout=0.2,
+    )
     assert [(f, e) for _, f, e in kw.stage_epochs(plan, 10)] == [(0, 2), (2, 5), (5, 7), (7, 10)]
     with pytest.raises(ValueError, match='no epoch'):
         kw.stage_epochs(plan, 3)
 
 
 def _fit(model, plan, calls, **kwargs):
-    return efficientnetv2.fit_progressive(model, digits_fn(calls), plan, steps_per_epoch=STEPS,
-                                          verbose=0, **kwargs)
+    return efficientnetv2.fit_progressive(
+        model, digits_fn(calls), plan, steps_per_epoch=STEPS, verbose=0, **kwargs
+    )
 
 
 def test_resume_from_keras_checkpoint_continues_in_the_right_stage(tmp_path):
-    plan = efficientnetv2.progressive_plan(epochs=4, image_size=24, num_stages=2,
-                                           min_image_size=12)
+    plan = efficientnetv2.progressive_plan(epochs=4, image_size=24, num_stages=2, min_image_size=12)
     pattern = str(tmp_path / 'ckpt-{epoch}.keras')
     calls = []
-    first = _fit(tiny_model(), plan, calls,
-                 callbacks=[keras.callbacks.ModelCheckpoint(pattern)])
+    first = _fit(tiny_model(), plan, calls, callbacks=[keras.callbacks.ModelCheckpoint(pattern)])
     assert [s.image_size for s in calls] == [12, 24]
     assert first.epoch == [0, 1, 2, 3]
 
@@ -157,16 +185,16 @@ def test_resume_from_keras_checkpoint_continues_in_the_right_stage(tmp_path):
     saved.save_weights(str(tmp_path / 'one.weights.h5'))
     model = tiny_model()
     calls = []
-    resumed = _fit(model, plan, calls, initial_epoch=1,
-                   resume_from=str(tmp_path / 'one.weights.h5'))
+    resumed = _fit(
+        model, plan, calls, initial_epoch=1, resume_from=str(tmp_path / 'one.weights.h5')
+    )
     assert [s.index for s in calls] == [0, 1]
     assert resumed.epoch == [1, 2, 3]
     assert int(model.optimizer.iterations) == 4 * STEPS
 
 
 def test_early_stopping_patience_spans_stages():
-    plan = efficientnetv2.progressive_plan(epochs=4, image_size=24, num_stages=2,
-                                           min_image_size=12)
+    plan = efficientnetv2.progressive_plan(epochs=4, image_size=24, num_stages=2, min_image_size=12)
     # Never improves: stops once patience=2 epochs passed since the first, i.e. after epoch 2.
     # Were its state reset at the stage change (epoch 2), it would run to the end.
     stop = keras.callbacks.EarlyStopping(monitor='loss', patience=2, min_delta=1e9)
@@ -194,8 +222,9 @@ def test_ema_callback_averages_batch_norm_statistics():
     decay = 0.5
     ema = efficientnetv2.ModelEMA(decay=decay, use_num_updates=False)
     plan = efficientnetv2.progressive_plan(epochs=1, image_size=8, num_stages=1)
-    efficientnetv2.fit_progressive(model, dataset_fn, plan, ema=ema, verbose=0,
-                                   validation_data=dataset_fn(None))
+    efficientnetv2.fit_progressive(
+        model, dataset_fn, plan, ema=ema, verbose=0, validation_data=dataset_fn(None)
+    )
 
     mean, var = np.zeros(2), np.ones(2)
     shadow_mean, shadow_var = mean.copy(), var.copy()
@@ -220,13 +249,17 @@ def test_ema_callback_averages_batch_norm_statistics():
 
 
 def test_ema_file_is_saved_and_read_back_on_resume(tmp_path):
-    plan = efficientnetv2.progressive_plan(epochs=2, image_size=16, num_stages=2,
-                                           min_image_size=12)
+    plan = efficientnetv2.progressive_plan(epochs=2, image_size=16, num_stages=2, min_image_size=12)
     path = str(tmp_path / 'ema.weights.h5')
     model = tiny_model()
     ema = efficientnetv2.ModelEMA(decay=0.9, filepath=path)
-    _fit(model, plan, [], ema=ema,
-         callbacks=[keras.callbacks.ModelCheckpoint(str(tmp_path / 'last.keras'))])
+    _fit(
+        model,
+        plan,
+        [],
+        ema=ema,
+        callbacks=[keras.callbacks.ModelCheckpoint(str(tmp_path / 'last.keras'))],
+    )
     with ema.average_weights():
         expected = [v.numpy() for v in ema.variables]
     fresh = tiny_model()

@@ -12,8 +12,8 @@ BATCH, SIZE, CLASSES = 8, 12, 5
 def _batch():
     """Image b is constant b (so each pixel's source is known); one-hot."""
     images = np.broadcast_to(
-        np.arange(BATCH, dtype=np.float32)[:, None, None, None],
-        (BATCH, SIZE, SIZE, 3)).copy()
+        np.arange(BATCH, dtype=np.float32)[:, None, None, None], (BATCH, SIZE, SIZE, 3)
+    ).copy()
     labels = tf.one_hot(np.arange(BATCH) % CLASSES, CLASSES).numpy()
     return images, labels
 
@@ -21,8 +21,7 @@ def _batch():
 def test_mixup_weights_and_label_sums():
     images, labels = _batch()
     mixed_images, mixed_labels = mixing.mixup(images, labels, 0.4, [1, 2])
-    mixed_images, mixed_labels = np.asarray(mixed_images), np.asarray(
-        mixed_labels)
+    mixed_images, mixed_labels = np.asarray(mixed_images), np.asarray(mixed_labels)
     np.testing.assert_allclose(mixed_labels.sum(1), 1.0, rtol=1e-6)
     # Image b = lam * b + (1 - lam) * (B - 1 - b): recover lam per example.
     partner = np.arange(BATCH)[::-1].astype(np.float32)
@@ -40,10 +39,9 @@ def test_cutmix_label_weight_is_mean_mask_area():
     images, labels = _batch()
     mixed_images, mixed_labels = mixing.cutmix(images, labels, 1.0, [3, 4])
     mixed_images = np.asarray(mixed_images)
-    from_partner = (mixed_images[..., 0] ==
-                    np.arange(BATCH)[::-1, None, None]) & (
-                        mixed_images[..., 0] !=
-                        np.arange(BATCH)[:, None, None])
+    from_partner = (mixed_images[..., 0] == np.arange(BATCH)[::-1, None, None]) & (
+        mixed_images[..., 0] != np.arange(BATCH)[:, None, None]
+    )
     # Pixels come from the example itself or its reversed partner only.
     from_self = mixed_images[..., 0] == np.arange(BATCH)[:, None, None]
     assert (from_partner | from_self).all()
@@ -67,8 +65,7 @@ def test_cutmix_masks_are_clipped_boxes():
 
 def test_both_alphas_split_the_batch_in_halves():
     images, labels = _batch()
-    mixed_images, mixed_labels = mixing.mix_batch(images, labels, 0.5, 0.5,
-                                                  seed=[7, 8])
+    mixed_images, mixed_labels = mixing.mix_batch(images, labels, 0.5, 0.5, seed=[7, 8])
     mixed_images = np.asarray(mixed_images)
     half = BATCH // 2
     # First half mixes within itself (partner of b is half-1-b)...

@@ -44,34 +44,131 @@ PARAMS = {
 
 # SPEC §1.5: stem, per-stage (in, out, repeats), head after width/depth rounding.
 STAGES = {
-    'efficientnetv2-b0': (32, [(32, 16, 1), (16, 32, 2), (32, 48, 2), (48, 96, 3), (96, 112, 5),
-                               (112, 192, 8)], 1280),
-    'efficientnetv2-b1': (32, [(32, 16, 2), (16, 32, 3), (32, 48, 3), (48, 96, 4), (96, 112, 6),
-                               (112, 192, 9)], 1280),
-    'efficientnetv2-b2': (32, [(32, 16, 2), (16, 32, 3), (32, 56, 3), (56, 104, 4),
-                               (104, 120, 6), (120, 208, 10)], 1408),
-    'efficientnetv2-b3': (40, [(40, 16, 2), (16, 40, 3), (40, 56, 3), (56, 112, 5),
-                               (112, 136, 7), (136, 232, 12)], 1536),
-    'efficientnetv2-s': (24, [(24, 24, 2), (24, 48, 4), (48, 64, 4), (64, 128, 6),
-                              (128, 160, 9), (160, 256, 15)], 1280),
-    'efficientnetv2-m': (24, [(24, 24, 3), (24, 48, 5), (48, 80, 5), (80, 160, 7),
-                              (160, 176, 14), (176, 304, 18), (304, 512, 5)], 1280),
-    'efficientnetv2-l': (32, [(32, 32, 4), (32, 64, 7), (64, 96, 7), (96, 192, 10),
-                              (192, 224, 19), (224, 384, 25), (384, 640, 7)], 1280),
-    'efficientnetv2-xl': (32, [(32, 32, 4), (32, 64, 8), (64, 96, 8), (96, 192, 16),
-                               (192, 256, 24), (256, 512, 32), (512, 640, 8)], 1280),
-    'efficientnet-b0': (32, [(32, 16, 1), (16, 24, 2), (24, 40, 2), (40, 80, 3), (80, 112, 3),
-                             (112, 192, 4), (192, 320, 1)], 1280),
-    'efficientnet-b3': (40, [(40, 24, 2), (24, 32, 3), (32, 48, 3), (48, 96, 5), (96, 136, 5),
-                             (136, 232, 6), (232, 384, 2)], 1536),
-    'efficientnet-b7': (64, [(64, 32, 4), (32, 48, 7), (48, 80, 7), (80, 160, 10),
-                             (160, 224, 10), (224, 384, 13), (384, 640, 4)], 2560),
-    'efficientnet-l2': (136, [(136, 72, 6), (72, 104, 11), (104, 176, 11), (176, 344, 16),
-                              (344, 480, 16), (480, 824, 22), (824, 1376, 6)], 5504),
+    'efficientnetv2-b0': (
+        32,
+        [(32, 16, 1), (16, 32, 2), (32, 48, 2), (48, 96, 3), (96, 112, 5), (112, 192, 8)],
+        1280,
+    ),
+    'efficientnetv2-b1': (
+        32,
+        [(32, 16, 2), (16, 32, 3), (32, 48, 3), (48, 96, 4), (96, 112, 6), (112, 192, 9)],
+        1280,
+    ),
+    'efficientnetv2-b2': (
+        32,
+        [(32, 16, 2), (16, 32, 3), (32, 56, 3), (56, 104, 4), (104, 120, 6), (120, 208, 10)],
+        1408,
+    ),
+    'efficientnetv2-b3': (
+        40,
+        [(40, 16, 2), (16, 40, 3), (40, 56, 3), (56, 112, 5), (112, 136, 7), (136, 232, 12)],
+        1536,
+    ),
+    'efficientnetv2-s': (
+        24,
+        [(24, 24, 2), (24, 48, 4), (48, 64, 4), (64, 128, 6), (128, 160, 9), (160, 256, 15)],
+        1280,
+    ),
+    'efficientnetv2-m': (
+        24,
+        [
+            (24, 24, 3),
+            (24, 48, 5),
+            (48, 80, 5),
+            (80, 160, 7),
+            (160, 176, 14),
+            (176, 304, 18),
+            (304, 512, 5),
+        ],
+        1280,
+    ),
+    'efficientnetv2-l': (
+        32,
+        [
+            (32, 32, 4),
+            (32, 64, 7),
+            (64, 96, 7),
+            (96, 192, 10),
+            (192, 224, 19),
+            (224, 384, 25),
+            (384, 640, 7),
+        ],
+        1280,
+    ),
+    'efficientnetv2-xl': (
+        32,
+        [
+            (32, 32, 4),
+            (32, 64, 8),
+            (64, 96, 8),
+            (96, 192, 16),
+            (192, 256, 24),
+            (256, 512, 32),
+            (512, 640, 8),
+        ],
+        1280,
+    ),
+    'efficientnet-b0': (
+        32,
+        [
+            (32, 16, 1),
+            (16, 24, 2),
+            (24, 40, 2),
+            (40, 80, 3),
+            (80, 112, 3),
+            (112, 192, 4),
+            (192, 320, 1),
+        ],
+        1280,
+    ),
+    'efficientnet-b3': (
+        40,
+        [
+            (40, 24, 2),
+            (24, 32, 3),
+            (32, 48, 3),
+            (48, 96, 5),
+            (96, 136, 5),
+            (136, 232, 6),
+            (232, 384, 2),
+        ],
+        1536,
+    ),
+    'efficientnet-b7': (
+        64,
+        [
+            (64, 32, 4),
+            (32, 48, 7),
+            (48, 80, 7),
+            (80, 160, 10),
+            (160, 224, 10),
+            (224, 384, 13),
+            (384, 640, 4),
+        ],
+        2560,
+    ),
+    'efficientnet-l2': (
+        136,
+        [
+            (136, 72, 6),
+            (72, 104, 11),
+            (104, 176, 11),
+            (176, 344, 16),
+            (344, 480, 16),
+            (480, 824, 22),
+            (824, 1376, 6),
+        ],
+        5504,
+    ),
 }
 
-TINY_BLOCKS = ['r1_k3_s1_e1_i16_o8_c1', 'r2_k3_s2_e4_i8_o16_c1', 'r2_k3_s2_e4_i16_o24_se0.25',
-               'r1_k3_s2_e6_i24_o32_se0.25', 'r1_k3_s2_e6_i32_o40_se0.25']
+TINY_BLOCKS = [
+    'r1_k3_s1_e1_i16_o8_c1',
+    'r2_k3_s2_e4_i8_o16_c1',
+    'r2_k3_s2_e4_i16_o24_se0.25',
+    'r1_k3_s2_e6_i24_o32_se0.25',
+    'r1_k3_s2_e6_i32_o40_se0.25',
+]
 
 
 def tiny_model(**kwargs):
@@ -98,10 +195,17 @@ def test_resolved_stage_table(name):
     variant = architectures.get_variant(name)
     stem, expected, head = STAGES[name]
     v1 = variant.is_v1
-    stages = blocks.scale_stages(blocks.decode_list(variant.blocks), variant.width_coefficient,
-                                 variant.depth_coefficient, ten_percent_rule=v1)
+    stages = blocks.scale_stages(
+        blocks.decode_list(variant.blocks),
+        variant.width_coefficient,
+        variant.depth_coefficient,
+        ten_percent_rule=v1,
+    )
     assert [(s.input_filters, s.output_filters, s.num_repeat) for s in stages] == expected
-    width = lambda f: blocks.round_filters(f, variant.width_coefficient, ten_percent_rule=v1)
+
+    def width(f):
+        return blocks.round_filters(f, variant.width_coefficient, ten_percent_rule=v1)
+
     assert width(variant.blocks and blocks.decode(variant.blocks[0]).input_filters) == stem
     assert width(1280) == head
 
@@ -114,13 +218,15 @@ def test_ten_percent_rule_only_changes_v1_b3():
     assert summary.count_params(without)[0] == 12227212
 
 
-@pytest.mark.parametrize('name', ['efficientnetv2-b0', 'efficientnetv2-s', 'efficientnet-b0',
-                                  'efficientnet-b3'])
+@pytest.mark.parametrize(
+    'name', ['efficientnetv2-b0', 'efficientnetv2-s', 'efficientnet-b0', 'efficientnet-b3']
+)
 def test_batch_norm_statistics_match_keras_applications(name):
     variant = architectures.get_variant(name)
     source = getattr(keras.applications, variant.keras_name)(weights=None)
-    keras_stats = sum(int(np.prod(w.shape)) for w in source.non_trainable_weights
-                      if 'moving_' in w.path)
+    keras_stats = sum(
+        int(np.prod(w.shape)) for w in source.non_trainable_weights if 'moving_' in w.path
+    )
     keras_trainable = sum(int(np.prod(w.shape)) for w in source.trainable_weights)
     ours = efficientnetv2.get_model(name)
     assert summary.count_params(ours) == (keras_trainable, keras_stats)
@@ -133,8 +239,11 @@ FLOPS = {
     ('efficientnetv2-b0', 224): 718086176,
     ('efficientnet-b0', 224): 385814752,
 }
-PUBLISHED_GFLOPS = {'efficientnetv2-s': '8.4', 'efficientnetv2-b0': '0.72',
-                    'efficientnet-b0': '0.39'}
+PUBLISHED_GFLOPS = {
+    'efficientnetv2-s': '8.4',
+    'efficientnetv2-b0': '0.72',
+    'efficientnet-b0': '0.39',
+}
 
 
 @pytest.mark.parametrize('name,size', list(FLOPS))
@@ -149,11 +258,23 @@ def test_summary_command_prints_exact_counts():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
     result = subprocess.run(
-        [sys.executable, '-m', 'efficientnetv2.summary', '--model_name=efficientnetv2-b0',
-         '--image_size=224'], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            '-m',
+            'efficientnetv2.summary',
+            '--model_name=efficientnetv2-b0',
+            '--image_size=224',
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = [line.split() for line in result.stdout.splitlines()
-            if line.startswith('efficientnetv2-b0')]
+    rows = [
+        line.split() for line in result.stdout.splitlines() if line.startswith('efficientnetv2-b0')
+    ]
     assert rows == [['efficientnetv2-b0', '224', '7,139,704', '7,200,312', '718,086,176']]
 
 
@@ -188,7 +309,8 @@ def test_model_defaults_have_one_source():
     config = tiny_model().get_config()
     given = ('blocks', 'feature_size', 'num_classes', 'model_name')
     assert {k: config[k] for k in defaults if k not in given} == {
-        k: v for k, v in defaults.items() if k not in given}
+        k: v for k, v in defaults.items() if k not in given
+    }
 
 
 def test_survival_probability_decreases_linearly():
@@ -208,9 +330,12 @@ def test_feature_extractor_endpoints_have_strides_and_channels():
     outputs = extractor(tf.zeros([2, 64, 64, 3]))
     shapes = {k: tuple(v.shape) for k, v in outputs.items()}
     assert shapes == {
-        'reduction_1': (2, 32, 32, 24), 'reduction_2': (2, 16, 16, 48),
-        'reduction_3': (2, 8, 8, 64), 'reduction_4': (2, 4, 4, 160),
-        'reduction_5': (2, 2, 2, 256)}
+        'reduction_1': (2, 32, 32, 24),
+        'reduction_2': (2, 16, 16, 48),
+        'reduction_3': (2, 8, 8, 64),
+        'reduction_4': (2, 4, 4, 160),
+        'reduction_5': (2, 2, 2, 256),
+    }
     model = efficientnetv2.get_model('efficientnetv2-s')
     names = model.endpoint_names
     # SPEC §1.12: the reduction blocks of V2-S are global indices 1, 5, 9, 24, 39.
@@ -240,8 +365,9 @@ def test_include_top_false_and_pooling():
 
 
 def test_constructors_and_overrides():
-    model = efficientnetv2.EfficientNetV2B0(num_classes=10, dropout_rate=0.5, act_fn='relu',
-                                            bn_momentum=0.99)
+    model = efficientnetv2.EfficientNetV2B0(
+        num_classes=10, dropout_rate=0.5, act_fn='relu', bn_momentum=0.99
+    )
     assert model.output_shape == (None, 10)
     assert model.dropout_rate == 0.5
     assert model.get_layer('stem').act_fn == 'relu'
@@ -256,9 +382,13 @@ def test_constructors_and_overrides():
 def test_constructor_docstrings_state_the_differences_from_keras():
     doc = efficientnetv2.EfficientNetV2S.__doc__
     assert 'keras.applications.EfficientNetV2S' in doc
-    for fragment in ("defaults to None (random initialisation), not 'imagenet'",
-                     'The output is logits', 'no input scaling inside the model',
-                     '(x - 128) / 128', '`classes=`'):
+    for fragment in (
+        "defaults to None (random initialisation), not 'imagenet'",
+        'The output is logits',
+        'no input scaling inside the model',
+        '(x - 128) / 128',
+        '`classes=`',
+    ):
         assert fragment in doc, fragment
     assert 'ImageNet mean' in efficientnetv2.EfficientNetB0.__doc__
     assert 'not available for this variant' in efficientnetv2.EfficientNetL2.__doc__
@@ -270,8 +400,9 @@ def test_dropout_rate_can_change_between_traces():
     x = tf.random.uniform([32, 32, 32, 3])
 
     def zero_fraction():  # A fresh trace, as each progressive stage makes.
-        return float(tf.reduce_mean(tf.cast(
-            tf.function(lambda: head(x, training=True))() == 0, tf.float32)))
+        return float(
+            tf.reduce_mean(tf.cast(tf.function(lambda: head(x, training=True))() == 0, tf.float32))
+        )
 
     assert zero_fraction() < 0.05
     model.dropout_rate = 0.5
@@ -300,15 +431,18 @@ def test_block_strings_round_trip(name):
         assert blocks.encode(blocks.decode(text)) == text
 
 
-@pytest.mark.parametrize('bad,fragment', [
-    ('r2_k3_s1_e1_i24', 'missing option'),
-    ('r2_k3_s1_e1_i24_o24_x5', 'unknown option'),
-    ('r2_k3_s1_e1_i24_o24_c7', 'block type c7'),
-    ('r2_k3_sx_e1_i24_o24', 'malformed option'),
-    ('r2_k3_s1_e1_i24_o24_se1.5', 'se ratio'),
-    ('r2_k3_s1_r3_e1_i24_o24', 'given twice'),
-    ('r0_k3_s1_e1_i24_o24', 'num_repeat must be >= 1'),
-])
+@pytest.mark.parametrize(
+    'bad,fragment',
+    [
+        ('r2_k3_s1_e1_i24', 'missing option'),
+        ('r2_k3_s1_e1_i24_o24_x5', 'unknown option'),
+        ('r2_k3_s1_e1_i24_o24_c7', 'block type c7'),
+        ('r2_k3_sx_e1_i24_o24', 'malformed option'),
+        ('r2_k3_s1_e1_i24_o24_se1.5', 'se ratio'),
+        ('r2_k3_s1_r3_e1_i24_o24', 'given twice'),
+        ('r0_k3_s1_e1_i24_o24', 'num_repeat must be >= 1'),
+    ],
+)
 def test_malformed_block_strings_are_quoted(bad, fragment):
     with pytest.raises(ValueError, match=fragment) as info:
         blocks.decode(bad)
@@ -333,11 +467,16 @@ def test_fused_batch_norm_matches_keras_batch_norm():
     ref = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3)
     ours.build(x.shape)
     ref.build(x.shape)
-    values = [rng.uniform(0.5, 1.5, 6), rng.normal(size=6), rng.normal(size=6),
-              rng.uniform(0.5, 2.0, 6)]
+    values = [
+        rng.uniform(0.5, 1.5, 6),
+        rng.normal(size=6),
+        rng.normal(size=6),
+        rng.uniform(0.5, 2.0, 6),
+    ]
     for layer in (ours, ref):
         for variable, value in zip(
-                (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance), values):
+            (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance), values
+        ):
             variable.assign(value)
     np.testing.assert_allclose(ours(x, training=False), ref(x, training=False), atol=1e-5)
 
@@ -348,17 +487,18 @@ def test_fused_batch_norm_matches_keras_batch_norm():
         loss_ours = tf.reduce_sum(y_ours * tf.range(6, dtype=tf.float32))
         loss_ref = tf.reduce_sum(y_ref * tf.range(6, dtype=tf.float32))
     np.testing.assert_allclose(y_ours, y_ref, atol=1e-4)
-    np.testing.assert_allclose(tape.gradient(loss_ours, x), tape.gradient(loss_ref, x),
-                               atol=1e-4)
-    np.testing.assert_allclose(tape.gradient(loss_ours, ours.gamma),
-                               tape.gradient(loss_ref, ref.gamma), atol=1e-3)
+    np.testing.assert_allclose(tape.gradient(loss_ours, x), tape.gradient(loss_ref, x), atol=1e-4)
+    np.testing.assert_allclose(
+        tape.gradient(loss_ours, ours.gamma), tape.gradient(loss_ref, ref.gamma), atol=1e-3
+    )
     np.testing.assert_allclose(ours.moving_mean, ref.moving_mean, atol=1e-5)
     # Moving variance takes the unbiased batch variance (TF1 fused BN), keras the biased one.
     n = 8 * 5 * 5
     batch_var = np.var(x.numpy(), axis=(0, 1, 2))
     prior = (ref.moving_variance.numpy() - 0.1 * batch_var) / 0.9
-    np.testing.assert_allclose(ours.moving_variance, 0.9 * prior + 0.1 * batch_var * n / (n - 1),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        ours.moving_variance, 0.9 * prior + 0.1 * batch_var * n / (n - 1), rtol=1e-5
+    )
 
 
 def test_stochastic_depth_drops_whole_examples_in_training_only():
@@ -391,10 +531,22 @@ def test_keras_file_round_trip(tmp_path):
 
 
 def test_layers_serialize_with_their_arguments():
-    block = layers.MBConvBlock(16, 16, kernel_size=5, strides=1, expand_ratio=6, se_ratio=0.25,
-                               survival_prob=0.9, act_fn='relu', bn_momentum=0.99,
-                               bn_epsilon=1e-4, sync_bn=True, fused_bn=False, conv_dropout=0.1,
-                               name='b')
+    block = layers.MBConvBlock(
+        16,
+        16,
+        kernel_size=5,
+        strides=1,
+        expand_ratio=6,
+        se_ratio=0.25,
+        survival_prob=0.9,
+        act_fn='relu',
+        bn_momentum=0.99,
+        bn_epsilon=1e-4,
+        sync_bn=True,
+        fused_bn=False,
+        conv_dropout=0.1,
+        name='b',
+    )
     clone = layers.MBConvBlock.from_config(block.get_config())
     assert clone.get_config() == block.get_config()
     serialized = keras.saving.serialize_keras_object(block)

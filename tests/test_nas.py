@@ -21,8 +21,11 @@ from efficientnetv2.nas import search
 from efficientnetv2.nas import space as space_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_BACKBONE = ('r1_k3_s1_e1_i16_o8_se0.25', 'r2_k3_s2_e6_i8_o16_se0.25',
-                 'r1_k5_s2_e6_i16_o24_se0.25')
+TINY_BACKBONE = (
+    'r1_k3_s1_e1_i16_o8_se0.25',
+    'r2_k3_s2_e6_i8_o16_se0.25',
+    'r1_k5_s2_e6_i16_o24_se0.25',
+)
 
 
 def fake_trial(trial, settings, context):
@@ -31,8 +34,12 @@ def fake_trial(trial, settings, context):
     if 'FAIL' in os.environ.get('NAS_FAKE_MODE', '') and trial['trial'] == 1:
         raise FloatingPointError('loss is NaN')
     ones = arch.count('c1')
-    return dict(accuracy=0.5 + 0.01 * ones, step_time=1.0 + 0.1 * len(arch) / 10,
-                backbone_step_time=1.0, params=1000000 + 1000 * trial['trial'])
+    return dict(
+        accuracy=0.5 + 0.01 * ones,
+        step_time=1.0 + 0.1 * len(arch) / 10,
+        backbone_step_time=1.0,
+        params=1000000 + 1000 * trial['trial'],
+    )
 
 
 def settings(tmp_path, **kw):
@@ -43,20 +50,23 @@ def settings(tmp_path, **kw):
 
 # -- Fused-MBConv ablation ------------------------------------------------------------------
 
+
 def test_fused_blocks_rule():
     out = fused_ablation.fuse_blocks(architectures.V1_BASE_BLOCKS, 3)
-    assert out[:3] == ['r1_k3_s1_e1_i32_o16_c1', 'r2_k3_s2_e6_i16_o24_c1',
-                       'r2_k5_s2_e6_i24_o40_c1']
+    assert out[:3] == ['r1_k3_s1_e1_i32_o16_c1', 'r2_k3_s2_e6_i16_o24_c1', 'r2_k5_s2_e6_i24_o40_c1']
     assert out[3:] == list(architectures.V1_BASE_BLOCKS[3:])
     with pytest.raises(ValueError, match='num_fused'):
         fused_ablation.fuse_blocks(architectures.V1_BASE_BLOCKS, 8)
 
 
-@pytest.mark.parametrize('name,trainable,total', [
-    ('efficientnet-b4-fused1-3', 20945870, 21067086),
-    ('efficientnet-b4-fused1-5', 43528144, 43631024),
-    ('efficientnet-b4-fused1-7', 132121624, 132191096),
-])
+@pytest.mark.parametrize(
+    'name,trainable,total',
+    [
+        ('efficientnet-b4-fused1-3', 20945870, 21067086),
+        ('efficientnet-b4-fused1-5', 43528144, 43631024),
+        ('efficientnet-b4-fused1-7', 132121624, 132191096),
+    ],
+)
 def test_fused_variant_params(name, trainable, total):
     model = efficientnetv2.get_model(name)
     assert summary.count_params(model) == (trainable, total - trainable)
@@ -75,6 +85,7 @@ def test_fused_variant_flops_at_small_size():
 
 def test_fused_variants_in_config_but_not_listed():
     from efficientnetv2 import config as config_lib
+
     config = config_lib.build_config('efficientnet-b4-fused1-5', 'digits')
     assert config.model.blocks[4] == 'r3_k5_s1_e6_i80_o112_c1'
     assert config.model.width_coefficient == 1.4
@@ -83,11 +94,12 @@ def test_fused_variants_in_config_but_not_listed():
 
 # -- search space -------------------------------------------------------------------------
 
+
 def test_space_samples_only_valid_models():
     space = space_lib.SearchSpace(architectures.V1_BASE_BLOCKS)
     # Type x kernel x expansion per stage; layers: {1, 2} for the r1 first stage, 3 elsewhere
     # (the last stage is r1 too: {1, 2}).
-    assert space.size() == 12 ** 7 * 2 * 3 ** 5 * 2
+    assert space.size() == 12**7 * 2 * 3**5 * 2
     rng = np.random.default_rng(0)
     archs = [space.sample(rng) for _ in range(300)]
     archs += [space.mutate(a, rng) for a in archs[:100]]
@@ -97,14 +109,18 @@ def test_space_samples_only_valid_models():
         stages = blocks_lib.decode_list(strings)  # Channels chain, options valid.
         for stage, base, choice in zip(stages, space.base, arch):
             assert (stage.strides, stage.input_filters, stage.output_filters) == (
-                base.strides, base.input_filters, base.output_filters)
+                base.strides,
+                base.input_filters,
+                base.output_filters,
+            )
             assert stage.kernel_size in (3, 5) and stage.expand_ratio in (1, 4, 6)
             assert abs(stage.num_repeat - base.num_repeat) <= 1 and stage.num_repeat >= 1
             assert stage.has_se == (choice.conv_type == 0)
         assert space.from_blocks(strings) == arch
     for arch in archs[:3]:
-        model = efficientnetv2.get_model('efficientnet-b0', blocks=space.to_blocks(arch),
-                                         num_classes=10, input_shape=(16, 16, 3))
+        model = efficientnetv2.get_model(
+            'efficientnet-b0', blocks=space.to_blocks(arch), num_classes=10, input_shape=(16, 16, 3)
+        )
         assert model(np.zeros((1, 16, 16, 3), 'float32')).shape == (1, 10)
 
 
@@ -113,8 +129,11 @@ def test_space_mutation_changes_one_choice_and_rejects_foreign():
     rng = np.random.default_rng(3)
     arch = space.sample(rng)
     child = space.mutate(arch, rng)
-    diffs = sum(getattr(a, f) != getattr(b, f) for a, b in zip(arch, child)
-                for f in ('conv_type', 'num_repeat', 'kernel_size', 'expand_ratio'))
+    diffs = sum(
+        getattr(a, f) != getattr(b, f)
+        for a, b in zip(arch, child)
+        for f in ('conv_type', 'num_repeat', 'kernel_size', 'expand_ratio')
+    )
     assert diffs == 1
     with pytest.raises(ValueError, match='not an architecture'):
         space.from_blocks(['r9_k3_s1_e1_i16_o8', 'r2_k3_s2_e6_i8_o16', 'r1_k5_s2_e6_i16_o24'])
@@ -131,10 +150,12 @@ def test_random_archs_reproducible_and_distinct():
 
 # -- reward -------------------------------------------------------------------------------
 
+
 def test_reward_formula():
     assert search.reward(0.8, 1.0, 1.0) == pytest.approx(0.8)
     assert search.reward(0.8, 2.0, 10.0, -0.07, -0.05) == pytest.approx(
-        0.8 * 2.0 ** -0.07 * 10.0 ** -0.05)
+        0.8 * 2.0**-0.07 * 10.0**-0.05
+    )
     assert search.reward(0.8, 2.0, 10.0) == pytest.approx(0.6792, abs=1e-4)  # 0.8 x 0.9526 x 0.8913
     # Slower or bigger at equal accuracy scores lower.
     assert search.reward(0.8, 1.5, 5.0) < search.reward(0.8, 1.0, 5.0)
@@ -144,6 +165,7 @@ def test_reward_formula():
 
 
 # -- search hygiene -----------------------------------------------------------------------
+
 
 def test_search_resume_skips_finished_trials(tmp_path):
     s = settings(tmp_path, backbone='efficientnet-b0')
@@ -176,8 +198,9 @@ def test_dead_local_claim_is_taken_over(tmp_path):
     s = settings(tmp_path, trials=2)
     store = search.TrialStore(s.output_dir, s)
     os.makedirs(store.trial_dir(0), exist_ok=True)
-    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
-                          capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True
+    ).stdout.strip()
     with open(os.path.join(store.trial_dir(0), 'claim'), 'w') as f:
         json.dump(dict(owner='x', host=store.host, pid=int(dead), time=0), f)
     assert store.try_claim(0)
@@ -192,8 +215,9 @@ def test_failing_trial_is_recorded_not_fatal(tmp_path, monkeypatch):
     assert 'FloatingPointError: loss is NaN' in records[1]['error']
     assert records[1]['reward'] is None
     assert search.run(s, fake_trial) == []  # Failed trials count as finished on resume.
-    assert '1 failed' in search.format_best(search.TrialStore(s.output_dir, s).results(),
-                                            s.backbone)
+    assert '1 failed' in search.format_best(
+        search.TrialStore(s.output_dir, s).results(), s.backbone
+    )
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
@@ -211,32 +235,56 @@ def test_evolution_mutates_good_parents(tmp_path):
 
 def test_two_workers_split_trials_without_overlap(tmp_path):
     out = str(tmp_path / 'nas')
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]),
-               TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
-    cmd = [sys.executable, '-m', 'efficientnetv2.nas', '--output_dir=' + out, '--trials=12',
-           '--trial_fn=test_nas:fake_trial', '--workers=2', '--settle_s=0']
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]),
+        TF_CPP_MIN_LOG_LEVEL='2',
+        CUDA_VISIBLE_DEVICES='',
+    )
+    cmd = [
+        sys.executable,
+        '-m',
+        'efficientnetv2.nas',
+        '--output_dir=' + out,
+        '--trials=12',
+        '--trial_fn=test_nas:fake_trial',
+        '--workers=2',
+        '--settle_s=0',
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = json.load(open(os.path.join(out, 'results.json')))
     assert [r['trial'] for r in table] == list(range(12))
     owners = {r['owner'] for r in table}
     assert len(owners) == 2, owners  # Both workers ran trials ...
-    claims = [json.load(open(os.path.join(out, 'trials', '%06d' % i, 'claim')))['owner']
-              for i in range(12)]
+    claims = [
+        json.load(open(os.path.join(out, 'trials', '%06d' % i, 'claim')))['owner']
+        for i in range(12)
+    ]
     assert claims == [r['owner'] for r in table]  # ... each trial run by its one claimant.
     assert 'efficientnetv2.get_model(' in proc.stdout
 
 
 def test_real_trial_on_digits(tmp_path):
-    s = settings(tmp_path, trials=1, epochs=0.05, image_size=16, timing_steps=2,
-                 timing_warmup=1, backbone='efficientnetv2-b0',
-                 hparam_str="train.batch_size=32,eval.batch_size=120,eval.steps=1,"
-                            "model.feature_size=32")
+    s = settings(
+        tmp_path,
+        trials=1,
+        epochs=0.05,
+        image_size=16,
+        timing_steps=2,
+        timing_warmup=1,
+        backbone='efficientnetv2-b0',
+        hparam_str='train.batch_size=32,eval.batch_size=120,eval.steps=1,model.feature_size=32',
+    )
     (record,) = search.run(s, search.train_trial)
     assert record['status'] == 'ok', record['error']
     assert 0.0 <= record['accuracy'] <= 1.0
     assert record['step_time_ratio'] > 0 and record['params'] > 1000
-    assert record['reward'] == pytest.approx(search.reward(
-        record['accuracy'], record['step_time_ratio'], record['params'] / 1e6))
-    assert not [f for f in os.listdir(os.path.join(s.output_dir, 'trials', '000000', 'model'))
-                if f.startswith('ckpt-')]
+    assert record['reward'] == pytest.approx(
+        search.reward(record['accuracy'], record['step_time_ratio'], record['params'] / 1e6)
+    )
+    assert not [
+        f
+        for f in os.listdir(os.path.join(s.output_dir, 'trials', '000000', 'model'))
+        if f.startswith('ckpt-')
+    ]

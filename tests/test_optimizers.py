@@ -4,12 +4,13 @@ import textwrap
 
 import keras
 import numpy as np
-import script_runner
 import pytest
+import script_runner
 import tensorflow as tf
 
 from efficientnetv2.train import optimizers
-from efficientnetv2.train.optimizers import RMSPropTF1, build_optimizer
+from efficientnetv2.train.optimizers import RMSPropTF1
+from efficientnetv2.train.optimizers import build_optimizer
 
 NUM_STEPS = 25
 
@@ -17,8 +18,7 @@ NUM_STEPS = 25
 def _problem():
     """A small regression problem: tanh(x w + b) ~ y, two variables."""
     rng = np.random.default_rng(0)
-    init = [rng.normal(size=(3, 4)).astype(np.float32),
-            rng.normal(size=(4,)).astype(np.float32)]
+    init = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(4,)).astype(np.float32)]
     x = tf.constant(rng.normal(size=(8, 3)).astype(np.float32))
     y = tf.constant(rng.normal(size=(8, 4)).astype(np.float32))
 
@@ -34,7 +34,8 @@ def _tf1_trajectory(learning_rates):
     variables = [tf.Variable(value) for value in init]
     lr = tf.Variable(0.0)
     optimizer = tf.compat.v1.train.RMSPropOptimizer(
-        lambda: lr, decay=0.9, momentum=0.9, epsilon=1e-3)
+        lambda: lr, decay=0.9, momentum=0.9, epsilon=1e-3
+    )
     trajectory = []
     for value in learning_rates:
         lr.assign(value)
@@ -82,12 +83,12 @@ def test_constant_lr_matches_tf1_rmsprop():
 
 def test_changing_lr_in_tf_function_matches_tf1_rmsprop():
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        boundaries=[5, 12, 18], values=[0.01, 0.1, 0.03, 0.005])
+        boundaries=[5, 12, 18], values=[0.01, 0.1, 0.03, 0.005]
+    )
     learning_rates = [float(schedule(step)) for step in range(NUM_STEPS)]
     assert len(set(learning_rates)) == 4
     reference = _tf1_trajectory(learning_rates)
-    ours = _keras_trajectory(RMSPropTF1(learning_rate=schedule),
-                             use_tf_function=True)
+    ours = _keras_trajectory(RMSPropTF1(learning_rate=schedule), use_tf_function=True)
     assert _max_difference(reference, ours) <= 1e-6
 
 
@@ -97,30 +98,24 @@ def test_first_step_by_hand():
     optimizer.apply([tf.constant([0.5, 0.0])], [variable])
     ms = 1.0 + (0.25 - 1.0) * 0.1  # accumulator starts at 1.0
     expected_step = 0.1 * 0.5 / np.sqrt(ms + 1e-3)
-    np.testing.assert_allclose(
-        variable.numpy(), [1.0 - expected_step, -2.0], rtol=1e-6)
-    (ms_slot,) = [v for v in optimizer.variables if v.path.endswith("_ms")]
-    (mom_slot,) = [v for v in optimizer.variables if v.path.endswith("_mom")]
+    np.testing.assert_allclose(variable.numpy(), [1.0 - expected_step, -2.0], rtol=1e-6)
+    (ms_slot,) = [v for v in optimizer.variables if v.path.endswith('_ms')]
+    (mom_slot,) = [v for v in optimizer.variables if v.path.endswith('_mom')]
     np.testing.assert_allclose(ms_slot.numpy(), [ms, 0.9], rtol=1e-6)
-    np.testing.assert_allclose(
-        mom_slot.numpy(), [expected_step, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(mom_slot.numpy(), [expected_step, 0.0], rtol=1e-6)
 
 
 def test_differs_from_zero_initialised_keras_rmsprop():
     ours = _keras_trajectory(RMSPropTF1(learning_rate=0.05))
-    keras_native = _keras_trajectory(
-        build_optimizer("rmsprop_keras", 0.05))
+    keras_native = _keras_trajectory(build_optimizer('rmsprop_keras', 0.05))
     assert _max_difference(ours[:1], keras_native[:1]) > 1e-2
 
 
 def test_config_round_trip():
-    optimizer = RMSPropTF1(learning_rate=0.2, rho=0.8, momentum=0.5,
-                           epsilon=1e-4)
+    optimizer = RMSPropTF1(learning_rate=0.2, rho=0.8, momentum=0.5, epsilon=1e-4)
     config = optimizer.get_config()
-    assert (config["rho"], config["momentum"], config["epsilon"]) == (
-        0.8, 0.5, 1e-4)
-    restored = keras.optimizers.deserialize(
-        keras.optimizers.serialize(optimizer))
+    assert (config['rho'], config['momentum'], config['epsilon']) == (0.8, 0.5, 1e-4)
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
     assert isinstance(restored, RMSPropTF1)
     assert restored.get_config() == config
 
@@ -130,17 +125,15 @@ def test_checkpoint_restores_slots(tmp_path):
     optimizer = RMSPropTF1(learning_rate=0.1)
     for _ in range(3):
         optimizer.apply([tf.constant([0.3, -0.2, 0.1])], [variable])
-    path = tf.train.Checkpoint(optimizer=optimizer, w=variable).save(
-        str(tmp_path / "ckpt"))
+    path = tf.train.Checkpoint(optimizer=optimizer, w=variable).save(str(tmp_path / 'ckpt'))
     names = sorted(v.path for v in optimizer.variables)
-    assert any(name.endswith("_ms") for name in names)
-    assert any(name.endswith("_mom") for name in names)
+    assert any(name.endswith('_ms') for name in names)
+    assert any(name.endswith('_mom') for name in names)
 
     fresh_variable = keras.Variable([0.0, 0.0, 0.0])
     fresh = RMSPropTF1(learning_rate=0.1)
     fresh.build([fresh_variable])
-    tf.train.Checkpoint(optimizer=fresh, w=fresh_variable).restore(
-        path).assert_consumed()
+    tf.train.Checkpoint(optimizer=fresh, w=fresh_variable).restore(path).assert_consumed()
     for saved, loaded in zip(optimizer.variables, fresh.variables):
         np.testing.assert_array_equal(saved.numpy(), loaded.numpy())
     # One more identical step on both keeps them identical.
@@ -154,8 +147,7 @@ def test_loss_scale_optimizer_wrapping_matches_unwrapped():
 
     init, loss_fn = _problem()
     variables = [keras.Variable(value) for value in init]
-    wrapped = keras.optimizers.LossScaleOptimizer(
-        RMSPropTF1(learning_rate=0.05))
+    wrapped = keras.optimizers.LossScaleOptimizer(RMSPropTF1(learning_rate=0.05))
 
     @tf.function
     def step():
@@ -172,12 +164,11 @@ def test_loss_scale_optimizer_wrapping_matches_unwrapped():
 
 
 def test_mixed_float16_layer_trains():
-    layer = keras.layers.Dense(3, dtype="mixed_float16")
+    layer = keras.layers.Dense(3, dtype='mixed_float16')
     x = tf.random.stateless_normal((16, 5), seed=(1, 2))
     y = tf.random.stateless_normal((16, 3), seed=(3, 4))
     layer.build((None, 5))
-    optimizer = keras.optimizers.LossScaleOptimizer(
-        RMSPropTF1(learning_rate=0.01))
+    optimizer = keras.optimizers.LossScaleOptimizer(RMSPropTF1(learning_rate=0.01))
 
     @tf.function
     def step():
@@ -190,45 +181,50 @@ def test_mixed_float16_layer_trains():
         return loss
 
     losses = [float(step()) for _ in range(30)]
-    assert layer.kernel.dtype == "float32"
+    assert layer.kernel.dtype == 'float32'
     assert np.all(np.isfinite(losses))
     assert losses[-1] < losses[0]
 
 
 @pytest.mark.parametrize(
-    "name, expected_type",
-    [("rmsprop", RMSPropTF1), ("RMSProp", RMSPropTF1),
-     ("rmsprop_keras", keras.optimizers.RMSprop),
-     ("sgd", keras.optimizers.SGD), ("adam", keras.optimizers.Adam),
-     ("adamw", keras.optimizers.AdamW)])
+    'name, expected_type',
+    [
+        ('rmsprop', RMSPropTF1),
+        ('RMSProp', RMSPropTF1),
+        ('rmsprop_keras', keras.optimizers.RMSprop),
+        ('sgd', keras.optimizers.SGD),
+        ('adam', keras.optimizers.Adam),
+        ('adamw', keras.optimizers.AdamW),
+    ],
+)
 def test_build_optimizer_types(name, expected_type):
     optimizer = build_optimizer(name, 0.01)
     assert type(optimizer) is expected_type
 
 
 def test_build_optimizer_defaults_and_overrides():
-    rmsprop = build_optimizer("rmsprop", 0.01)
+    rmsprop = build_optimizer('rmsprop', 0.01)
     assert (rmsprop.rho, rmsprop.momentum, rmsprop.epsilon) == (0.9, 0.9, 1e-3)
-    keras_rmsprop = build_optimizer("rmsprop_keras", 0.01)
+    keras_rmsprop = build_optimizer('rmsprop_keras', 0.01)
     assert (keras_rmsprop.momentum, keras_rmsprop.epsilon) == (0.9, 1e-3)
-    sgd = build_optimizer("sgd", 0.01, nesterov=True)
+    sgd = build_optimizer('sgd', 0.01, nesterov=True)
     assert sgd.momentum == 0.9 and sgd.nesterov
-    adamw = build_optimizer("adamw", 0.01, weight_decay=0.05)
+    adamw = build_optimizer('adamw', 0.01, weight_decay=0.05)
     assert adamw.weight_decay == 0.05
 
 
 def test_build_optimizer_unknown_name_lists_choices():
-    with pytest.raises(ValueError, match="rmsprop_keras.*adamw.*lamb"):
-        build_optimizer("lamb", 0.1)
-    assert set(optimizers.OPTIMIZER_NAMES) == {
-        "rmsprop", "rmsprop_keras", "sgd", "adam", "adamw"}
+    with pytest.raises(ValueError, match='rmsprop_keras.*adamw.*lamb'):
+        build_optimizer('lamb', 0.1)
+    assert set(optimizers.OPTIMIZER_NAMES) == {'rmsprop', 'rmsprop_keras', 'sgd', 'adam', 'adamw'}
 
 
-@pytest.mark.parametrize("kwargs, argument", [
-    ({"rho": 1.0}, "rho"), ({"momentum": -0.1}, "momentum"),
-    ({"epsilon": 0.0}, "epsilon")])
+@pytest.mark.parametrize(
+    'kwargs, argument',
+    [({'rho': 1.0}, 'rho'), ({'momentum': -0.1}, 'momentum'), ({'epsilon': 0.0}, 'epsilon')],
+)
 def test_bad_arguments(kwargs, argument):
-    with pytest.raises(ValueError, match=f"`{argument}`"):
+    with pytest.raises(ValueError, match=f'`{argument}`'):
         RMSPropTF1(**kwargs)
 
 
@@ -293,8 +289,8 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
 
 def test_mirrored_strategy_two_cpus_matches_tf1():
     result = script_runner.run_script(_MIRRORED_SCRIPT)
-    assert result["replicas"] == 2
-    assert result["iterations"] == 20
-    assert result["moved"] > 1e-2
-    assert result["copy_diff"] == 0.0
-    assert result["max_diff"] <= 1e-6
+    assert result['replicas'] == 2
+    assert result['iterations'] == 20
+    assert result['moved'] > 1e-2
+    assert result['copy_diff'] == 0.0
+    assert result['max_diff'] <= 1e-6

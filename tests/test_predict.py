@@ -10,17 +10,27 @@ import pytest
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ("model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
-        "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32")
+TINY = (
+    "model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
+    "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32"
+)
 # Non-default sizes (the digits recipe evaluates at 32 px), one short epoch.
-RUN = (TINY + ',train.epochs=1,train.stages=0,train.image_size=24,train.min_image_size=24,'
-       'eval.image_size=40,train.batch_size=128,train.steps_per_loop=4')
+RUN = (
+    TINY + ',train.epochs=1,train.stages=0,train.image_size=24,train.min_image_size=24,'
+    'eval.image_size=40,train.batch_size=128,train.steps_per_loop=4'
+)
 
 
 def _main(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py')] + list(args),
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'main.py')] + list(args),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
 def _printed(stdout, prefix):
@@ -36,7 +46,7 @@ def _printed(stdout, prefix):
 @pytest.fixture(scope='module')
 def digits_run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp('digits') / 'run'
-    done = _main('--mode=train', '--model_dir=%s' % model_dir, '--hparam_str=%s' % RUN)
+    done = _main('--mode=train', f'--model_dir={model_dir}', f'--hparam_str={RUN}')
     assert done.returncode == 0, done.stderr[-3000:]
     return model_dir
 
@@ -44,6 +54,7 @@ def digits_run(tmp_path_factory):
 @pytest.fixture(scope='module')
 def digit_files(tmp_path_factory):
     from sklearn import datasets as sk_datasets
+
     digits = sk_datasets.load_digits()
     directory = tmp_path_factory.mktemp('digit_images')
     paths = []
@@ -59,7 +70,7 @@ def digit_files(tmp_path_factory):
 def test_export_and_infer_take_the_run_config(digits_run, digit_files, tmp_path):
     # Only --model_dir: the run's 40 px, v2 scaling and no crop (digits), not the flag defaults.
     export_dir = tmp_path / 'export'
-    done = _main('--mode=export', '--model_dir=%s' % digits_run, '--export_dir=%s' % export_dir)
+    done = _main('--mode=export', f'--model_dir={digits_run}', f'--export_dir={export_dir}')
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'config.yaml' in done.stderr and 'overridden on the command line: none' in done.stderr
     loaded = tf.saved_model.load(str(export_dir / 'saved_model'))
@@ -70,15 +81,22 @@ def test_export_and_infer_take_the_run_config(digits_run, digit_files, tmp_path)
     assert list(interpreter.get_input_details()[0]['shape']) == [1, 40, 40, 3]
     # Every artifact was run against the Keras model: the parity table, one 'ok' row each.
     table = _table(done.stdout)
-    assert sorted(table) == ['feature_vector', 'keras', 'saved_model:serving_bytes',
-                             'saved_model:serving_default', 'tflite', 'tflite_dynamic']
+    assert sorted(table) == [
+        'feature_vector',
+        'keras',
+        'saved_model:serving_bytes',
+        'saved_model:serving_default',
+        'tflite',
+        'tflite_dynamic',
+    ]
     assert all(row[-1] == 'ok' for row in table.values()), done.stdout
     assert float(table['tflite'][4]) <= 1e-3 and float(table['keras'][3]) == 0.0
     assert 'Export parity against the Keras model' in done.stderr
     assert not os.path.exists(export_dir / 'model.onnx')  # ONNX only when asked for.
 
-    done = _main('--mode=infer', '--model_dir=%s' % digits_run,
-                 '--images=%s' % ','.join(digit_files))
+    done = _main(
+        '--mode=infer', f'--model_dir={digits_run}', '--images={}'.format(','.join(digit_files))
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     printed = _printed(done.stdout, os.path.dirname(digit_files[0]))
     assert sorted(printed) == sorted(digit_files)
@@ -90,8 +108,9 @@ def test_export_and_infer_take_the_run_config(digits_run, digit_files, tmp_path)
         assert len(names) == 5 and len(set(names)) == 5
         assert set(names) <= {str(d) for d in range(10)}
         assert names == [n.decode() for n in served['top_k_names'][i].numpy()]
-        np.testing.assert_allclose([p for _, p in printed[path]],
-                                   served['top_k_probabilities'][i].numpy(), atol=2e-3)
+        np.testing.assert_allclose(
+            [p for _, p in printed[path]], served['top_k_probabilities'][i].numpy(), atol=2e-3
+        )
         assert 0.3 < sum(p for _, p in printed[path]) <= 1.0 + 5e-3
         np.testing.assert_allclose(served['probabilities'][i].numpy().sum(), 1.0, atol=1e-5)
 
@@ -101,7 +120,7 @@ def _table(stdout):
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith('artifact '))
     rows = {}
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             break
         cells = re.split(r'\s{2,}', line.strip())
@@ -110,13 +129,21 @@ def _table(stdout):
 
 
 def test_export_formats_flag(digits_run, tmp_path):
-    done = _main('--mode=export', '--model_dir=%s' % digits_run, '--export_formats=keras,onnyx',
-                 '--export_dir=%s' % (tmp_path / 'bad'))
+    done = _main(
+        '--mode=export',
+        f'--model_dir={digits_run}',
+        '--export_formats=keras,onnyx',
+        '--export_dir=%s' % (tmp_path / 'bad'),
+    )
     assert done.returncode != 0 and 'Traceback' not in done.stderr
     assert 'must be among saved_model, feature_vector, tflite' in done.stderr
     assert 'Received: onnyx' in done.stderr
-    done = _main('--mode=export', '--model_dir=%s' % digits_run, '--export_formats=keras,onnx',
-                 '--export_dir=%s' % (tmp_path / 'onnx'))
+    done = _main(
+        '--mode=export',
+        f'--model_dir={digits_run}',
+        '--export_formats=keras,onnx',
+        '--export_dir=%s' % (tmp_path / 'onnx'),
+    )
     try:
         import tf2onnx  # noqa: F401  (the [onnx] extra)
     except ImportError:
@@ -130,20 +157,28 @@ def test_export_formats_flag(digits_run, tmp_path):
 
 
 def test_explicit_overrides_are_applied_and_logged(digits_run, digit_files):
-    done = _main('--mode=infer', '--model_dir=%s' % digits_run, '--hparam_str=eval.image_size=36',
-                 '--images=%s' % digit_files[0])
+    done = _main(
+        '--mode=infer',
+        f'--model_dir={digits_run}',
+        '--hparam_str=eval.image_size=36',
+        f'--images={digit_files[0]}',
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'overridden on the command line: eval.image_size=36' in done.stderr
     # A flag that contradicts the run is refused, naming the run's value.
-    done = _main('--mode=infer', '--model_dir=%s' % digits_run, '--model_name=efficientnetv2-s',
-                 '--images=%s' % digit_files[0])
+    done = _main(
+        '--mode=infer',
+        f'--model_dir={digits_run}',
+        '--model_name=efficientnetv2-s',
+        f'--images={digit_files[0]}',
+    )
     assert done.returncode != 0
     assert 'efficientnetv2-b0' in done.stderr and 'Traceback' not in done.stderr
 
 
 def test_eval_mode_builds_the_trainer_from_the_run_config(digits_run):
     # The flag defaults (default blocks) would be refused by the model directory check.
-    done = _main('--mode=eval', '--model_dir=%s' % digits_run, '--hparam_str=eval.timeout=5')
+    done = _main('--mode=eval', f'--model_dir={digits_run}', '--hparam_str=eval.timeout=5')
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'Eval at step' in done.stderr
 
@@ -151,8 +186,9 @@ def test_eval_mode_builds_the_trainer_from_the_run_config(digits_run):
 @pytest.mark.parametrize('mode', ['export', 'infer', 'eval'])
 def test_missing_run_config_is_a_clear_error(mode, tmp_path):
     # --mode=eval first waits eval.timeout seconds for a trainer to write the config.
-    done = _main('--mode=%s' % mode, '--model_dir=%s' % tmp_path, '--images=x.png',
-                 '--hparam_str=eval.timeout=2')
+    done = _main(
+        f'--mode={mode}', f'--model_dir={tmp_path}', '--images=x.png', '--hparam_str=eval.timeout=2'
+    )
     assert done.returncode != 0
     assert 'config.yaml' in done.stderr and 'Traceback' not in done.stderr
 
@@ -165,15 +201,20 @@ def test_infer_prints_the_folder_class_names(tmp_path):
         for index in range(6):
             image = rng.randint(0, 100, (20, 28, 3)) + 120 * label
             (root / name / ('%d.png' % index)).write_bytes(
-                tf.io.encode_png(image.astype(np.uint8)).numpy())
+                tf.io.encode_png(image.astype(np.uint8)).numpy()
+            )
     model_dir = tmp_path / 'run'
-    done = _main('--mode=train', '--dataset_cfg=folder', '--data_dir=%s' % root,
-                 '--model_dir=%s' % model_dir,
-                 '--hparam_str=%s,train.epochs=1,train.stages=0,train.image_size=16,'
-                 'eval.image_size=16,train.batch_size=4,train.steps_per_loop=2' % TINY)
+    done = _main(
+        '--mode=train',
+        '--dataset_cfg=folder',
+        f'--data_dir={root}',
+        f'--model_dir={model_dir}',
+        f'--hparam_str={TINY},train.epochs=1,train.stages=0,train.image_size=16,'
+        'eval.image_size=16,train.batch_size=4,train.steps_per_loop=2',
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     image = str(root / 'dog' / '0.png')
-    done = _main('--mode=infer', '--model_dir=%s' % model_dir, '--images=%s' % image)
+    done = _main('--mode=infer', f'--model_dir={model_dir}', f'--images={image}')
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = _printed(done.stdout, image).values()
     assert sorted(name for name, _ in row) == ['cat', 'dog']  # Two classes: top-2.

@@ -19,12 +19,14 @@ import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 160
-HPARAMS = ("model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
-           "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32,"
-           'train.batch_size=32,train.steps_per_loop=4,train.ckpt_interval=8,train.seed=1,'
-           'train.image_size=24,train.min_image_size=12,train.stages=2,train.epochs=0.1,'
-           'train.min_steps=%d,runtime.deterministic=True,model.survival_prob=None,'
-           'model.dropout_rate=0.0,train.min_dropout=0.0' % TOTAL_STEPS)
+HPARAMS = (
+    "model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
+    "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32,"
+    'train.batch_size=32,train.steps_per_loop=4,train.ckpt_interval=8,train.seed=1,'
+    'train.image_size=24,train.min_image_size=12,train.stages=2,train.epochs=0.1,'
+    'train.min_steps=%d,runtime.deterministic=True,model.survival_prob=None,'
+    'model.dropout_rate=0.0,train.min_dropout=0.0' % TOTAL_STEPS
+)
 RUN_TIMEOUT_S = 150
 
 
@@ -32,9 +34,20 @@ def _start(model_dir):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
     env.pop('TF_CONFIG', None)
     return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, 'main.py'), '--mode=train', '--strategy=cpu',
-         '--model_dir=%s' % model_dir, '--hparam_str=%s' % HPARAMS],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            os.path.join(ROOT, 'main.py'),
+            '--mode=train',
+            '--strategy=cpu',
+            f'--model_dir={model_dir}',
+            f'--hparam_str={HPARAMS}',
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait(process, timeout=RUN_TIMEOUT_S):
@@ -73,8 +86,11 @@ def _weights(model_dir):
     reader = tf.train.load_checkpoint(str(model_dir))
     # save_counter is left out: a SIGTERM stop adds a save whenever it lands on a step that
     # already had one, which is bookkeeping, not training state.
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if not name.startswith(('_CHECKPOINTABLE', 'save_counter'))}
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if not name.startswith(('_CHECKPOINTABLE', 'save_counter'))
+    }
 
 
 @pytest.fixture(scope='module')
@@ -137,12 +153,16 @@ def test_exit_code_tells_a_stopped_run_from_a_finished_one():
     import types
 
     from efficientnetv2 import cli as main  # What main.py runs.
+
     assert main.EXIT_PREEMPTED == 143
 
     def trainer(stop, step):
-        return types.SimpleNamespace(_stop_requested=stop, global_step=tf.Variable(step),
-                                     plan=types.SimpleNamespace(total_steps=TOTAL_STEPS))
+        return types.SimpleNamespace(
+            _stop_requested=stop,
+            global_step=tf.Variable(step),
+            plan=types.SimpleNamespace(total_steps=TOTAL_STEPS),
+        )
 
     assert main._stopped_early(trainer(True, 8))
-    assert not main._stopped_early(trainer(True, TOTAL_STEPS))   # Already finished: success.
+    assert not main._stopped_early(trainer(True, TOTAL_STEPS))  # Already finished: success.
     assert not main._stopped_early(trainer(False, 8))

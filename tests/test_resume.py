@@ -26,14 +26,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 48  # Two stages: steps 0-24 and 24-48.
 BOUNDARY = 24
 MID_STAGE = 8
-HPARAMS = ("model.blocks=['r2_k3_s1_e1_i16_o16_c1','r1_k3_s2_e4_i16_o24_se0.25'],"
-           'model.feature_size=32,model.survival_prob=0.5,model.dropout_rate=0.4,'
-           'train.min_dropout=0.2,data.augname=randaug,data.ram=10,train.min_ram=5,'
-           'data.mixup_alpha=0.4,data.cutmix_alpha=0.4,train.min_mixup=0.1,'
-           'train.min_cutmix=0.1,train.batch_size=16,train.steps_per_loop=4,'
-           'train.ckpt_interval=8,train.seed=3,train.image_size=20,train.min_image_size=16,'
-           'train.stages=2,train.epochs=0.01,train.min_steps=%d,train.keep_ckpt_max=20,'
-           'runtime.deterministic=True' % TOTAL_STEPS)
+HPARAMS = (
+    "model.blocks=['r2_k3_s1_e1_i16_o16_c1','r1_k3_s2_e4_i16_o24_se0.25'],"
+    'model.feature_size=32,model.survival_prob=0.5,model.dropout_rate=0.4,'
+    'train.min_dropout=0.2,data.augname=randaug,data.ram=10,train.min_ram=5,'
+    'data.mixup_alpha=0.4,data.cutmix_alpha=0.4,train.min_mixup=0.1,'
+    'train.min_cutmix=0.1,train.batch_size=16,train.steps_per_loop=4,'
+    'train.ckpt_interval=8,train.seed=3,train.image_size=20,train.min_image_size=16,'
+    'train.stages=2,train.epochs=0.01,train.min_steps=%d,train.keep_ckpt_max=20,'
+    'runtime.deterministic=True' % TOTAL_STEPS
+)
 RUN_TIMEOUT_S = 300  # Generous: the machine may be shared.
 
 
@@ -41,9 +43,20 @@ def _start(model_dir):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
     env.pop('TF_CONFIG', None)
     return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, 'main.py'), '--mode=train', '--strategy=cpu',
-         '--model_dir=%s' % model_dir, '--hparam_str=%s' % HPARAMS],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            os.path.join(ROOT, 'main.py'),
+            '--mode=train',
+            '--strategy=cpu',
+            f'--model_dir={model_dir}',
+            f'--hparam_str={HPARAMS}',
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(process, timeout=RUN_TIMEOUT_S):
@@ -61,8 +74,9 @@ def _steps(model_dir):
     state = tf.train.get_checkpoint_state(str(model_dir))
     if state is None:
         return []
-    return sorted(int(re.search(r'ckpt-(\d+)$', p).group(1))
-                  for p in state.all_model_checkpoint_paths)
+    return sorted(
+        int(re.search(r'ckpt-(\d+)$', p).group(1)) for p in state.all_model_checkpoint_paths
+    )
 
 
 def _roll_back_to(model_dir, step):
@@ -78,9 +92,10 @@ def _roll_back_to(model_dir, step):
         if found and int(found.group(1)) > step:
             os.remove(os.path.join(model_dir, name))
     tf.compat.v1.train.update_checkpoint_state(
-        str(model_dir), os.path.join(str(model_dir), 'ckpt-%d' % step),
-        all_model_checkpoint_paths=[os.path.join(str(model_dir), 'ckpt-%d' % s)
-                                    for s in keep])
+        str(model_dir),
+        os.path.join(str(model_dir), 'ckpt-%d' % step),
+        all_model_checkpoint_paths=[os.path.join(str(model_dir), 'ckpt-%d' % s) for s in keep],
+    )
 
 
 def _run_until(model_dir, step, sig):
@@ -90,7 +105,9 @@ def _run_until(model_dir, step, sig):
         deadline = time.time() + RUN_TIMEOUT_S
         while step not in _steps(model_dir):
             assert process.poll() is None, 'the run ended before checkpoint %d:\n%s' % (
-                step, process.communicate()[0][-3000:])
+                step,
+                process.communicate()[0][-3000:],
+            )
             assert time.time() < deadline, 'no checkpoint %d within %d s' % (step, RUN_TIMEOUT_S)
             time.sleep(0.01)
         process.send_signal(sig)
@@ -103,9 +120,12 @@ def _run_until(model_dir, step, sig):
 
 def _tensors(model_dir):
     reader = tf.train.load_checkpoint(str(model_dir))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if not name.startswith('_CHECKPOINTABLE') and name != 'save_counter/.ATTRIBUTES/'
-            'VARIABLE_VALUE'}  # How many saves a run made is bookkeeping, not training state.
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if not name.startswith('_CHECKPOINTABLE')
+        and name != 'save_counter/.ATTRIBUTES/VARIABLE_VALUE'
+    }  # How many saves a run made is bookkeeping, not training state.
 
 
 def test_killed_and_restarted_run_ends_bit_identical(tmp_path):
@@ -148,12 +168,19 @@ def test_killed_and_restarted_run_ends_bit_identical(tmp_path):
     expected, actual = _tensors(reference_dir), _tensors(resumed_dir)
     assert sorted(actual) == sorted(expected)
     assert any(name.startswith('ema/') for name in expected)
-    differences = {name: float(np.max(np.abs(actual[name].astype(np.float64)
-                                             - expected[name].astype(np.float64))))
-                   for name in expected if actual[name].size}
+    differences = {
+        name: float(
+            np.max(np.abs(actual[name].astype(np.float64) - expected[name].astype(np.float64)))
+        )
+        for name in expected
+        if actual[name].size
+    }
     different = sorted((d, n) for n, d in differences.items() if d != 0)
     assert not different, '%d of %d tensors differ; largest: %s' % (
-        len(different), len(expected), different[-5:])
+        len(different),
+        len(expected),
+        different[-5:],
+    )
 
 
 def _tiny_trainer(model_dir):
@@ -177,6 +204,7 @@ def test_generator_states_are_checkpointed_and_old_checkpoints_still_restore(tmp
     # A checkpoint written before the generator states were saved still restores.
     old = _tiny_trainer(tmp_path / 'old')
     items = {k: v for k, v in old._tracked.items() if k != 'random'}
-    tf.train.CheckpointManager(tf.train.Checkpoint(**items), str(tmp_path / 'old'),
-                               max_to_keep=1).save(checkpoint_number=0)
+    tf.train.CheckpointManager(
+        tf.train.Checkpoint(**items), str(tmp_path / 'old'), max_to_keep=1
+    ).save(checkpoint_number=0)
     assert _tiny_trainer(tmp_path / 'old').restore()

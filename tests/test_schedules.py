@@ -15,11 +15,15 @@ IMAGENET_SPE = IMAGENET_IMAGES / IMAGENET_BATCH  # 306.676 (TF1 script)
 IMAGENET_STEPS = 350 * IMAGENET_IMAGES // IMAGENET_BATCH  # 107,336
 
 
-def _imagenet(decay_type="exponential", **kwargs):
+def _imagenet(decay_type='exponential', **kwargs):
     return WarmupDecaySchedule(
-        lr_base=0.016, global_batch_size=IMAGENET_BATCH,
-        steps_per_epoch=IMAGENET_SPE, total_steps=IMAGENET_STEPS,
-        decay_type=decay_type, **kwargs)
+        lr_base=0.016,
+        global_batch_size=IMAGENET_BATCH,
+        steps_per_epoch=IMAGENET_SPE,
+        total_steps=IMAGENET_STEPS,
+        decay_type=decay_type,
+        **kwargs,
+    )
 
 
 def _lr(schedule, step):
@@ -54,43 +58,42 @@ def test_imagenet_exponential_values():
 
 def test_integer_steps_per_epoch_tf2_numbers():
     schedule = WarmupDecaySchedule(
-        0.016, IMAGENET_BATCH, IMAGENET_IMAGES // IMAGENET_BATCH,
-        total_steps=107_100)
+        0.016, IMAGENET_BATCH, IMAGENET_IMAGES // IMAGENET_BATCH, total_steps=107_100
+    )
     assert schedule.warmup_steps == 1530
     assert schedule.decay_steps == pytest.approx(734.4)
     assert _lr(schedule, 1530) == pytest.approx(0.256 * 0.97**2, rel=1e-6)
 
 
 def test_cosine_endpoints():
-    schedule = _imagenet("cosine")
+    schedule = _imagenet('cosine')
     assert _lr(schedule, 1533) == pytest.approx(
-        0.128 * (1 + math.cos(math.pi * 1533 / IMAGENET_STEPS)), rel=1e-6)
+        0.128 * (1 + math.cos(math.pi * 1533 / IMAGENET_STEPS)), rel=1e-6
+    )
     assert _lr(schedule, IMAGENET_STEPS // 2) == pytest.approx(0.128, rel=1e-4)
     assert _lr(schedule, IMAGENET_STEPS) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_linear_endpoints():
-    schedule = _imagenet("linear")
-    assert _lr(schedule, 1533) == pytest.approx(
-        0.256 * (1 - 1533 / IMAGENET_STEPS), rel=1e-6)
+    schedule = _imagenet('linear')
+    assert _lr(schedule, 1533) == pytest.approx(0.256 * (1 - 1533 / IMAGENET_STEPS), rel=1e-6)
     assert _lr(schedule, IMAGENET_STEPS // 2) == pytest.approx(0.128, rel=1e-4)
     assert _lr(schedule, IMAGENET_STEPS) == pytest.approx(0.0, abs=1e-7)
     assert _lr(schedule, IMAGENET_STEPS + 100) == 0.0
 
 
 def test_constant_after_warmup():
-    schedule = _imagenet("constant")
+    schedule = _imagenet('constant')
     assert _lr(schedule, 1000) == pytest.approx(0.256 * 1000 / 1533, rel=1e-6)
     assert _lr(schedule, 1533) == pytest.approx(0.256)
     assert _lr(schedule, IMAGENET_STEPS) == pytest.approx(0.256)
 
 
 def test_min_lr_floor_is_batch_scaled_and_overridden_by_warmup():
-    schedule = _imagenet("linear", lr_min=0.001)  # floor 0.016
+    schedule = _imagenet('linear', lr_min=0.001)  # floor 0.016
     assert schedule.min_lr == pytest.approx(0.016)
     assert _lr(schedule, IMAGENET_STEPS) == pytest.approx(0.016)
-    assert _lr(schedule, 50_000) == pytest.approx(
-        0.256 * (1 - 50_000 / IMAGENET_STEPS), rel=1e-6)
+    assert _lr(schedule, 50_000) == pytest.approx(0.256 * (1 - 50_000 / IMAGENET_STEPS), rel=1e-6)
     # Warmup wins over the floor.
     assert _lr(schedule, 10) == pytest.approx(0.256 * 10 / 1533, rel=1e-6)
 
@@ -117,15 +120,22 @@ def test_drives_a_keras_optimizer():
     for _ in range(5):
         optimizer.apply([tf.constant(1.0)], [variable])
     # Steps 0..4 use 0.2 * t / 10.
-    assert float(variable.numpy()) == pytest.approx(
-        1.0 - 0.02 * (0 + 1 + 2 + 3 + 4), rel=1e-6)
+    assert float(variable.numpy()) == pytest.approx(1.0 - 0.02 * (0 + 1 + 2 + 3 + 4), rel=1e-6)
 
 
 def test_config_round_trip():
     schedule = WarmupDecaySchedule(
-        0.02, 1024, 12.5, total_steps=900, decay_type="cosine",
-        warmup_epochs=2.0, lr_min=1e-4, decay_rate=0.9, decay_epochs=3.0,
-        reference_batch_size=128)
+        0.02,
+        1024,
+        12.5,
+        total_steps=900,
+        decay_type='cosine',
+        warmup_epochs=2.0,
+        lr_min=1e-4,
+        decay_rate=0.9,
+        decay_epochs=3.0,
+        reference_batch_size=128,
+    )
     config = schedule.get_config()
     restored = WarmupDecaySchedule.from_config(config)
     assert restored.get_config() == config
@@ -136,22 +146,24 @@ def test_config_round_trip():
         assert _lr(clone, step) == _lr(schedule, step)
 
 
-@pytest.mark.parametrize("kwargs, argument", [
-    ({"decay_type": "step"}, "decay_type"),
-    ({"decay_type": "cosine", "total_steps": None}, "total_steps"),
-    ({"steps_per_epoch": 0}, "steps_per_epoch"),
-    ({"global_batch_size": -1}, "global_batch_size"),
-    ({"warmup_epochs": -1}, "warmup_epochs"),
-    ({"lr_min": "x"}, "lr_min"),
-])
+@pytest.mark.parametrize(
+    'kwargs, argument',
+    [
+        ({'decay_type': 'step'}, 'decay_type'),
+        ({'decay_type': 'cosine', 'total_steps': None}, 'total_steps'),
+        ({'steps_per_epoch': 0}, 'steps_per_epoch'),
+        ({'global_batch_size': -1}, 'global_batch_size'),
+        ({'warmup_epochs': -1}, 'warmup_epochs'),
+        ({'lr_min': 'x'}, 'lr_min'),
+    ],
+)
 def test_bad_arguments(kwargs, argument):
-    settings = {"lr_base": 0.016, "global_batch_size": 256,
-                "steps_per_epoch": 10.0}
+    settings = {'lr_base': 0.016, 'global_batch_size': 256, 'steps_per_epoch': 10.0}
     settings.update(kwargs)
-    with pytest.raises(ValueError, match=f"`{argument}`"):
+    with pytest.raises(ValueError, match=f'`{argument}`'):
         WarmupDecaySchedule(**settings)
 
 
 def test_bad_decay_type_lists_choices():
-    with pytest.raises(ValueError, match="exponential.*cosine.*linear"):
-        WarmupDecaySchedule(0.1, 256, 10, decay_type="poly")
+    with pytest.raises(ValueError, match='exponential.*cosine.*linear'):
+        WarmupDecaySchedule(0.1, 256, 10, decay_type='poly')

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_model import PARAMS  # The published parameter counts of all 18 variants.
 
 import efficientnetv2
 from efficientnetv2 import architectures
@@ -18,10 +19,11 @@ from efficientnetv2 import config as config_lib
 from efficientnetv2 import export
 from efficientnetv2 import summary
 from efficientnetv2.train import trainer as trainer_lib
-from test_model import PARAMS  # The published parameter counts of all 18 variants.
 
-TINY = ("model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
-        "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32")
+TINY = (
+    "model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
+    "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32"
+)
 
 
 def test_versions_are_in_the_supported_range():
@@ -33,7 +35,8 @@ def test_versions_are_in_the_supported_range():
 @pytest.mark.skipif(
     not os.environ.get('EFFICIENTNETV2_SMOKE_ALL_MODELS'),
     reason='tests/test_model.py checks all 18 counts in the normal suite; .ci/old_tf_smoke.sh '
-           'sets EFFICIENTNETV2_SMOKE_ALL_MODELS=1 to build them on the oldest TensorFlow.')
+    'sets EFFICIENTNETV2_SMOKE_ALL_MODELS=1 to build them on the oldest TensorFlow.',
+)
 def test_every_variant_builds_with_its_published_parameter_count():
     names = architectures.list_models()
     assert len(names) == 18 and sorted(names) == sorted(PARAMS)
@@ -48,10 +51,12 @@ def test_every_variant_builds_with_its_published_parameter_count():
 
 def _tiny_config(overrides):
     config = config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=TINY)
-    config.override('train.batch_size=32,train.steps_per_loop=4,train.ckpt_interval=1000,'
-                    'train.seed=1,eval.batch_size=90,train.image_size=24,'
-                    'train.min_image_size=12,train.lr_warmup_epochs=0.2,train.lr_base=0.2,'
-                    'eval.image_size=24')
+    config.override(
+        'train.batch_size=32,train.steps_per_loop=4,train.ckpt_interval=1000,'
+        'train.seed=1,eval.batch_size=90,train.image_size=24,'
+        'train.min_image_size=12,train.lr_warmup_epochs=0.2,train.lr_base=0.2,'
+        'eval.image_size=24'
+    )
     return config.override(overrides)
 
 
@@ -68,6 +73,7 @@ def test_digits_run_trains_resumes_and_exports(tmp_path):
             loop(iterator, num_steps)
             if int(first.global_step.numpy()) >= 60:
                 first._request_stop(15, None)  # As SIGTERM does.
+
         return wrapped
 
     first._make_train_loop = stop_in_the_second_stage
@@ -89,8 +95,13 @@ def test_digits_run_trains_resumes_and_exports(tmp_path):
     result = resumed.evaluate(use_ema=False)
     assert result['num_images'] == 360 and result['top_1'] > 0.15
 
-    paths = export.export_all(resumed.model, str(tmp_path / 'export'), 24, preprocess='v2',
-                              class_names=[str(d) for d in range(10)])
+    paths = export.export_all(
+        resumed.model,
+        str(tmp_path / 'export'),
+        24,
+        preprocess='v2',
+        class_names=[str(d) for d in range(10)],
+    )
     assert all(os.path.exists(path) for path in paths.values())
     loaded = tf.saved_model.load(paths['saved_model'])
     images = np.random.RandomState(0).randint(0, 256, (2, 40, 30, 3)).astype(np.float32)
@@ -100,9 +111,13 @@ def test_digits_run_trains_resumes_and_exports(tmp_path):
     # TFLite takes [1, 24, 24, 3] pixels and runs the same eval transform inside.
     pixels = np.random.RandomState(2).randint(0, 256, (2, 24, 24, 3)).astype(np.float32)
     served = loaded.signatures['serving_default'](images=tf.constant(pixels))['logits']
-    np.testing.assert_allclose(export.tflite_predict(paths['tflite'], pixels), served.numpy(),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        export.tflite_predict(paths['tflite'], pixels), served.numpy(), atol=1e-4
+    )
     reloaded = keras.models.load_model(paths['keras'])
     batch = np.random.RandomState(1).normal(size=(2, 24, 24, 3)).astype(np.float32)
-    np.testing.assert_allclose(reloaded(batch, training=False).numpy(),
-                               resumed.model(batch, training=False).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        reloaded(batch, training=False).numpy(),
+        resumed.model(batch, training=False).numpy(),
+        atol=1e-5,
+    )

@@ -59,17 +59,20 @@ def test_digits_skip_before_cropping_gives_the_same_batches():
 
 def test_folder_skip_after_batching_gives_the_same_batches(small_folder):
     args = dict(image_size=16, batch_size=3, **RANDOM)
-    reference = _batches(data.build_dataset('folder', data_dir=small_folder, **args)
-                         .skip(6).take(4))
-    resumed = data.build_dataset('folder', data_dir=small_folder, skip_batches=6,
-                                 num_batches=4, **args)
+    reference = _batches(
+        data.build_dataset('folder', data_dir=small_folder, **args).skip(6).take(4)
+    )
+    resumed = data.build_dataset(
+        'folder', data_dir=small_folder, skip_batches=6, num_batches=4, **args
+    )
     _assert_same(_batches(resumed), reference)
 
 
 @pytest.mark.parametrize('dataset', ['digits', 'folder'])
 def test_num_batches_ends_the_pipeline(dataset, small_folder):
-    bounded = data.build_dataset(dataset, data_dir=small_folder, image_size=16, batch_size=4,
-                                 seed=1, num_batches=7)
+    bounded = data.build_dataset(
+        dataset, data_dir=small_folder, image_size=16, batch_size=4, seed=1, num_batches=7
+    )
     if dataset == 'digits':  # A folder's cardinality is unknown (corrupt files are dropped).
         assert int(bounded.cardinality()) == 7
     iterator = iter(bounded)
@@ -86,8 +89,11 @@ def test_num_batches_ends_the_pipeline(dataset, small_folder):
 def test_eval_pipeline_skip_and_bound_keep_the_partial_batch():
     # 360 eval digits at batch 50: 7 full batches and a partial one of 10.
     full = _batches(data.build_dataset('digits', split='eval', image_size=8, batch_size=50))
-    tail = _batches(data.build_dataset('digits', split='eval', image_size=8, batch_size=50,
-                                       skip_batches=6, num_batches=5))
+    tail = _batches(
+        data.build_dataset(
+            'digits', split='eval', image_size=8, batch_size=50, skip_batches=6, num_batches=5
+        )
+    )
     _assert_same(tail, full[6:])
     assert [len(labels) for _, labels in tail] == [50, 10]
 

@@ -12,21 +12,26 @@ from efficientnetv2 import config as config_lib
 from efficientnetv2.train import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ("model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
-        "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32")
+TINY = (
+    "model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
+    "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32"
+)
 
 
 def tiny_config(overrides=''):
     config = config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=TINY)
-    config.override('train.batch_size=32,train.steps_per_loop=4,train.ckpt_interval=1000,'
-                    'train.seed=1,eval.batch_size=90,train.image_size=24,'
-                    'train.min_image_size=12,train.lr_warmup_epochs=0.2')
+    config.override(
+        'train.batch_size=32,train.steps_per_loop=4,train.ckpt_interval=1000,'
+        'train.seed=1,eval.batch_size=90,train.image_size=24,'
+        'train.min_image_size=12,train.lr_warmup_epochs=0.2'
+    )
     return config.override(overrides)
 
 
 def record_pipelines(monkeypatch, trainer):
     """Records the arguments of every data.build_dataset call, and the dropout at that time."""
     from efficientnetv2 import data
+
     calls = []
     build = data.build_dataset
 
@@ -69,8 +74,10 @@ def test_loss_falls_and_model_learns(tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
-    overrides = ('train.epochs=1,train.stages=2,runtime.deterministic=True,'
-                 'model.survival_prob=None,model.dropout_rate=0.0,train.min_dropout=0.0')
+    overrides = (
+        'train.epochs=1,train.stages=2,runtime.deterministic=True,'
+        'model.survival_prob=None,model.dropout_rate=0.0,train.min_dropout=0.0'
+    )
     straight = trainer_lib.Trainer(tiny_config(overrides), str(tmp_path / 'a'))
     straight.train()
 
@@ -84,6 +91,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
             loop(iterator, num_steps)
             if int(first.global_step.numpy()) >= 30:
                 first._request_stop(15, None)  # As SIGTERM would, mid-stage 2.
+
         return wrapped
 
     first._make_train_loop = stop_after_first_loop
@@ -104,15 +112,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     good = tf.train.latest_checkpoint(str(tmp_path))
     diverging = trainer_lib.Trainer(
         tiny_config('train.epochs=3,train.stages=0,train.lr_base=1e30,train.optimizer=sgd'),
-        str(tmp_path))
+        str(tmp_path),
+    )
     with pytest.raises(trainer_lib.TrainingError, match=r'Non-finite loss at step \d+'):
         diverging.train()
     assert tf.train.latest_checkpoint(str(tmp_path)) == good
 
 
 def test_model_dir_of_another_model_is_refused(tmp_path):
-    trainer_lib.Trainer(tiny_config('train.epochs=1,train.stages=0,train.min_steps=4'),
-                        str(tmp_path)).train()
+    trainer_lib.Trainer(
+        tiny_config('train.epochs=1,train.stages=0,train.min_steps=4'), str(tmp_path)
+    ).train()
     other = tiny_config('train.epochs=1,train.stages=0,model.width_coefficient=2.0')
     with pytest.raises(trainer_lib.TrainingError, match='model.width_coefficient'):
         trainer_lib.Trainer(other, str(tmp_path)).train()
@@ -133,15 +143,22 @@ def test_eval_mode_evaluates_the_final_checkpoint(tmp_path):
 
 def _main(*args, cwd=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py')] + list(args),
-                          capture_output=True, text=True, env=env, cwd=cwd or ROOT,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'main.py')] + list(args),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or ROOT,
+        timeout=600,
+    )
 
 
 def test_default_main_path_runs_end_to_end(tmp_path):
     # The flag-free path (digits, traineval, progressive), cut down: tiny blocks, 1 epoch.
-    done = _main('--model_dir=%s' % tmp_path,
-                 '--hparam_str=%s,train.epochs=1,train.stages=2,train.steps_per_loop=11' % TINY)
+    done = _main(
+        f'--model_dir={tmp_path}',
+        f'--hparam_str={TINY},train.epochs=1,train.stages=2,train.steps_per_loop=11',
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'Eval at step 22' in done.stderr
     assert os.path.exists(os.path.join(tmp_path, 'config.yaml'))
@@ -149,16 +166,19 @@ def test_default_main_path_runs_end_to_end(tmp_path):
     assert os.listdir(os.path.join(tmp_path, 'train'))  # TensorBoard events.
 
 
-@pytest.mark.parametrize('args,message', [
-    (['--mode=bogus'], 'train|eval|traineval|export|infer'),
-    (['--model_name=efficientnetv2-q'], 'efficientnetv2-s'),
-    (['--dataset_cfg=imagenette'], 'imagenet'),
-    (['--hparam_str=train.epoch=3'], 'train.epochs'),
-    (['--hparam_str=train.optimizer=lamb'], 'rmsprop'),
-])
+@pytest.mark.parametrize(
+    'args,message',
+    [
+        (['--mode=bogus'], 'train|eval|traineval|export|infer'),
+        (['--model_name=efficientnetv2-q'], 'efficientnetv2-s'),
+        (['--dataset_cfg=imagenette'], 'imagenet'),
+        (['--hparam_str=train.epoch=3'], 'train.epochs'),
+        (['--hparam_str=train.optimizer=lamb'], 'rmsprop'),
+    ],
+)
 def test_bad_flags_fail_clearly_and_write_nothing(tmp_path, args, message):
     model_dir = tmp_path / 'run'
-    done = _main('--model_dir=%s' % model_dir, *args)
+    done = _main(f'--model_dir={model_dir}', *args)
     assert done.returncode != 0
     assert message in done.stderr
     assert not model_dir.exists()
@@ -167,39 +187,47 @@ def test_bad_flags_fail_clearly_and_write_nothing(tmp_path, args, message):
 def test_checkpoints_load_as_weights_preferring_ema(tmp_path):
     from efficientnetv2 import model as model_lib
     from efficientnetv2 import weights as weights_lib
+
     trainer = trainer_lib.Trainer(tiny_config('train.epochs=1,train.stages=0'), str(tmp_path))
     trainer.train()
-    args = {k: v for k, v in trainer.config.model.as_dict().items()}
+    args = dict(trainer.config.model.as_dict().items())
     model = model_lib.EfficientNet(**args)
     weights_lib.load_weights(model, str(tmp_path))
     shadows = {v.path: s for v, s in trainer.ema.pairs()}
     for variable in model.weights:
-        np.testing.assert_allclose(variable.numpy(), shadows[variable.path].numpy(),
-                                   err_msg=variable.path)
+        np.testing.assert_allclose(
+            variable.numpy(), shadows[variable.path].numpy(), err_msg=variable.path
+        )
     raw = model_lib.EfficientNet(**args)
     weights_lib.load_weights(raw, str(tmp_path), prefer_ema=False)
-    np.testing.assert_allclose(raw.get_layer('top').bn.gamma.numpy(),
-                               trainer.model.get_layer('top').bn.gamma.numpy())
+    np.testing.assert_allclose(
+        raw.get_layer('top').bn.gamma.numpy(), trainer.model.get_layer('top').bn.gamma.numpy()
+    )
 
     # Fine-tuning on another head: everything but the classifier comes from the checkpoint.
-    finetune = tiny_config('train.epochs=1,train.stages=0,train.min_steps=1,'
-                           'train.ft_init_ckpt=%s' % tmp_path)
+    finetune = tiny_config(
+        f'train.epochs=1,train.stages=0,train.min_steps=1,train.ft_init_ckpt={tmp_path}'
+    )
     finetune.model.num_classes = 7
     tuned = trainer_lib.Trainer(finetune, str(tmp_path / 'ft'))
     tuned._init_from_pretrained()
-    np.testing.assert_allclose(tuned.model.get_layer('stem').conv.kernel.numpy(),
-                               trainer.ema.shadow_for(
-                                   trainer.model.get_layer('stem').conv.kernel).numpy())
+    np.testing.assert_allclose(
+        tuned.model.get_layer('stem').conv.kernel.numpy(),
+        trainer.ema.shadow_for(trainer.model.get_layer('stem').conv.kernel).numpy(),
+    )
     assert tuned.model.get_layer('predictions').kernel.shape[-1] == 7
 
 
 def test_export_and_infer_modes(tmp_path):
     # Train a cut-down digits run, export it, then classify two digit images written here.
     from sklearn import datasets as sk_datasets
+
     model_dir = tmp_path / 'run'
-    hparams = '--hparam_str=%s,train.epochs=3,train.stages=0,train.image_size=16,' \
-              'eval.image_size=16,train.lr_base=0.05' % TINY
-    done = _main('--mode=train', '--model_dir=%s' % model_dir, hparams)
+    hparams = (
+        f'--hparam_str={TINY},train.epochs=3,train.stages=0,train.image_size=16,'
+        'eval.image_size=16,train.lr_base=0.05'
+    )
+    done = _main('--mode=train', f'--model_dir={model_dir}', hparams)
     assert done.returncode == 0, done.stderr[-2000:]
     digits = sk_datasets.load_digits()
     paths = []
@@ -209,20 +237,21 @@ def test_export_and_infer_modes(tmp_path):
         path = tmp_path / ('digit%d.png' % digits.target[index])
         path.write_bytes(png)
         paths.append(str(path))
-    done = _main('--mode=infer', '--model_dir=%s' % model_dir, hparams,
-                 '--images=%s' % ','.join(paths))
+    done = _main(
+        '--mode=infer', f'--model_dir={model_dir}', hparams, '--images={}'.format(','.join(paths))
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith(str(tmp_path))]
     assert len(lines) == 2
     for line in lines:
         assert line.count('(') == 5  # Top-5 names with probabilities.
-    missing = _main('--mode=infer', '--model_dir=%s' % model_dir, hparams,
-                    '--images=%s' % (tmp_path / 'nope.png'))
+    missing = _main(
+        '--mode=infer', f'--model_dir={model_dir}', hparams, '--images=%s' % (tmp_path / 'nope.png')
+    )
     assert missing.returncode != 0 and 'nope.png' in missing.stderr
 
     export_dir = tmp_path / 'export'
-    done = _main('--mode=export', '--model_dir=%s' % model_dir, hparams,
-                 '--export_dir=%s' % export_dir)
+    done = _main('--mode=export', f'--model_dir={model_dir}', hparams, f'--export_dir={export_dir}')
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = tf.saved_model.load(str(export_dir / 'saved_model'))
     image = tf.io.decode_png(open(paths[0], 'rb').read(), channels=3)

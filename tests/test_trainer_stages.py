@@ -10,13 +10,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_train import record_pipelines
+from test_train import tiny_config
 
 from efficientnetv2.train import losses
 from efficientnetv2.train import task as task_lib
 from efficientnetv2.train import trainer as trainer_lib
-
-from test_train import record_pipelines
-from test_train import tiny_config
 
 
 def _scalars(directory):
@@ -34,9 +33,11 @@ def _scalars(directory):
 
 def test_three_stages_trace_once_and_evaluate_at_both_sizes(tmp_path, monkeypatch):
     # RandAugment magnitude and mixup grow over the stages; dropout too.
-    config = tiny_config('train.epochs=1,train.stages=3,train.ema_decay=0,train.min_ram=2,'
-                         'data.ram=10,train.min_mixup=0.0,data.mixup_alpha=0.4,'
-                         'train.min_cutmix=0.1,data.cutmix_alpha=0.3')
+    config = tiny_config(
+        'train.epochs=1,train.stages=3,train.ema_decay=0,train.min_ram=2,'
+        'data.ram=10,train.min_mixup=0.0,data.mixup_alpha=0.4,'
+        'train.min_cutmix=0.1,data.cutmix_alpha=0.3'
+    )
     trainer = trainer_lib.Trainer(config, str(tmp_path))
     assert not trainer.jit_compile  # CPU default.
     calls = record_pipelines(monkeypatch, trainer)
@@ -51,8 +52,7 @@ def test_three_stages_trace_once_and_evaluate_at_both_sizes(tmp_path, monkeypatc
     np.testing.assert_allclose([c['ram'] for c in train_calls], [2.0, 6.0, 10.0])
     np.testing.assert_allclose([c['mixup_alpha'] for c in train_calls], [0.0, 0.2, 0.4])
     np.testing.assert_allclose([c['cutmix_alpha'] for c in train_calls], [0.1, 0.2, 0.3])
-    np.testing.assert_allclose([c['dropout'] for c in train_calls],
-                               [s.dropout_rate for s in plan])
+    np.testing.assert_allclose([c['dropout'] for c in train_calls], [s.dropout_rate for s in plan])
     # Each stage's pipeline ends at the stage's last step (nothing decoded past it).
     assert [c['num_batches'] for c in train_calls] == [s.end_step - s.start_step for s in plan]
     assert [c['skip_batches'] for c in train_calls] == [0, 0, 0]
@@ -74,15 +74,16 @@ def test_three_stages_trace_once_and_evaluate_at_both_sizes(tmp_path, monkeypatc
     assert evals['top_1'][ends[-1]] == pytest.approx(result['top_1'])
     assert result['image_size'] == 32
     assert result['at_train_size']['image_size'] == 24
-    assert evals['top_1_at_train_size'][ends[-1]] == pytest.approx(
-        result['at_train_size']['top_1'])
+    assert evals['top_1_at_train_size'][ends[-1]] == pytest.approx(result['at_train_size']['top_1'])
     train = _scalars(os.path.join(tmp_path, 'train'))
     assert sorted(train['trace_seconds']) == [s.start_step for s in plan]
 
 
 def test_jit_compile_traces_once_per_stage(tmp_path):
-    config = tiny_config('train.epochs=0.1,train.stages=2,train.ema_decay=0,'
-                         'runtime.jit_compile=True,train.steps_per_loop=2')
+    config = tiny_config(
+        'train.epochs=0.1,train.stages=2,train.ema_decay=0,'
+        'runtime.jit_compile=True,train.steps_per_loop=2'
+    )
     trainer = trainer_lib.Trainer(config, str(tmp_path))
     assert trainer.jit_compile
     trainer.train()
@@ -119,8 +120,14 @@ def test_dropout_rate_change_needs_no_retrace():
 
 
 def _dense_model(seed):
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(
-        10, kernel_initializer=keras.initializers.GlorotUniform(seed), name='predictions')])
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(
+                10, kernel_initializer=keras.initializers.GlorotUniform(seed), name='predictions'
+            ),
+        ]
+    )
     return model
 
 
@@ -133,7 +140,7 @@ def test_gradient_clipping_under_loss_scaling_matches_unscaled():
         model = _dense_model(7)
         optimizer = keras.optimizers.SGD(1.0)
         if name == 'scaled':
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0 ** 12)
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**12)
         optimizer.build(model.trainable_variables)
         if name == 'unclipped':
             task.config.train.gclip = 0.0
@@ -149,11 +156,12 @@ def test_gradient_clipping_under_loss_scaling_matches_unscaled():
     assert step == pytest.approx(0.05, rel=1e-3) and raw > 0.1
 
     # The math alone: scaled gradients come back as scale x the clipped true gradients.
-    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(1.0),
-                                                    initial_scale=2.0 ** 10)
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(1.0), initial_scale=2.0**10
+    )
     optimizer.build(_dense_model(1).trainable_variables)
     true = [tf.constant([[3.0, 4.0]]), tf.constant([0.0, 12.0])]
-    clipped = task.clip_gradients([g * 2.0 ** 10 for g in true], optimizer)
+    clipped = task.clip_gradients([g * 2.0**10 for g in true], optimizer)
     expected = losses.clip_gradients(true, 0.05)
     for got, want in zip(clipped, expected):
-        np.testing.assert_allclose(got.numpy() / 2.0 ** 10, want.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(got.numpy() / 2.0**10, want.numpy(), rtol=1e-6)

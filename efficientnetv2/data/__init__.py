@@ -31,20 +31,37 @@ from efficientnetv2.data.preprocessing import normalize
 from efficientnetv2.data.preprocessing import parse_augname
 from efficientnetv2.data.preprocessing import preprocess_image
 from efficientnetv2.data.preprocessing import resolve_family
-from efficientnetv2.data.registry import dataset_names
 from efficientnetv2.data.registry import DatasetInfo
+from efficientnetv2.data.registry import SplitInfo
+from efficientnetv2.data.registry import dataset_names
 from efficientnetv2.data.registry import folder_dataset_info
 from efficientnetv2.data.registry import get_dataset_info
-from efficientnetv2.data.registry import SplitInfo
 from efficientnetv2.data.sources import reset_skipped_images
 from efficientnetv2.data.sources import skipped_images
 from efficientnetv2.data.sources import skipped_images_by_source
 
 __all__ = [
-    'augment', 'mixing', 'pipeline', 'preprocessing', 'registry', 'sources',
-    'autoaugment', 'distort_image', 'randaugment', 'mix_batch',
-    'build_dataset', 'normalize', 'parse_augname', 'preprocess_image',
-    'resolve_family', 'dataset_names', 'DatasetInfo', 'folder_dataset_info',
-    'get_dataset_info', 'SplitInfo', 'reset_skipped_images', 'skipped_images',
+    'augment',
+    'mixing',
+    'pipeline',
+    'preprocessing',
+    'registry',
+    'sources',
+    'autoaugment',
+    'distort_image',
+    'randaugment',
+    'mix_batch',
+    'build_dataset',
+    'normalize',
+    'parse_augname',
+    'preprocess_image',
+    'resolve_family',
+    'dataset_names',
+    'DatasetInfo',
+    'folder_dataset_info',
+    'get_dataset_info',
+    'SplitInfo',
+    'reset_skipped_images',
+    'skipped_images',
     'skipped_images_by_source',
 ]

@@ -28,9 +28,10 @@ integer tensor, so results are reproducible inside parallel `tf.data` maps.
 With `seed=None` a seed is drawn from TF's global generator.
 """
 
+from collections.abc import Sequence
 import functools
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import tensorflow as tf
 
@@ -42,9 +43,23 @@ FILL_VALUE = 128
 
 # RandAugment op list, in the official order (the index is what is sampled).
 RANDAUGMENT_OPS = (
-    'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize',
-    'Color', 'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY',
-    'TranslateX', 'TranslateY', 'Cutout', 'SolarizeAdd')
+    'AutoContrast',
+    'Equalize',
+    'Invert',
+    'Rotate',
+    'Posterize',
+    'Solarize',
+    'Color',
+    'Contrast',
+    'Brightness',
+    'Sharpness',
+    'ShearX',
+    'ShearY',
+    'TranslateX',
+    'TranslateY',
+    'Cutout',
+    'SolarizeAdd',
+)
 
 # Constants (translate pixels per 10 levels, cutout pad per 10 levels).
 RANDAUGMENT_CONSTANTS = {'translate_const': 100.0, 'cutout_const': 40.0}
@@ -81,7 +96,7 @@ POLICY_V0 = (
 
 POLICIES = ('randaug', 'autoaug', 'ra_aa')
 
-SeedLike = Optional[Union[tf.Tensor, Sequence[int]]]
+SeedLike = Optional[tf.Tensor | Sequence[int]]
 
 
 # ----------------------------------------------------------------------------
@@ -100,8 +115,7 @@ def split_seed(seed: SeedLike, num: int) -> tf.Tensor:
 
 
 def _uniform(seed, minval=0.0, maxval=1.0, dtype=tf.float32):
-    return tf.random.stateless_uniform(
-        [], seed=seed, minval=minval, maxval=maxval, dtype=dtype)
+    return tf.random.stateless_uniform([], seed=seed, minval=minval, maxval=maxval, dtype=dtype)
 
 
 def _randomly_negate(value, seed):
@@ -142,8 +156,7 @@ def invert(image: tf.Tensor) -> tf.Tensor:
     return 255 - tf.convert_to_tensor(image)
 
 
-def solarize(image: tf.Tensor, threshold=128, wrap: bool = True
-             ) -> tf.Tensor:
+def solarize(image: tf.Tensor, threshold=128, wrap: bool = True) -> tf.Tensor:
     """Inverts the pixels whose value is at least `threshold`.
 
     Args:
@@ -168,8 +181,7 @@ def solarize_add(image: tf.Tensor, addition=0, threshold=128) -> tf.Tensor:
     """Adds `addition` to pixels below `threshold`, clipping at [0, 255]."""
     wide = tf.cast(image, tf.int32)
     added = tf.clip_by_value(wide + tf.cast(addition, tf.int32), 0, 255)
-    return tf.cast(tf.where(wide < tf.cast(threshold, tf.int32), added, wide),
-                   tf.uint8)
+    return tf.cast(tf.where(wide < tf.cast(threshold, tf.int32), added, wide), tf.uint8)
 
 
 def posterize(image: tf.Tensor, bits) -> tf.Tensor:
@@ -179,8 +191,7 @@ def posterize(image: tf.Tensor, bits) -> tf.Tensor:
     `bits = 0` keeps the top bit (values >= 128 become 128, others 0), which is
     what the official code computes for AutoAugment's `Posterize` level 2.
     """
-    shift = tf.cast(tf.clip_by_value(8 - tf.cast(bits, tf.int32), 0, 8),
-                    tf.uint8)
+    shift = tf.cast(tf.clip_by_value(8 - tf.cast(bits, tf.int32), 0, 8), tf.uint8)
     return tf.bitwise.left_shift(tf.bitwise.right_shift(image, shift), shift)
 
 
@@ -219,7 +230,8 @@ def sharpness(image: tf.Tensor, factor: float) -> tf.Tensor:
     kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
     kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
     smooth = tf.nn.depthwise_conv2d(
-        tf.cast(image, tf.float32)[None], kernel, [1, 1, 1, 1], 'VALID')[0]
+        tf.cast(image, tf.float32)[None], kernel, [1, 1, 1, 1], 'VALID'
+    )[0]
     smooth = tf.cast(tf.clip_by_value(smooth, 0.0, 255.0), tf.uint8)
     inner = tf.pad(tf.ones_like(smooth, tf.bool), [[1, 1], [1, 1], [0, 0]])
     smooth = tf.where(inner, tf.pad(smooth, [[1, 1], [1, 1], [0, 0]]), image)
@@ -237,8 +249,7 @@ def autocontrast(image: tf.Tensor) -> tf.Tensor:
     spread = high > low
     scale = tf.where(spread, 255.0 / tf.where(spread, high - low, 1.0), 1.0)
     offset = -low * scale
-    scaled = tf.cast(tf.clip_by_value(pixels * scale + offset, 0.0, 255.0),
-                     tf.uint8)
+    scaled = tf.cast(tf.clip_by_value(pixels * scale + offset, 0.0, 255.0), tf.uint8)
     return tf.where(spread, scaled, image)
 
 
@@ -264,8 +275,7 @@ def equalize(image: tf.Tensor) -> tf.Tensor:
 # ----------------------------------------------------------------------------
 # Geometric ops.
 # ----------------------------------------------------------------------------
-def transform(image: tf.Tensor, matrix, fill_value: int = FILL_VALUE
-              ) -> tf.Tensor:
+def transform(image: tf.Tensor, matrix, fill_value: int = FILL_VALUE) -> tf.Tensor:
     """Applies a projective transform with nearest sampling and a constant fill.
 
     `matrix` is the usual 8-vector `[a0, a1, a2, b0, b1, b2, c0, c1]` mapping an
@@ -283,15 +293,17 @@ def transform(image: tf.Tensor, matrix, fill_value: int = FILL_VALUE
     """
     matrix = tf.reshape(tf.cast(matrix, tf.float32), [1, 8])
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=matrix,
+        images=image[None],
+        transforms=matrix,
         output_shape=tf.shape(image)[:2],
         fill_value=tf.constant(fill_value, tf.float32),
-        interpolation='NEAREST', fill_mode='CONSTANT')
+        interpolation='NEAREST',
+        fill_mode='CONSTANT',
+    )
     return out[0]
 
 
-def rotate(image: tf.Tensor, degrees, fill_value: int = FILL_VALUE
-           ) -> tf.Tensor:
+def rotate(image: tf.Tensor, degrees, fill_value: int = FILL_VALUE) -> tf.Tensor:
     """Rotates counter-clockwise by `degrees` about the image centre.
 
     90 degrees on a square image equals `tf.image.rot90(image)`.
@@ -308,40 +320,31 @@ def rotate(image: tf.Tensor, degrees, fill_value: int = FILL_VALUE
     return transform(image, matrix, fill_value)
 
 
-def translate_x(image: tf.Tensor, pixels, fill_value: int = FILL_VALUE
-                ) -> tf.Tensor:
+def translate_x(image: tf.Tensor, pixels, fill_value: int = FILL_VALUE) -> tf.Tensor:
     """PIL `Translate` in x: `out(x, y) = in(x + pixels, y)` (absolute px)."""
     pixels = tf.cast(pixels, tf.float32)
-    return transform(image, tf.stack([1.0, 0.0, pixels, 0.0, 1.0, 0.0, 0.0,
-                                      0.0]), fill_value)
+    return transform(image, tf.stack([1.0, 0.0, pixels, 0.0, 1.0, 0.0, 0.0, 0.0]), fill_value)
 
 
-def translate_y(image: tf.Tensor, pixels, fill_value: int = FILL_VALUE
-                ) -> tf.Tensor:
+def translate_y(image: tf.Tensor, pixels, fill_value: int = FILL_VALUE) -> tf.Tensor:
     """PIL `Translate` in y: `out(x, y) = in(x, y + pixels)` (absolute px)."""
     pixels = tf.cast(pixels, tf.float32)
-    return transform(image, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, pixels, 0.0,
-                                      0.0]), fill_value)
+    return transform(image, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, pixels, 0.0, 0.0]), fill_value)
 
 
-def shear_x(image: tf.Tensor, level, fill_value: int = FILL_VALUE
-            ) -> tf.Tensor:
+def shear_x(image: tf.Tensor, level, fill_value: int = FILL_VALUE) -> tf.Tensor:
     """PIL shear along x: `out(x, y) = in(x + level * y, y)`."""
     level = tf.cast(level, tf.float32)
-    return transform(image, tf.stack([1.0, level, 0.0, 0.0, 1.0, 0.0, 0.0,
-                                      0.0]), fill_value)
+    return transform(image, tf.stack([1.0, level, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]), fill_value)
 
 
-def shear_y(image: tf.Tensor, level, fill_value: int = FILL_VALUE
-            ) -> tf.Tensor:
+def shear_y(image: tf.Tensor, level, fill_value: int = FILL_VALUE) -> tf.Tensor:
     """PIL shear along y: `out(x, y) = in(x, level * x + y)`."""
     level = tf.cast(level, tf.float32)
-    return transform(image, tf.stack([1.0, 0.0, 0.0, level, 1.0, 0.0, 0.0,
-                                      0.0]), fill_value)
+    return transform(image, tf.stack([1.0, 0.0, 0.0, level, 1.0, 0.0, 0.0, 0.0]), fill_value)
 
 
-def cutout(image: tf.Tensor, pad_size, replace=FILL_VALUE,
-           seed: SeedLike = None) -> tf.Tensor:
+def cutout(image: tf.Tensor, pad_size, replace=FILL_VALUE, seed: SeedLike = None) -> tf.Tensor:
     """Fills a square of side up to `2 * pad_size` with `replace`.
 
     The centre (cy, cx) is uniform over the image; the square covers rows
@@ -364,8 +367,12 @@ def cutout(image: tf.Tensor, pad_size, replace=FILL_VALUE,
     center_x = _uniform(seeds[1], 0, shape[1], tf.int32)
     rows = tf.range(shape[0])[:, None, None]
     cols = tf.range(shape[1])[None, :, None]
-    inside = ((rows >= center_y - pad_size) & (rows < center_y + pad_size) &
-              (cols >= center_x - pad_size) & (cols < center_x + pad_size))
+    inside = (
+        (rows >= center_y - pad_size)
+        & (rows < center_y + pad_size)
+        & (cols >= center_x - pad_size)
+        & (cols < center_x + pad_size)
+    )
     fill = tf.cast(replace, image.dtype) * tf.ones_like(image)
     return tf.where(inside, fill, image)
 
@@ -377,9 +384,9 @@ def _enhance_factor(level: float) -> float:
     return level / _MAX_LEVEL * 1.8 + 0.1
 
 
-def level_to_arg(name: str, level: float,
-                 translate_const: float = 100.0,
-                 cutout_const: float = 40.0):
+def level_to_arg(
+    name: str, level: float, translate_const: float = 100.0, cutout_const: float = 40.0
+):
     """Returns an op's (unsigned) argument for a level on the 0-10 scale.
 
     Follows the official mappings: Rotate `level/10*30` degrees; Posterize
@@ -424,8 +431,8 @@ def level_to_arg(name: str, level: float,
     }
     if name not in mapping:
         raise ValueError(
-            f'Argument `name` must be one of {sorted(mapping)}; '
-            f'received name={name!r}.')
+            f'Argument `name` must be one of {sorted(mapping)}; received name={name!r}.'
+        )
     return mapping[name]()
 
 
@@ -437,20 +444,16 @@ def _branch_table(fill_value: int, solarize_wrap: bool):
         'Invert': lambda image, arg, seed: invert(image),
         'Rotate': lambda image, arg, seed: rotate(image, arg, fill_value),
         'Posterize': lambda image, arg, seed: posterize(image, arg),
-        'Solarize': lambda image, arg, seed: solarize(image, arg,
-                                                      solarize_wrap),
+        'Solarize': lambda image, arg, seed: solarize(image, arg, solarize_wrap),
         'Color': lambda image, arg, seed: color(image, arg),
         'Contrast': lambda image, arg, seed: contrast(image, arg),
         'Brightness': lambda image, arg, seed: brightness(image, arg),
         'Sharpness': lambda image, arg, seed: sharpness(image, arg),
         'ShearX': lambda image, arg, seed: shear_x(image, arg, fill_value),
         'ShearY': lambda image, arg, seed: shear_y(image, arg, fill_value),
-        'TranslateX': lambda image, arg, seed: translate_x(
-            image, arg, fill_value),
-        'TranslateY': lambda image, arg, seed: translate_y(
-            image, arg, fill_value),
-        'Cutout': lambda image, arg, seed: cutout(
-            image, tf.cast(arg, tf.int32), fill_value, seed),
+        'TranslateX': lambda image, arg, seed: translate_x(image, arg, fill_value),
+        'TranslateY': lambda image, arg, seed: translate_y(image, arg, fill_value),
+        'Cutout': lambda image, arg, seed: cutout(image, tf.cast(arg, tf.int32), fill_value, seed),
         'SolarizeAdd': lambda image, arg, seed: solarize_add(image, arg),
     }
 
@@ -464,14 +467,19 @@ def op_index(name: str) -> int:
     """Index of an op in `RANDAUGMENT_OPS`; ValueError names the valid ops."""
     if name not in RANDAUGMENT_OPS:
         raise ValueError(
-            f'Argument `name` must be one of {RANDAUGMENT_OPS}; received '
-            f'name={name!r}.')
+            f'Argument `name` must be one of {RANDAUGMENT_OPS}; received name={name!r}.'
+        )
     return RANDAUGMENT_OPS.index(name)
 
 
-def apply_op(image: tf.Tensor, index, arg, seed: SeedLike = None,
-             fill_value: int = FILL_VALUE, solarize_wrap: bool = True
-             ) -> tf.Tensor:
+def apply_op(
+    image: tf.Tensor,
+    index,
+    arg,
+    seed: SeedLike = None,
+    fill_value: int = FILL_VALUE,
+    solarize_wrap: bool = True,
+) -> tf.Tensor:
     """Applies op number `index` (or nothing when `index == IDENTITY`).
 
     One `tf.switch_case` over the 16 ops serves RandAugment and AutoAugment,
@@ -492,14 +500,11 @@ def apply_op(image: tf.Tensor, index, arg, seed: SeedLike = None,
     """
     index = tf.convert_to_tensor(index, tf.int32)
     sign_seed, op_seed = tf.unstack(split_seed(seed, 2))
-    signed = tf.gather(
-        tf.constant([n in _SIGNED_OPS for n in RANDAUGMENT_OPS] + [False]),
-        index)
+    signed = tf.gather(tf.constant([n in _SIGNED_OPS for n in RANDAUGMENT_OPS] + [False]), index)
     arg = tf.cast(arg, tf.float32)
     arg = tf.where(signed, _randomly_negate(arg, sign_seed), arg)
     table = _branch_table(fill_value, solarize_wrap)
-    branches = [functools.partial(table[name], image, arg, op_seed)
-                for name in RANDAUGMENT_OPS]
+    branches = [functools.partial(table[name], image, arg, op_seed) for name in RANDAUGMENT_OPS]
     branches.append(lambda: tf.identity(image))
     return tf.switch_case(index, branches)
 
@@ -512,9 +517,13 @@ def _arg_or_zero(name, level, constants):
 # ----------------------------------------------------------------------------
 # Policies.
 # ----------------------------------------------------------------------------
-def randaugment(image: tf.Tensor, num_layers: int = 2,
-                magnitude: float = 10.0, seed: SeedLike = None,
-                solarize_wrap: bool = True) -> tf.Tensor:
+def randaugment(
+    image: tf.Tensor,
+    num_layers: int = 2,
+    magnitude: float = 10.0,
+    seed: SeedLike = None,
+    solarize_wrap: bool = True,
+) -> tf.Tensor:
     """Applies RandAugment: `num_layers` uniformly chosen ops, each always.
 
     Args:
@@ -528,20 +537,21 @@ def randaugment(image: tf.Tensor, num_layers: int = 2,
     Returns:
         The augmented uint8 image.
     """
-    args = tf.constant([_arg_or_zero(name, float(magnitude),
-                                     RANDAUGMENT_CONSTANTS)
-                        for name in RANDAUGMENT_OPS], tf.float32)
+    args = tf.constant(
+        [_arg_or_zero(name, float(magnitude), RANDAUGMENT_CONSTANTS) for name in RANDAUGMENT_OPS],
+        tf.float32,
+    )
     layer_seeds = split_seed(seed, max(int(num_layers), 1))
     for layer in range(int(num_layers)):
         pick_seed, op_seed = tf.unstack(split_seed(layer_seeds[layer], 2))
         index = _uniform(pick_seed, 0, len(RANDAUGMENT_OPS), tf.int32)
-        image = apply_op(image, index, tf.gather(args, index), op_seed,
-                         solarize_wrap=solarize_wrap)
+        image = apply_op(image, index, tf.gather(args, index), op_seed, solarize_wrap=solarize_wrap)
     return image
 
 
-def autoaugment(image: tf.Tensor, seed: SeedLike = None,
-                policy=POLICY_V0, solarize_wrap: bool = True) -> tf.Tensor:
+def autoaugment(
+    image: tf.Tensor, seed: SeedLike = None, policy=POLICY_V0, solarize_wrap: bool = True
+) -> tf.Tensor:
     """Applies an AutoAugment policy (default v0) to one image.
 
     One sub-policy is chosen uniformly; each of its ops is applied with its
@@ -559,12 +569,15 @@ def autoaugment(image: tf.Tensor, seed: SeedLike = None,
     Returns:
         The augmented uint8 image.
     """
-    ops = tf.constant([[op_index(n) for n, _, _ in sub] for sub in policy],
-                      tf.int32)
+    ops = tf.constant([[op_index(n) for n, _, _ in sub] for sub in policy], tf.int32)
     probs = tf.constant([[p for _, p, _ in sub] for sub in policy], tf.float32)
     args = tf.constant(
-        [[_arg_or_zero(n, float(lvl), AUTOAUGMENT_CONSTANTS)
-          for n, _, lvl in sub] for sub in policy], tf.float32)
+        [
+            [_arg_or_zero(n, float(lvl), AUTOAUGMENT_CONSTANTS) for n, _, lvl in sub]
+            for sub in policy
+        ],
+        tf.float32,
+    )
     pick_seed, steps_seed = tf.unstack(split_seed(seed, 2))
     chosen = _uniform(pick_seed, 0, len(policy), tf.int32)
     step_seeds = split_seed(steps_seed, len(policy[0]))
@@ -572,14 +585,18 @@ def autoaugment(image: tf.Tensor, seed: SeedLike = None,
         apply_seed, op_seed = tf.unstack(split_seed(step_seeds[step], 2))
         apply = tf.floor(_uniform(apply_seed) + probs[chosen, step]) > 0
         index = tf.where(apply, ops[chosen, step], IDENTITY)
-        image = apply_op(image, index, args[chosen, step], op_seed,
-                         solarize_wrap=solarize_wrap)
+        image = apply_op(image, index, args[chosen, step], op_seed, solarize_wrap=solarize_wrap)
     return image
 
 
-def distort_image(image: tf.Tensor, policy: str, ra_num_layers: int = 2,
-                  ra_magnitude: float = 10.0, seed: SeedLike = None,
-                  solarize_wrap: bool = True) -> tf.Tensor:
+def distort_image(
+    image: tf.Tensor,
+    policy: str,
+    ra_num_layers: int = 2,
+    ra_magnitude: float = 10.0,
+    seed: SeedLike = None,
+    solarize_wrap: bool = True,
+) -> tf.Tensor:
     """Applies 'randaug', 'autoaug' (v0) or 'ra_aa' (either, p = 1/2 each).
 
     Args:
@@ -598,8 +615,8 @@ def distort_image(image: tf.Tensor, policy: str, ra_num_layers: int = 2,
         ValueError: for an unknown policy.
     """
     run_randaug = functools.partial(
-        randaugment, num_layers=ra_num_layers, magnitude=ra_magnitude,
-        solarize_wrap=solarize_wrap)
+        randaugment, num_layers=ra_num_layers, magnitude=ra_magnitude, solarize_wrap=solarize_wrap
+    )
     run_autoaug = functools.partial(autoaugment, solarize_wrap=solarize_wrap)
     if policy == 'randaug':
         return run_randaug(image, seed=seed)
@@ -608,8 +625,9 @@ def distort_image(image: tf.Tensor, policy: str, ra_num_layers: int = 2,
     if policy == 'ra_aa':
         pick_seed, aug_seed = tf.unstack(split_seed(seed, 2))
         use_autoaug = _uniform(pick_seed, 0, 2, tf.int32) == 0
-        return tf.cond(use_autoaug, lambda: run_autoaug(image, seed=aug_seed),
-                       lambda: run_randaug(image, seed=aug_seed))
-    raise ValueError(
-        f'Argument `policy` must be one of {POLICIES}; received '
-        f'policy={policy!r}.')
+        return tf.cond(
+            use_autoaug,
+            lambda: run_autoaug(image, seed=aug_seed),
+            lambda: run_randaug(image, seed=aug_seed),
+        )
+    raise ValueError(f'Argument `policy` must be one of {POLICIES}; received policy={policy!r}.')

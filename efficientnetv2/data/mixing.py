@@ -15,8 +15,6 @@ Labels must be float (one-hot or multi-hot); mixed one-hot labels still sum to
 1, so label smoothing can be applied afterwards in the loss.
 """
 
-from typing import Tuple
-
 import tensorflow as tf
 
 from efficientnetv2.data import augment
@@ -30,15 +28,14 @@ def sample_beta(shape, alpha: float, seed) -> tf.Tensor:
     """
     gamma_seeds = augment.split_seed(seed, 2)
     alpha = tf.constant(alpha, tf.float64)
-    first = tf.random.stateless_gamma(shape, gamma_seeds[0], alpha,
-                                      dtype=tf.float64)
-    second = tf.random.stateless_gamma(shape, gamma_seeds[1], alpha,
-                                       dtype=tf.float64)
+    first = tf.random.stateless_gamma(shape, gamma_seeds[0], alpha, dtype=tf.float64)
+    second = tf.random.stateless_gamma(shape, gamma_seeds[1], alpha, dtype=tf.float64)
     return tf.cast(tf.math.divide_no_nan(first, first + second), tf.float32)
 
 
-def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float,
-          seed: augment.SeedLike = None) -> Tuple[tf.Tensor, tf.Tensor]:
+def mixup(
+    images: tf.Tensor, labels: tf.Tensor, alpha: float, seed: augment.SeedLike = None
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Mixes each example with the reversed batch, weight `max(lam, 1 - lam)`.
 
     Args:
@@ -60,8 +57,7 @@ def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float,
     return images, labels
 
 
-def cutmix_masks(batch, height, width, alpha: float,
-                 seed: augment.SeedLike = None) -> tf.Tensor:
+def cutmix_masks(batch, height, width, alpha: float, seed: augment.SeedLike = None) -> tf.Tensor:
     """Per-example CutMix masks, float32 `[batch, height, width, 1]`.
 
     For each example: centre `(r_x, r_y)` uniform integers in
@@ -71,24 +67,25 @@ def cutmix_masks(batch, height, width, alpha: float,
     `[r_y - r_h // 2, r_y + r_h // 2)`, clipped to the image.
     """
     seeds = augment.split_seed(seed, 3)
-    center_x = tf.random.stateless_uniform([batch], seeds[0], 0, width,
-                                           tf.int32)
-    center_y = tf.random.stateless_uniform([batch], seeds[1], 0, height,
-                                           tf.int32)
+    center_x = tf.random.stateless_uniform([batch], seeds[0], 0, width, tf.int32)
+    center_y = tf.random.stateless_uniform([batch], seeds[1], 0, height, tf.int32)
     ratio = tf.sqrt(1.0 - sample_beta([batch], alpha, seeds[2]))
     half_w = tf.cast(ratio * tf.cast(width, tf.float32), tf.int32) // 2
     half_h = tf.cast(ratio * tf.cast(height, tf.float32), tf.int32) // 2
     cols = tf.range(width)[None, None, :]
     rows = tf.range(height)[None, :, None]
-    inside = ((cols >= (center_x - half_w)[:, None, None]) &
-              (cols < (center_x + half_w)[:, None, None]) &
-              (rows >= (center_y - half_h)[:, None, None]) &
-              (rows < (center_y + half_h)[:, None, None]))
+    inside = (
+        (cols >= (center_x - half_w)[:, None, None])
+        & (cols < (center_x + half_w)[:, None, None])
+        & (rows >= (center_y - half_h)[:, None, None])
+        & (rows < (center_y + half_h)[:, None, None])
+    )
     return tf.cast(inside, tf.float32)[..., None]
 
 
-def cutmix(images: tf.Tensor, labels: tf.Tensor, alpha: float,
-           seed: augment.SeedLike = None) -> Tuple[tf.Tensor, tf.Tensor]:
+def cutmix(
+    images: tf.Tensor, labels: tf.Tensor, alpha: float, seed: augment.SeedLike = None
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Pastes boxes from the reversed batch; labels mixed by the mean box area.
 
     Args:
@@ -110,9 +107,13 @@ def cutmix(images: tf.Tensor, labels: tf.Tensor, alpha: float,
     return images, labels
 
 
-def mix_batch(images: tf.Tensor, labels: tf.Tensor, mixup_alpha: float = 0.0,
-              cutmix_alpha: float = 0.0, seed: augment.SeedLike = None
-              ) -> Tuple[tf.Tensor, tf.Tensor]:
+def mix_batch(
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    seed: augment.SeedLike = None,
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Applies mixup and/or CutMix to a batch as the official pipeline does.
 
     Args:
@@ -129,21 +130,17 @@ def mix_batch(images: tf.Tensor, labels: tf.Tensor, mixup_alpha: float = 0.0,
     Raises:
         ValueError: for a negative alpha.
     """
-    for name, value in (('mixup_alpha', mixup_alpha),
-                        ('cutmix_alpha', cutmix_alpha)):
+    for name, value in (('mixup_alpha', mixup_alpha), ('cutmix_alpha', cutmix_alpha)):
         if value is None or value < 0:
-            raise ValueError(
-                f'Argument `{name}` must be >= 0; received {name}={value!r}.')
+            raise ValueError(f'Argument `{name}` must be >= 0; received {name}={value!r}.')
     if not mixup_alpha and not cutmix_alpha:
         return images, labels
     mixup_seed, cutmix_seed = tf.unstack(augment.split_seed(seed, 2))
     if mixup_alpha and cutmix_alpha:
         half = tf.shape(images)[0] // 2
         first = mixup(images[:half], labels[:half], mixup_alpha, mixup_seed)
-        second = cutmix(images[half:], labels[half:], cutmix_alpha,
-                        cutmix_seed)
-        return (tf.concat([first[0], second[0]], 0),
-                tf.concat([first[1], second[1]], 0))
+        second = cutmix(images[half:], labels[half:], cutmix_alpha, cutmix_seed)
+        return (tf.concat([first[0], second[0]], 0), tf.concat([first[1], second[1]], 0))
     if mixup_alpha:
         return mixup(images, labels, mixup_alpha, mixup_seed)
     return cutmix(images, labels, cutmix_alpha, cutmix_seed)

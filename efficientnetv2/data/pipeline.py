@@ -26,7 +26,6 @@ outside `[0, num_classes)` always raises `tf.errors.InvalidArgumentError`.
 import dataclasses
 import functools
 import random
-from typing import Optional, Tuple, Union
 
 from absl import logging
 import numpy as np
@@ -52,19 +51,15 @@ _plain = sources.no_autograph
 # Argument checks.
 # ----------------------------------------------------------------------------
 def _check_positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
-            value < minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (value < minimum):
         raise ValueError(
-            f'Argument `{name}` must be an integer >= {minimum}; received '
-            f'{name}={value!r}.')
+            f'Argument `{name}` must be an integer >= {minimum}; received {name}={value!r}.'
+        )
 
 
 def _check_non_negative(name, value):
-    if isinstance(value, bool) or not isinstance(
-            value, (int, float, np.number)) or value < 0:
-        raise ValueError(
-            f'Argument `{name}` must be a number >= 0; received '
-            f'{name}={value!r}.')
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or value < 0:
+        raise ValueError(f'Argument `{name}` must be a number >= 0; received {name}={value!r}.')
 
 
 def _resolve_dtype(image_dtype) -> tf.DType:
@@ -76,12 +71,12 @@ def _resolve_dtype(image_dtype) -> tf.DType:
         raise ValueError(
             f'Argument `image_dtype` must be one of '
             f'{[d.name for d in _IMAGE_DTYPES]}; received '
-            f'image_dtype={image_dtype!r}.')
+            f'image_dtype={image_dtype!r}.'
+        )
     return dtype
 
 
-def _derive_seeds(seed: Optional[int], pipeline_id: int
-                  ) -> Tuple[int, int, int]:
+def _derive_seeds(seed: int | None, pipeline_id: int) -> tuple[int, int, int]:
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     state = np.random.SeedSequence([int(seed), pipeline_id]).generate_state(3)
@@ -98,25 +93,38 @@ class ImageTransform:
     is_training: bool
     family: str  # 'v2', 'legacy' or 'ft'.
     image_size: int
-    augname: Optional[str]
+    augname: str | None
     ram: float
     ra_num_layers: int
     solarize_wrap: bool
 
     @classmethod
-    def resolve(cls, info: registry.DatasetInfo, *, is_training: bool,
-                image_size, preprocess, augname, ram, ra_num_layers,
-                solarize_wrap) -> 'ImageTransform':
+    def resolve(
+        cls,
+        info: registry.DatasetInfo,
+        *,
+        is_training: bool,
+        image_size,
+        preprocess,
+        augname,
+        ram,
+        ra_num_layers,
+        solarize_wrap,
+    ) -> 'ImageTransform':
         """Checks the arguments and picks the family; ValueError if bad."""
         _check_positive_int('image_size', image_size)
         _check_positive_int('ra_num_layers', ra_num_layers, minimum=0)
         _check_non_negative('ram', ram)
-        family = preprocessing.resolve_family(preprocess, augname,
-                                              info.preprocess)
-        return cls(is_training=is_training, family=family,
-                   image_size=int(image_size), augname=augname,
-                   ram=float(ram), ra_num_layers=int(ra_num_layers),
-                   solarize_wrap=bool(solarize_wrap))
+        family = preprocessing.resolve_family(preprocess, augname, info.preprocess)
+        return cls(
+            is_training=is_training,
+            family=family,
+            image_size=int(image_size),
+            augname=augname,
+            ram=float(ram),
+            ra_num_layers=int(ra_num_layers),
+            solarize_wrap=bool(solarize_wrap),
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -130,18 +138,27 @@ class Batching:
     image_dtype: tf.DType
 
     @classmethod
-    def resolve(cls, *, is_training: bool, batch_size, drop_remainder,
-                mixup_alpha, cutmix_alpha, image_dtype) -> 'Batching':
+    def resolve(
+        cls,
+        *,
+        is_training: bool,
+        batch_size,
+        drop_remainder,
+        mixup_alpha,
+        cutmix_alpha,
+        image_dtype,
+    ) -> 'Batching':
         """Checks the arguments; `drop_remainder=None` follows training."""
         _check_positive_int('batch_size', batch_size)
         _check_non_negative('mixup_alpha', mixup_alpha)
         _check_non_negative('cutmix_alpha', cutmix_alpha)
-        return cls(batch_size=int(batch_size),
-                   drop_remainder=bool(is_training if drop_remainder is None
-                                       else drop_remainder),
-                   mixup_alpha=float(mixup_alpha),
-                   cutmix_alpha=float(cutmix_alpha),
-                   image_dtype=_resolve_dtype(image_dtype))
+        return cls(
+            batch_size=int(batch_size),
+            drop_remainder=bool(is_training if drop_remainder is None else drop_remainder),
+            mixup_alpha=float(mixup_alpha),
+            cutmix_alpha=float(cutmix_alpha),
+            image_dtype=_resolve_dtype(image_dtype),
+        )
 
     def mixes(self, is_training: bool) -> bool:
         return is_training and bool(self.mixup_alpha or self.cutmix_alpha)
@@ -151,38 +168,49 @@ class Batching:
 class Order:
     """Which examples this input pipeline reads, in what order, how often."""
 
-    pipeline: Tuple[int, int]  # (input pipeline id, number of pipelines).
-    seeds: Tuple[int, int, int]  # Shuffle, per-image, per-batch.
+    pipeline: tuple[int, int]  # (input pipeline id, number of pipelines).
+    seeds: tuple[int, int, int]  # Shuffle, per-image, per-batch.
     deterministic: bool  # Keep element order (seeded or eval pipelines).
     repeat: bool
-    shuffle_buffer: Optional[int]  # None: no shuffling.
+    shuffle_buffer: int | None  # None: no shuffling.
     skip_batches: int  # Batches passed over at the start (a resumed stage).
-    num_batches: Optional[int]  # Batches yielded after those; None: all.
+    num_batches: int | None  # Batches yielded after those; None: all.
 
     @classmethod
-    def resolve(cls, *, is_training: bool, num_images: int, input_context,
-                seed, repeat, shuffle_buffer, skip_batches=0,
-                num_batches=None) -> 'Order':
+    def resolve(
+        cls,
+        *,
+        is_training: bool,
+        num_images: int,
+        input_context,
+        seed,
+        repeat,
+        shuffle_buffer,
+        skip_batches=0,
+        num_batches=None,
+    ) -> 'Order':
         """Checks the arguments and derives this pipeline's seeds."""
         _check_positive_int('skip_batches', skip_batches, minimum=0)
         if num_batches is not None:
             _check_positive_int('num_batches', num_batches, minimum=0)
         if input_context is not None:
-            pipeline = (input_context.input_pipeline_id,
-                        input_context.num_input_pipelines)
+            pipeline = (input_context.input_pipeline_id, input_context.num_input_pipelines)
         else:
             pipeline = (0, 1)
         buffer = None
         if is_training:
             if shuffle_buffer is not None:
                 _check_positive_int('shuffle_buffer', shuffle_buffer)
-            buffer = int(shuffle_buffer or min(DEFAULT_SHUFFLE_BUFFER,
-                                               max(num_images, 1)))
-        return cls(pipeline=pipeline, seeds=_derive_seeds(seed, pipeline[0]),
-                   deterministic=seed is not None or not is_training,
-                   repeat=bool(is_training if repeat is None else repeat),
-                   shuffle_buffer=buffer, skip_batches=int(skip_batches),
-                   num_batches=None if num_batches is None else int(num_batches))
+            buffer = int(shuffle_buffer or min(DEFAULT_SHUFFLE_BUFFER, max(num_images, 1)))
+        return cls(
+            pipeline=pipeline,
+            seeds=_derive_seeds(seed, pipeline[0]),
+            deterministic=seed is not None or not is_training,
+            repeat=bool(is_training if repeat is None else repeat),
+            shuffle_buffer=buffer,
+            skip_batches=int(skip_batches),
+            num_batches=None if num_batches is None else int(num_batches),
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -218,10 +246,14 @@ def _crop_element(plan: Plan, index, payload, kind):
         payload = tf.io.read_file(payload)
     transform = plan.transform
     return preprocessing.decode_and_crop(
-        payload, transform.family, transform.is_training,
-        transform.image_size, seed=_element_seed(plan, index)[0],
+        payload,
+        transform.family,
+        transform.is_training,
+        transform.image_size,
+        seed=_element_seed(plan, index)[0],
         area_range=plan.info.train_area_range,
-        center_crop=plan.info.eval_center_crop)
+        center_crop=plan.info.eval_center_crop,
+    )
 
 
 def _decode_stage(dataset: tf.data.Dataset, kind: str, plan: Plan):
@@ -243,13 +275,16 @@ def _decode_stage(dataset: tf.data.Dataset, kind: str, plan: Plan):
             dataset = dataset.skip(start)
         return dataset.enumerate(start=start).map(
             _plain(lambda i, e: (i, _crop_element(plan, i, e[0], kind), e[1])),
-            num_parallel_calls=tf.data.AUTOTUNE)
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
 
     label_spec = dataset.element_spec[1]
-    empty_label = (tf.constant(-1, label_spec.dtype) if label_spec.shape.rank
-                   == 0 else tf.zeros([0], label_spec.dtype))
-    sentinel = tf.data.Dataset.from_tensors(
-        (tf.constant(''), empty_label, tf.constant(True)))
+    empty_label = (
+        tf.constant(-1, label_spec.dtype)
+        if label_spec.shape.rank == 0
+        else tf.zeros([0], label_spec.dtype)
+    )
+    sentinel = tf.data.Dataset.from_tensors((tf.constant(''), empty_label, tf.constant(True)))
     dataset = dataset.map(_plain(lambda p, y: (p, y, tf.constant(False))))
     dataset = dataset.concatenate(sentinel)
     if repeat:
@@ -258,22 +293,24 @@ def _decode_stage(dataset: tf.data.Dataset, kind: str, plan: Plan):
     def decode(index, element):
         payload, label, is_sentinel = element
         image = tf.cond(
-            is_sentinel, lambda: tf.zeros([1, 1, 3], tf.uint8),
-            lambda: _crop_element(plan, index, payload, kind))
+            is_sentinel,
+            lambda: tf.zeros([1, 1, 3], tf.uint8),
+            lambda: _crop_element(plan, index, payload, kind),
+        )
         return index, image, label, is_sentinel
 
     dataset = dataset.enumerate().map(
-        _plain(decode), num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True)
+        _plain(decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
     dataset = dataset.ignore_errors(log_warning=True)
     dataset = dataset.scan(
-        (tf.constant(-1, tf.int64), tf.constant(0, tf.int64),
-         tf.constant(0, tf.int64)),
-        _plain(functools.partial(_count_skips, plan)))
-    dataset = dataset.filter(_plain(lambda i, image, label, is_sentinel:
-                                    tf.logical_not(is_sentinel)))
-    return dataset.map(
-        _plain(lambda i, image, label, is_sentinel: (i, image, label)))
+        (tf.constant(-1, tf.int64), tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
+        _plain(functools.partial(_count_skips, plan)),
+    )
+    dataset = dataset.filter(
+        _plain(lambda i, image, label, is_sentinel: tf.logical_not(is_sentinel))
+    )
+    return dataset.map(_plain(lambda i, image, label, is_sentinel: (i, image, label)))
 
 
 def _element_skip(plan: Plan, kind: str) -> int:
@@ -294,39 +331,50 @@ def _count_skips(plan: Plan, state, element):
     last_index, decoded, skipped_in_pass = state
     index, _, _, is_sentinel = element
     skipped = index - last_index - 1
-    recorded = tf.cond(skipped > 0,
-                       lambda: sources.record_skips(skipped, plan.source_name),
-                       lambda: tf.constant(0, tf.int64))
+    recorded = tf.cond(
+        skipped > 0,
+        lambda: sources.record_skips(skipped, plan.source_name),
+        lambda: tf.constant(0, tf.int64),
+    )
     skipped_in_pass += skipped
     empty_pass = is_sentinel & tf.equal(decoded, 0)
     # A finite empty shard is fine; an all-corrupt one is not.
     if not plan.order.repeat:
         empty_pass &= skipped_in_pass > 0
     pipeline_id, num_pipelines = plan.order.pipeline
-    check = tf.debugging.Assert(tf.logical_not(empty_pass), [
-        f'Dataset {plan.source_name!r} (input pipeline {pipeline_id} of '
-        f'{num_pipelines}): a whole pass over the data gave no decodable '
-        f'image; images skipped in that pass:', skipped_in_pass])
+    check = tf.debugging.Assert(
+        tf.logical_not(empty_pass),
+        [
+            f'Dataset {plan.source_name!r} (input pipeline {pipeline_id} of '
+            f'{num_pipelines}): a whole pass over the data gave no decodable '
+            f'image; images skipped in that pass:',
+            skipped_in_pass,
+        ],
+    )
     with tf.control_dependencies([recorded, check]):
-        new_state = (index,
-                     tf.where(is_sentinel, tf.constant(0, tf.int64),
-                              decoded + 1),
-                     tf.where(is_sentinel, tf.constant(0, tf.int64),
-                              skipped_in_pass))
+        new_state = (
+            index,
+            tf.where(is_sentinel, tf.constant(0, tf.int64), decoded + 1),
+            tf.where(is_sentinel, tf.constant(0, tf.int64), skipped_in_pass),
+        )
     return new_state, element
 
 
-def _check_labels(labels: tf.Tensor, info: registry.DatasetInfo
-                  ) -> tf.Tensor:
+def _check_labels(labels: tf.Tensor, info: registry.DatasetInfo) -> tf.Tensor:
     """Asserts every label is in [0, num_classes); returns them unchanged.
 
     Runs after the decode stage: `ignore_errors` would swallow an assertion
     raised anywhere upstream of it.
     """
     valid = tf.reduce_all((labels >= 0) & (labels < info.num_classes))
-    check = tf.debugging.Assert(valid, [
-        f'Label outside [0, {info.num_classes}) in dataset {info.name!r} '
-        f'(stored label minus offset {info.label_offset}):', labels])
+    check = tf.debugging.Assert(
+        valid,
+        [
+            f'Label outside [0, {info.num_classes}) in dataset {info.name!r} '
+            f'(stored label minus offset {info.label_offset}):',
+            labels,
+        ],
+    )
     with tf.control_dependencies([check]):
         return tf.identity(labels)
 
@@ -334,15 +382,21 @@ def _check_labels(labels: tf.Tensor, info: registry.DatasetInfo
 def _finish_element(plan: Plan, index, image, label):
     transform = plan.transform
     image = preprocessing.finish(
-        image, transform.family, transform.is_training, transform.image_size,
-        transform.augname, transform.ra_num_layers, transform.ram,
-        plan.info.random_flip, seed=_element_seed(plan, index)[1],
-        solarize_wrap=transform.solarize_wrap)
+        image,
+        transform.family,
+        transform.is_training,
+        transform.image_size,
+        transform.augname,
+        transform.ra_num_layers,
+        transform.ram,
+        plan.info.random_flip,
+        seed=_element_seed(plan, index)[1],
+        solarize_wrap=transform.solarize_wrap,
+    )
     num_classes = plan.info.num_classes
     label = _check_labels(label, plan.info)
     if plan.info.multi_label:
-        label = tf.minimum(
-            tf.reduce_sum(tf.one_hot(label, num_classes), axis=0), 1.0)
+        label = tf.minimum(tf.reduce_sum(tf.one_hot(label, num_classes), axis=0), 1.0)
     else:
         label = tf.one_hot(label, num_classes)
     return image, label
@@ -351,17 +405,26 @@ def _finish_element(plan: Plan, index, image, label):
 def _batch_stage(dataset, plan: Plan, first_batch: int = 0):
     """Batches, mixes (batch `b` seeded by its index `first_batch + b`), casts."""
     batching = plan.batching
-    dataset = dataset.batch(batching.batch_size,
-                            drop_remainder=batching.drop_remainder,
-                            num_parallel_calls=tf.data.AUTOTUNE,
-                            deterministic=plan.order.deterministic)
+    dataset = dataset.batch(
+        batching.batch_size,
+        drop_remainder=batching.drop_remainder,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=plan.order.deterministic,
+    )
     if batching.mixes(plan.is_training):
         mix_seed = tf.constant(plan.order.seeds[2], tf.int64)
         dataset = dataset.enumerate(start=first_batch).map(
-            _plain(lambda b, batch: mixing.mix_batch(
-                batch[0], batch[1], batching.mixup_alpha,
-                batching.cutmix_alpha, seed=tf.stack([mix_seed, b]))),
-            num_parallel_calls=tf.data.AUTOTUNE)
+            _plain(
+                lambda b, batch: mixing.mix_batch(
+                    batch[0],
+                    batch[1],
+                    batching.mixup_alpha,
+                    batching.cutmix_alpha,
+                    seed=tf.stack([mix_seed, b]),
+                )
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     static_batch = batching.batch_size if batching.drop_remainder else None
     size = plan.transform.image_size
     image_shape = [static_batch, size, size, 3]
@@ -386,28 +449,29 @@ def _should_cache(cache, kind, num_images):
 # Entry point.
 # ----------------------------------------------------------------------------
 def build_dataset(
-        dataset: Union[str, registry.DatasetInfo],
-        split: str = 'train',
-        data_dir: Optional[str] = None,
-        image_size: int = 224,
-        batch_size: int = 64,
-        is_training: Optional[bool] = None,
-        preprocess: Optional[str] = None,
-        augname: Optional[str] = None,
-        ram: float = 15.0,
-        ra_num_layers: int = 2,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        image_dtype=tf.float32,
-        input_context: Optional[tf.distribute.InputContext] = None,
-        seed: Optional[int] = None,
-        drop_remainder: Optional[bool] = None,
-        cache: Union[None, bool, str] = None,
-        shuffle_buffer: Optional[int] = None,
-        repeat: Optional[bool] = None,
-        solarize_wrap: bool = True,
-        skip_batches: int = 0,
-        num_batches: Optional[int] = None) -> tf.data.Dataset:
+    dataset: str | registry.DatasetInfo,
+    split: str = 'train',
+    data_dir: str | None = None,
+    image_size: int = 224,
+    batch_size: int = 64,
+    is_training: bool | None = None,
+    preprocess: str | None = None,
+    augname: str | None = None,
+    ram: float = 15.0,
+    ra_num_layers: int = 2,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    image_dtype=tf.float32,
+    input_context: tf.distribute.InputContext | None = None,
+    seed: int | None = None,
+    drop_remainder: bool | None = None,
+    cache: None | bool | str = None,
+    shuffle_buffer: int | None = None,
+    repeat: bool | None = None,
+    solarize_wrap: bool = True,
+    skip_batches: int = 0,
+    num_batches: int | None = None,
+) -> tf.data.Dataset:
     """Builds a batched input pipeline for a named dataset.
 
     Call it again with new `image_size`, `ram`, `mixup_alpha` and
@@ -473,40 +537,66 @@ def build_dataset(
             arguments, a missing `data_dir`, or a file pattern matching
             nothing.
     """
-    info = dataset if isinstance(dataset, registry.DatasetInfo) else (
-        registry.get_dataset_info(dataset, data_dir=data_dir))
+    info = (
+        dataset
+        if isinstance(dataset, registry.DatasetInfo)
+        else (registry.get_dataset_info(dataset, data_dir=data_dir))
+    )
     num_images = info.get_split(split).num_images
-    training = bool(split in ('train', 'trainval') if is_training is None
-                    else is_training)
+    training = bool(split in ('train', 'trainval') if is_training is None else is_training)
     plan = Plan(
-        info=info, split=split,
+        info=info,
+        split=split,
         transform=ImageTransform.resolve(
-            info, is_training=training, image_size=image_size,
-            preprocess=preprocess, augname=augname, ram=ram,
-            ra_num_layers=ra_num_layers, solarize_wrap=solarize_wrap),
+            info,
+            is_training=training,
+            image_size=image_size,
+            preprocess=preprocess,
+            augname=augname,
+            ram=ram,
+            ra_num_layers=ra_num_layers,
+            solarize_wrap=solarize_wrap,
+        ),
         batching=Batching.resolve(
-            is_training=training, batch_size=batch_size,
-            drop_remainder=drop_remainder, mixup_alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha, image_dtype=image_dtype),
+            is_training=training,
+            batch_size=batch_size,
+            drop_remainder=drop_remainder,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            image_dtype=image_dtype,
+        ),
         order=Order.resolve(
-            is_training=training, num_images=num_images,
-            input_context=input_context, seed=seed, repeat=repeat,
-            shuffle_buffer=shuffle_buffer, skip_batches=skip_batches,
-            num_batches=num_batches))
+            is_training=training,
+            num_images=num_images,
+            input_context=input_context,
+            seed=seed,
+            repeat=repeat,
+            shuffle_buffer=shuffle_buffer,
+            skip_batches=skip_batches,
+            num_batches=num_batches,
+        ),
+    )
     source = sources.make_source(
-        info, split, data_dir, is_training=training,
-        pipeline=plan.order.pipeline, seed=plan.order.seeds[0])
+        info,
+        split,
+        data_dir,
+        is_training=training,
+        pipeline=plan.order.pipeline,
+        seed=plan.order.seeds[0],
+    )
     data = source.dataset
     if _should_cache(cache, source.kind, num_images):
         data = data.cache(cache if isinstance(cache, str) else '')
     if plan.order.shuffle_buffer:
-        data = data.shuffle(plan.order.shuffle_buffer,
-                            seed=plan.order.seeds[0],
-                            reshuffle_each_iteration=True)
+        data = data.shuffle(
+            plan.order.shuffle_buffer, seed=plan.order.seeds[0], reshuffle_each_iteration=True
+        )
     data = _decode_stage(data, source.kind, plan)
-    data = data.map(_plain(functools.partial(_finish_element, plan)),
-                    num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=plan.order.deterministic)
+    data = data.map(
+        _plain(functools.partial(_finish_element, plan)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=plan.order.deterministic,
+    )
     skipped = plan.order.skip_batches if _element_skip(plan, source.kind) else 0
     data = _batch_stage(data, plan, first_batch=skipped)
     if plan.order.skip_batches > skipped:
@@ -524,8 +614,18 @@ def build_dataset(
     logging.info(
         'Input pipeline %s: %s source, %s transform, size %d, batch %d, '
         'training=%s, augname=%s, ram=%.3g, solarize_wrap=%s, mixup=%.3g, '
-        'cutmix=%.3g, pipeline %d of %d.', plan.source_name, info.source,
-        transform.family, transform.image_size, batching.batch_size,
-        training, transform.augname, transform.ram, transform.solarize_wrap,
-        batching.mixup_alpha, batching.cutmix_alpha, *plan.order.pipeline)
+        'cutmix=%.3g, pipeline %d of %d.',
+        plan.source_name,
+        info.source,
+        transform.family,
+        transform.image_size,
+        batching.batch_size,
+        training,
+        transform.augname,
+        transform.ram,
+        transform.solarize_wrap,
+        batching.mixup_alpha,
+        batching.cutmix_alpha,
+        *plan.order.pipeline,
+    )
     return data

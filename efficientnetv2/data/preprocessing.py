@@ -36,8 +36,8 @@ uint8/float pixels of any size) in eager code or inside a graph.
 All randomness is stateless and driven by a shape-[2] `seed`.
 """
 
+from collections.abc import Sequence
 import dataclasses
-from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -60,7 +60,8 @@ V2_NO_CROP_SIZE = 320
 _VALID_AUGNAMES = (
     "None, 'randaug', 'autoaug', 'ra_aa', 'effnetv1_randaug', "
     "'effnetv1_autoaug', 'ft', 'ft_randaug', 'ft_autoaug', or a name "
-    "containing 'cutout'")
+    "containing 'cutout'"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +76,12 @@ class AugmentSpec:
         noise_cutout: whether to apply the fine-tune noise cutout.
     """
 
-    family: Optional[str] = None
-    policies: Tuple[str, ...] = ()
+    family: str | None = None
+    policies: tuple[str, ...] = ()
     noise_cutout: bool = False
 
 
-def parse_augname(augname: Optional[str]) -> AugmentSpec:
+def parse_augname(augname: str | None) -> AugmentSpec:
     """Splits an official `data.augname` into family, policies and cutout.
 
     Args:
@@ -107,13 +108,10 @@ def parse_augname(augname: Optional[str]) -> AugmentSpec:
         cutout = name == 'ft' or 'cutout' in name
         if policies or cutout:
             return AugmentSpec('ft', policies, cutout)
-    raise ValueError(
-        f'Argument `augname` must be {_VALID_AUGNAMES}; received '
-        f'augname={augname!r}.')
+    raise ValueError(f'Argument `augname` must be {_VALID_AUGNAMES}; received augname={augname!r}.')
 
 
-def resolve_family(preprocess: Optional[str], augname: Optional[str],
-                   default: Optional[str] = None) -> str:
+def resolve_family(preprocess: str | None, augname: str | None, default: str | None = None) -> str:
     """Chooses the transform family from explicit and implied choices.
 
     Order: the explicit `preprocess`, then the family the augname implies,
@@ -134,18 +132,20 @@ def resolve_family(preprocess: Optional[str], augname: Optional[str],
         if preprocess not in FAMILIES:
             raise ValueError(
                 f'Argument `preprocess` must be one of {FAMILIES} or None; '
-                f'received preprocess={preprocess!r}.')
+                f'received preprocess={preprocess!r}.'
+            )
         if implied is not None and implied != preprocess:
             raise ValueError(
                 f'Argument `preprocess` must agree with augname={augname!r}, '
                 f'which implies the {implied!r} family; received '
-                f'preprocess={preprocess!r}.')
+                f'preprocess={preprocess!r}.'
+            )
         return preprocess
     family = implied or default or 'v2'
     if family not in FAMILIES:
         raise ValueError(
-            f'Argument `default` must be one of {FAMILIES} or None; '
-            f'received default={default!r}.')
+            f'Argument `default` must be one of {FAMILIES} or None; received default={default!r}.'
+        )
     return family
 
 
@@ -167,9 +167,7 @@ def normalize(image: tf.Tensor, family: str) -> tf.Tensor:
         return (image - mean) / std
     if family == 'ft':
         return (image / 255.0 - 0.5) / 0.5
-    raise ValueError(
-        f'Argument `family` must be one of {FAMILIES}; received '
-        f'family={family!r}.')
+    raise ValueError(f'Argument `family` must be one of {FAMILIES}; received family={family!r}.')
 
 
 def denormalize(image: tf.Tensor, family: str) -> tf.Tensor:
@@ -183,13 +181,10 @@ def denormalize(image: tf.Tensor, family: str) -> tf.Tensor:
         return image * std + mean
     if family == 'ft':
         return (image * 0.5 + 0.5) * 255.0
-    raise ValueError(
-        f'Argument `family` must be one of {FAMILIES}; received '
-        f'family={family!r}.')
+    raise ValueError(f'Argument `family` must be one of {FAMILIES}; received family={family!r}.')
 
 
-def resize_bicubic_legacy(image: tf.Tensor, size: int,
-                          builtin_ops_only: bool = False) -> tf.Tensor:
+def resize_bicubic_legacy(image: tf.Tensor, size: int, builtin_ops_only: bool = False) -> tf.Tensor:
     """TF1 `resize_bicubic` (align_corners=False, half_pixel_centers=False).
 
     Cubic coefficient -0.75 and the asymmetric mapping `src = dst * in / out`;
@@ -214,8 +209,8 @@ def resize_bicubic_legacy(image: tf.Tensor, size: int,
         out = tf.einsum('ay,nyxc,bx->nabc', rows, images, cols)
     else:
         out = tf.raw_ops.ResizeBicubic(
-            images=images, size=[size, size], align_corners=False,
-            half_pixel_centers=False)
+            images=images, size=[size, size], align_corners=False, half_pixel_centers=False
+        )
     return out if batched else out[0]
 
 
@@ -238,13 +233,10 @@ def _legacy_bicubic_matrix(in_size: tf.Tensor, out_size: int) -> tf.Tensor:
     def far(x):  # 1 < |x| < 2
         return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
 
-    weights = tf.stack([far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)],
-                       axis=1)
+    weights = tf.stack([far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)], axis=1)
     taps = tf.cast(base, tf.int32)[:, None] + tf.range(-1, 3)[None, :]
     taps = tf.clip_by_value(taps, 0, in_size - 1)
-    return tf.reduce_sum(
-        tf.one_hot(taps, in_size, dtype=tf.float32) * weights[..., None],
-        axis=1)
+    return tf.reduce_sum(tf.one_hot(taps, in_size, dtype=tf.float32) * weights[..., None], axis=1)
 
 
 def resize_bilinear(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -272,16 +264,13 @@ def decode(payload: tf.Tensor) -> tf.Tensor:
     return tf.cast(image, tf.uint8)
 
 
-def _center_window(shape: tf.Tensor, image_size: int, legacy: bool
-                   ) -> tf.Tensor:
+def _center_window(shape: tf.Tensor, image_size: int, legacy: bool) -> tf.Tensor:
     """Centre square window `[y, x, side, side]` for the eval crop."""
     height, width = shape[0], shape[1]
     ratio = image_size / (image_size + CROP_PADDING)
-    side = tf.cast(ratio * tf.cast(tf.minimum(height, width), tf.float32),
-                   tf.int32)
+    side = tf.cast(ratio * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
     rounding = 1 if legacy else 0
-    return tf.stack([(height - side + rounding) // 2,
-                     (width - side + rounding) // 2, side, side])
+    return tf.stack([(height - side + rounding) // 2, (width - side + rounding) // 2, side, side])
 
 
 def _whole_window(shape: tf.Tensor) -> tf.Tensor:
@@ -291,12 +280,13 @@ def _whole_window(shape: tf.Tensor) -> tf.Tensor:
 def _check_family(family):
     if family not in FAMILIES:
         raise ValueError(
-            f'Argument `family` must be one of {FAMILIES}; received '
-            f'family={family!r}.')
+            f'Argument `family` must be one of {FAMILIES}; received family={family!r}.'
+        )
 
 
-def eval_window(shape: tf.Tensor, image_size: int, family: str,
-                center_crop: bool = True) -> tf.Tensor:
+def eval_window(
+    shape: tf.Tensor, image_size: int, family: str, center_crop: bool = True
+) -> tf.Tensor:
     """The evaluation crop `[top, left, height, width]` of an image.
 
     'v2': centre square of side `int(S / (S + 32) * min(h, w))` at
@@ -311,15 +301,14 @@ def eval_window(shape: tf.Tensor, image_size: int, family: str,
         center_crop: False keeps the whole image (digits).
     """
     _check_family(family)
-    if (family == 'ft' or not center_crop
-            or (family == 'v2' and image_size >= V2_NO_CROP_SIZE)):
+    if family == 'ft' or not center_crop or (family == 'v2' and image_size >= V2_NO_CROP_SIZE):
         return _whole_window(shape)
     return _center_window(shape, image_size, family == 'legacy')
 
 
-def eval_resize_and_normalize(image: tf.Tensor, image_size: int,
-                              family: str, builtin_ops_only: bool = False
-                              ) -> tf.Tensor:
+def eval_resize_and_normalize(
+    image: tf.Tensor, image_size: int, family: str, builtin_ops_only: bool = False
+) -> tf.Tensor:
     """Second half of the evaluation transform: resize a crop and scale it.
 
     'v2' and 'ft': bilinear (for 'ft' after the scaling, as the fine-tune
@@ -344,9 +333,13 @@ def eval_resize_and_normalize(image: tf.Tensor, image_size: int,
 
 def _v2_random_window(shape, seed, area_range):
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.concat([shape, [3]], 0), tf.zeros([0, 0, 4], tf.float32),
-        seed=seed, min_object_covered=0.0, area_range=area_range,
-        use_image_if_no_bounding_boxes=True)
+        tf.concat([shape, [3]], 0),
+        tf.zeros([0, 0, 4], tf.float32),
+        seed=seed,
+        min_object_covered=0.0,
+        area_range=area_range,
+        use_image_if_no_bounding_boxes=True,
+    )
     return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
@@ -355,9 +348,13 @@ def _legacy_random_window(shape, seed, area_range, image_size):
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.concat([shape, [3]], 0),
         tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
-        seed=seed, min_object_covered=0.1,
-        aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0), area_range=area_range,
-        max_attempts=10, use_image_if_no_bounding_boxes=True)
+        seed=seed,
+        min_object_covered=0.1,
+        aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
+        area_range=area_range,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
     window = tf.stack([begin[0], begin[1], size[0], size[1]])
     # Sampling failed when the window is the whole image. (The official code
     # also compares the channel count, so it never falls back for
@@ -367,8 +364,9 @@ def _legacy_random_window(shape, seed, area_range, image_size):
 
 
 def _slice(image, window):
-    return tf.slice(image, tf.stack([window[0], window[1], 0]),
-                    tf.stack([window[2], window[3], -1]))
+    return tf.slice(
+        image, tf.stack([window[0], window[1], 0]), tf.stack([window[2], window[3], -1])
+    )
 
 
 def _crop_with_window_fn(payload, window_fn, jpeg_window_decode):
@@ -378,10 +376,10 @@ def _crop_with_window_fn(payload, window_fn, jpeg_window_decode):
     (`decode_and_crop_jpeg` on the header shape), as the legacy code does.
     """
     if _is_encoded(payload) and jpeg_window_decode:
+
         def jpeg_branch():
             shape = tf.image.extract_jpeg_shape(payload)[:2]
-            return tf.image.decode_and_crop_jpeg(
-                payload, window_fn(shape), channels=3)
+            return tf.image.decode_and_crop_jpeg(payload, window_fn(shape), channels=3)
 
         def other_branch():
             image = decode(payload)
@@ -395,10 +393,15 @@ def _crop_with_window_fn(payload, window_fn, jpeg_window_decode):
     return image
 
 
-def decode_and_crop(payload: tf.Tensor, family: str, is_training: bool,
-                    image_size: int, seed: augment.SeedLike = None,
-                    area_range: Optional[Sequence[float]] = None,
-                    center_crop: bool = True) -> tf.Tensor:
+def decode_and_crop(
+    payload: tf.Tensor,
+    family: str,
+    is_training: bool,
+    image_size: int,
+    seed: augment.SeedLike = None,
+    area_range: Sequence[float] | None = None,
+    center_crop: bool = True,
+) -> tf.Tensor:
     """Stage 1: decodes an image and applies the family's crop.
 
     Args:
@@ -419,34 +422,36 @@ def decode_and_crop(payload: tf.Tensor, family: str, is_training: bool,
     legacy = family == 'legacy'
     if family not in FAMILIES:
         raise ValueError(
-            f'Argument `family` must be one of {FAMILIES}; received '
-            f'family={family!r}.')
+            f'Argument `family` must be one of {FAMILIES}; received family={family!r}.'
+        )
     if is_training:
         seed = augment.as_seed(seed)
         if legacy:
             area = tuple(area_range or LEGACY_AREA_RANGE)
             window_fn = lambda shape: _legacy_random_window(  # noqa: E731
-                shape, seed, area, image_size)
+                shape, seed, area, image_size
+            )
         else:
             area = tuple(area_range or V2_AREA_RANGE)
             window_fn = lambda shape: _v2_random_window(  # noqa: E731
-                shape, seed, area)
+                shape, seed, area
+            )
     else:
         window_fn = lambda shape: eval_window(  # noqa: E731
-            shape, image_size, family, center_crop)
+            shape, image_size, family, center_crop
+        )
     return _crop_with_window_fn(payload, window_fn, jpeg_window_decode=legacy)
 
 
 # ----------------------------------------------------------------------------
 # Stage 2: resize, flip, augment, normalise.
 # ----------------------------------------------------------------------------
-def _apply_policies(image_uint8, spec, ra_num_layers, ra_magnitude, seed,
-                    solarize_wrap=True):
+def _apply_policies(image_uint8, spec, ra_num_layers, ra_magnitude, seed, solarize_wrap=True):
     seeds = augment.split_seed(seed, max(len(spec.policies), 1))
     for i, policy in enumerate(spec.policies):
         image_uint8 = augment.distort_image(
-            image_uint8, policy, ra_num_layers, ra_magnitude, seeds[i],
-            solarize_wrap=solarize_wrap)
+            image_uint8, policy, ra_num_layers, ra_magnitude, seeds[i], solarize_wrap=solarize_wrap
+        )
     return image_uint8
 
 
@@ -455,11 +460,18 @@ def _to_uint8(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
 
 
-def finish(image: tf.Tensor, family: str, is_training: bool, image_size: int,
-           augname: Optional[str] = None, ra_num_layers: int = 2,
-           ra_magnitude: float = 15.0, random_flip: bool = True,
-           seed: augment.SeedLike = None, solarize_wrap: bool = True
-           ) -> tf.Tensor:
+def finish(
+    image: tf.Tensor,
+    family: str,
+    is_training: bool,
+    image_size: int,
+    augname: str | None = None,
+    ra_num_layers: int = 2,
+    ra_magnitude: float = 15.0,
+    random_flip: bool = True,
+    seed: augment.SeedLike = None,
+    solarize_wrap: bool = True,
+) -> tf.Tensor:
     """Stage 2: resizes, flips, augments and normalises a uint8 crop.
 
     Args:
@@ -486,56 +498,87 @@ def finish(image: tf.Tensor, family: str, is_training: bool, image_size: int,
     spec = parse_augname(augname)
     seeds = augment.split_seed(seed, 3)
     if family == 'ft':
-        return _finish_ft(image, is_training, image_size, spec, ra_num_layers,
-                          ra_magnitude, random_flip, seeds, solarize_wrap)
+        return _finish_ft(
+            image,
+            is_training,
+            image_size,
+            spec,
+            ra_num_layers,
+            ra_magnitude,
+            random_flip,
+            seeds,
+            solarize_wrap,
+        )
     if family == 'legacy':
         image = resize_bicubic_legacy(image, image_size)
     elif family == 'v2':
         image = resize_bilinear(image, image_size)
     else:
         raise ValueError(
-            f'Argument `family` must be one of {FAMILIES}; received '
-            f'family={family!r}.')
+            f'Argument `family` must be one of {FAMILIES}; received family={family!r}.'
+        )
     if is_training and random_flip:
         image = tf.image.stateless_random_flip_left_right(image, seeds[0])
     if spec.policies:
-        augmented = _apply_policies(_to_uint8(image), spec, ra_num_layers,
-                                    ra_magnitude, seeds[1], solarize_wrap)
+        augmented = _apply_policies(
+            _to_uint8(image), spec, ra_num_layers, ra_magnitude, seeds[1], solarize_wrap
+        )
         image = tf.cast(augmented, tf.float32)
     image = normalize(image, family)
     image.set_shape([image_size, image_size, 3])
     return image
 
 
-def _finish_ft(image, is_training, image_size, spec, ra_num_layers,
-               ra_magnitude, random_flip, seeds, solarize_wrap=True):
+def _finish_ft(
+    image,
+    is_training,
+    image_size,
+    spec,
+    ra_num_layers,
+    ra_magnitude,
+    random_flip,
+    seeds,
+    solarize_wrap=True,
+):
     """Fine-tune family: normalise, resize whole image, flip, policy, cutout."""
     image = resize_bilinear(normalize(image, 'ft'), image_size)
     if is_training and random_flip:
         image = tf.image.stateless_random_flip_left_right(image, seeds[0])
     if spec.policies:
-        augmented = _apply_policies(_to_uint8(denormalize(image, 'ft')), spec,
-                                    ra_num_layers, ra_magnitude, seeds[1],
-                                    solarize_wrap)
+        augmented = _apply_policies(
+            _to_uint8(denormalize(image, 'ft')),
+            spec,
+            ra_num_layers,
+            ra_magnitude,
+            seeds[1],
+            solarize_wrap,
+        )
         image = normalize(augmented, 'ft')
     if spec.noise_cutout:
         cutout_seed, noise_seed = tf.unstack(augment.split_seed(seeds[2], 2))
         noise = tf.random.stateless_uniform(
-            [image_size, image_size, 3], noise_seed, 0.0, 1.0, tf.float32)
+            [image_size, image_size, 3], noise_seed, 0.0, 1.0, tf.float32
+        )
         image = augment.cutout(image, image_size // 4, noise, cutout_seed)
     image.set_shape([image_size, image_size, 3])
     return image
 
 
-def preprocess_image(image: tf.Tensor, image_size: int,
-                     is_training: bool = False, family: str = 'v2',
-                     augname: Optional[str] = None, ra_num_layers: int = 2,
-                     ra_magnitude: float = 15.0,
-                     image_dtype: tf.DType = tf.float32,
-                     seed: augment.SeedLike = None,
-                     area_range: Optional[Sequence[float]] = None,
-                     center_crop: bool = True, random_flip: bool = True,
-                     solarize_wrap: bool = True) -> tf.Tensor:
+def preprocess_image(
+    image: tf.Tensor,
+    image_size: int,
+    is_training: bool = False,
+    family: str = 'v2',
+    augname: str | None = None,
+    ra_num_layers: int = 2,
+    ra_magnitude: float = 15.0,
+    image_dtype: tf.DType = tf.float32,
+    seed: augment.SeedLike = None,
+    area_range: Sequence[float] | None = None,
+    center_crop: bool = True,
+    random_flip: bool = True,
+    solarize_wrap: bool = True,
+) -> tf.Tensor:
     """Full single-image transform (both stages), e.g. for inference.
 
     Args:
@@ -557,20 +600,34 @@ def preprocess_image(image: tf.Tensor, image_size: int,
         `[image_size, image_size, 3]` normalised image of `image_dtype`.
     """
     crop_seed, finish_seed = (
-        tf.unstack(augment.split_seed(seed, 2)) if is_training
-        else (None, None))
-    image = decode_and_crop(image, family, is_training, image_size, crop_seed,
-                            area_range, center_crop)
-    image = finish(image, family, is_training, image_size, augname,
-                   ra_num_layers, ra_magnitude, random_flip, finish_seed,
-                   solarize_wrap)
+        tf.unstack(augment.split_seed(seed, 2)) if is_training else (None, None)
+    )
+    image = decode_and_crop(
+        image, family, is_training, image_size, crop_seed, area_range, center_crop
+    )
+    image = finish(
+        image,
+        family,
+        is_training,
+        image_size,
+        augname,
+        ra_num_layers,
+        ra_magnitude,
+        random_flip,
+        finish_seed,
+        solarize_wrap,
+    )
     return tf.cast(image, image_dtype)
 
 
-def preprocess_for_eval(images: tf.Tensor, image_size: int,
-                        family: str = 'v2', center_crop: bool = True,
-                        image_dtype: tf.DType = tf.float32,
-                        builtin_ops_only: bool = False) -> tf.Tensor:
+def preprocess_for_eval(
+    images: tf.Tensor,
+    image_size: int,
+    family: str = 'v2',
+    center_crop: bool = True,
+    image_dtype: tf.DType = tf.float32,
+    builtin_ops_only: bool = False,
+) -> tf.Tensor:
     """The evaluation transform of one image or a batch, eager or in a graph.
 
     The same computation as the eval input pipeline (`decode_and_crop` then
@@ -599,32 +656,32 @@ def preprocess_for_eval(images: tf.Tensor, image_size: int,
     _check_family(family)
     images = tf.convert_to_tensor(images)
     if _is_encoded(images):
+
         def one(payload):
-            crop = decode_and_crop(payload, family, False, image_size,
-                                   center_crop=center_crop)
-            image = eval_resize_and_normalize(crop, image_size, family,
-                                              builtin_ops_only)
+            crop = decode_and_crop(payload, family, False, image_size, center_crop=center_crop)
+            image = eval_resize_and_normalize(crop, image_size, family, builtin_ops_only)
             image.set_shape([image_size, image_size, 3])
             return tf.cast(image, image_dtype)
 
         if images.shape.rank == 0:
             return one(images)
-        return tf.map_fn(one, images, fn_output_signature=tf.TensorSpec(
-            [image_size, image_size, 3], image_dtype))
+        return tf.map_fn(
+            one, images, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], image_dtype)
+        )
     if images.shape.rank not in (3, 4):
         raise ValueError(
             'Argument `images` must be encoded bytes or pixels [h, w, c] / '
-            f'[n, h, w, c]; received shape {images.shape}.')
+            f'[n, h, w, c]; received shape {images.shape}.'
+        )
     batched = images.shape.rank == 4
     if not batched:
         images = images[None]
     if images.shape[-1] == 1:
         images = tf.image.grayscale_to_rgb(images)
-    window = eval_window(tf.shape(images)[1:3], image_size, family,
-                         center_crop)
-    images = tf.slice(images, tf.stack([0, window[0], window[1], 0]),
-                      tf.stack([-1, window[2], window[3], -1]))
-    images = eval_resize_and_normalize(images, image_size, family,
-                                       builtin_ops_only)
+    window = eval_window(tf.shape(images)[1:3], image_size, family, center_crop)
+    images = tf.slice(
+        images, tf.stack([0, window[0], window[1], 0]), tf.stack([-1, window[2], window[3], -1])
+    )
+    images = eval_resize_and_normalize(images, image_size, family, builtin_ops_only)
     images = tf.cast(images, image_dtype)
     return images if batched else images[0]

@@ -26,12 +26,13 @@ decoded (`skipped_images()`), which the pipeline's decode stage feeds.
 """
 
 import collections
+from collections.abc import Mapping
+from collections.abc import Sequence
 import dataclasses
 import functools
 import os
 import threading
 import zlib
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -55,7 +56,7 @@ no_autograph = tf.autograph.experimental.do_not_convert
 # Digits.
 # ----------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
-def _digits_arrays() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Loads scikit-learn digits once: split -> (uint8 [n, 8, 8, 3], labels)."""
     from sklearn import datasets as sk_datasets  # Imported only when used.
 
@@ -79,24 +80,27 @@ def _digits_arrays() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
 class FolderListing:
     """Class names (label order) and split -> (file paths, labels)."""
 
-    class_names: Tuple[str, ...]
-    files: Mapping[str, Tuple[Tuple[str, ...], Tuple[int, ...]]]
+    class_names: tuple[str, ...]
+    files: Mapping[str, tuple[tuple[str, ...], tuple[int, ...]]]
 
 
 def _is_image(filename: str) -> bool:
     return filename.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _class_files(class_dir: str) -> List[str]:
+def _class_files(class_dir: str) -> list[str]:
     found = []
     for root, _, names in tf.io.gfile.walk(class_dir):
         found.extend(os.path.join(root, n) for n in names if _is_image(n))
     return sorted(found)
 
 
-def _subdirs(directory: str) -> List[str]:
-    return sorted(n.rstrip('/') for n in tf.io.gfile.listdir(directory)
-                  if tf.io.gfile.isdir(os.path.join(directory, n)))
+def _subdirs(directory: str) -> list[str]:
+    return sorted(
+        n.rstrip('/')
+        for n in tf.io.gfile.listdir(directory)
+        if tf.io.gfile.isdir(os.path.join(directory, n))
+    )
 
 
 def _collect(root: str, class_names: Sequence[str]):
@@ -116,11 +120,9 @@ def _split_by_hash(root, class_names, eval_fraction):
     splits = {'train': ([], []), 'eval': ([], [])}
     for label, class_name in enumerate(class_names):
         files = _class_files(os.path.join(root, class_name))
-        files.sort(key=lambda p: (zlib.crc32(
-            os.path.relpath(p, root).encode('utf-8')), p))
+        files.sort(key=lambda p: (zlib.crc32(os.path.relpath(p, root).encode('utf-8')), p))
         num_eval = int(round(len(files) * eval_fraction))
-        for split, part in (('eval', files[:num_eval]),
-                            ('train', files[num_eval:])):
+        for split, part in (('eval', files[:num_eval]), ('train', files[num_eval:])):
             splits[split][0].extend(sorted(part))
             splits[split][1].extend([label] * len(part))
     return {k: (tuple(p), tuple(y)) for k, (p, y) in splits.items()}
@@ -133,7 +135,8 @@ def list_folder(data_dir: str) -> FolderListing:
         raise ValueError(
             f'Argument `data_dir` must be an existing directory of class '
             f'sub-folders for the folder dataset; received '
-            f'data_dir={data_dir!r}.')
+            f'data_dir={data_dir!r}.'
+        )
     top = _subdirs(data_dir)
     eval_dir = next((d for d in FOLDER_EVAL_DIRS if d in top), None)
     if 'train' in top and eval_dir:
@@ -144,19 +147,22 @@ def list_folder(data_dir: str) -> FolderListing:
         if unknown:
             raise ValueError(
                 f'Folder dataset {data_dir!r}: class folders {unknown} in '
-                f'{eval_dir!r} have no counterpart in \'train\'.')
-        files = {'train': _collect(train_root, class_names),
-                 'eval': _collect(eval_root, class_names)}
+                f"{eval_dir!r} have no counterpart in 'train'."
+            )
+        files = {
+            'train': _collect(train_root, class_names),
+            'eval': _collect(eval_root, class_names),
+        }
     else:
         class_names = tuple(top)
         files = _split_by_hash(data_dir, class_names, FOLDER_EVAL_FRACTION)
-    files['trainval'] = tuple(
-        a + b for a, b in zip(files['train'], files['eval']))
+    files['trainval'] = tuple(a + b for a, b in zip(files['train'], files['eval']))
     if not files['trainval'][0]:
         raise ValueError(
             f'Folder dataset: no images with extensions {IMAGE_EXTENSIONS} '
             f'found in class sub-folders of data_dir={data_dir!r} (looked '
-            f'for <data_dir>/<class>/... and <data_dir>/train/<class>/...).')
+            f'for <data_dir>/<class>/... and <data_dir>/train/<class>/...).'
+        )
     return FolderListing(class_names, files)
 
 
@@ -175,17 +181,20 @@ class _SkipCounter:
             self._counts[source] += count
             total = sum(self._counts.values())
         logging.warning(
-            'Skipped %d corrupt or undecodable image(s) in %s (%d in this '
-            'process so far).', count, source, total)
+            'Skipped %d corrupt or undecodable image(s) in %s (%d in this process so far).',
+            count,
+            source,
+            total,
+        )
         return total
 
-    def total(self, source: Optional[str] = None) -> int:
+    def total(self, source: str | None = None) -> int:
         with self._lock:
             if source is None:
                 return sum(self._counts.values())
             return self._counts[source]
 
-    def by_source(self) -> Dict[str, int]:
+    def by_source(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
 
@@ -197,7 +206,7 @@ class _SkipCounter:
 _SKIPPED = _SkipCounter()
 
 
-def skipped_images(source: Optional[str] = None) -> int:
+def skipped_images(source: str | None = None) -> int:
     """Number of images dropped so far because they could not be decoded.
 
     Counts are process-wide and grow as pipelines are iterated (a skip is
@@ -214,7 +223,7 @@ def skipped_images(source: Optional[str] = None) -> int:
     return _SKIPPED.total(source)
 
 
-def skipped_images_by_source() -> Dict[str, int]:
+def skipped_images_by_source() -> dict[str, int]:
     """Skipped-image counts keyed by '<dataset>/<split>'."""
     return _SKIPPED.by_source()
 
@@ -226,8 +235,10 @@ def reset_skipped_images():
 
 def record_skips(count: tf.Tensor, source: str) -> tf.Tensor:
     """Adds `count` skips of `source` to the counter from inside a graph."""
+
     def record(value):
         return np.int64(_SKIPPED.add(source, int(value)))
+
     return tf.py_function(record, [count], tf.int64)
 
 
@@ -243,39 +254,44 @@ class Source:
 
 
 def _parse_imagenet(record, info):
-    features = tf.io.parse_single_example(record, {
-        'image/encoded': tf.io.FixedLenFeature([], tf.string),
-        'image/class/label': tf.io.FixedLenFeature([], tf.int64),
-    })
-    label = tf.cast(features['image/class/label'] - info.label_offset,
-                    tf.int32)
+    features = tf.io.parse_single_example(
+        record,
+        {
+            'image/encoded': tf.io.FixedLenFeature([], tf.string),
+            'image/class/label': tf.io.FixedLenFeature([], tf.int64),
+        },
+    )
+    label = tf.cast(features['image/class/label'] - info.label_offset, tf.int32)
     return features['image/encoded'], label
 
 
 def _parse_imagenet21k(record, info):
-    features = tf.io.parse_single_example(record, {
-        'image': tf.io.FixedLenFeature([], tf.string),
-        'labels': tf.io.FixedLenSequenceFeature(
-            [], tf.int64, allow_missing=True),
-    })
+    features = tf.io.parse_single_example(
+        record,
+        {
+            'image': tf.io.FixedLenFeature([], tf.string),
+            'labels': tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
+        },
+    )
     return features['image'], features['labels'] - info.label_offset
 
 
-def _tfrecord_source(info, split_info, data_dir, is_training, pipeline,
-                     seed) -> Source:
+def _tfrecord_source(info, split_info, data_dir, is_training, pipeline, seed) -> Source:
     pipeline_id, num_pipelines = pipeline
     start, stop = split_info.file_slice
     if not data_dir:
         raise ValueError(
             f'Argument `data_dir` must be the directory of the '
             f'{info.name!r} TFRecord files (pattern '
-            f'{split_info.file_pattern!r}); received data_dir={data_dir!r}.')
+            f'{split_info.file_pattern!r}); received data_dir={data_dir!r}.'
+        )
     pattern = os.path.join(data_dir, split_info.file_pattern)
     files = sorted(tf.io.gfile.glob(pattern))[start:stop]
     if not files:
         raise ValueError(
             f'No TFRecord files for dataset {info.name!r}: looked for '
-            f'{pattern!r} (sorted matches [{start}:{stop}]) and found none.')
+            f'{pattern!r} (sorted matches [{start}:{stop}]) and found none.'
+        )
     by_example = num_pipelines > len(files)
     if num_pipelines > 1 and not by_example:
         files = files[pipeline_id::num_pipelines]
@@ -283,21 +299,21 @@ def _tfrecord_source(info, split_info, data_dir, is_training, pipeline,
     if is_training:
         dataset = dataset.shuffle(len(files), seed=seed)
     dataset = dataset.interleave(
-        no_autograph(lambda f: tf.data.TFRecordDataset(
-            f, buffer_size=_TFRECORD_READ_BUFFER)),
-        cycle_length=min(len(files), 16), num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True)
+        no_autograph(lambda f: tf.data.TFRecordDataset(f, buffer_size=_TFRECORD_READ_BUFFER)),
+        cycle_length=min(len(files), 16),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     if num_pipelines > 1 and by_example:
         dataset = dataset.shard(num_pipelines, pipeline_id)
-    parse = (_parse_imagenet21k if info.record_format == 'imagenet21k'
-             else _parse_imagenet)
-    dataset = dataset.map(no_autograph(lambda r: parse(r, info)),
-                          num_parallel_calls=tf.data.AUTOTUNE)
+    parse = _parse_imagenet21k if info.record_format == 'imagenet21k' else _parse_imagenet
+    dataset = dataset.map(
+        no_autograph(lambda r: parse(r, info)), num_parallel_calls=tf.data.AUTOTUNE
+    )
     return Source(dataset, 'bytes')
 
 
-def _tfds_source(info, split_info, data_dir, is_training, pipeline,
-                 seed) -> Source:
+def _tfds_source(info, split_info, data_dir, is_training, pipeline, seed) -> Source:
     import tensorflow_datasets as tfds  # Slow import; only when used.
 
     pipeline_id, num_pipelines = pipeline
@@ -307,10 +323,11 @@ def _tfds_source(info, split_info, data_dir, is_training, pipeline,
     try:
         builder = tfds.builder(info.tfds_name, data_dir=data_dir)
         dataset = builder.as_dataset(
-            split=split, shuffle_files=is_training,
+            split=split,
+            shuffle_files=is_training,
             decoders={'image': tfds.decode.SkipDecoding()},
-            read_config=tfds.ReadConfig(shuffle_seed=seed,
-                                        try_autocache=False))
+            read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
+        )
     except (AssertionError, FileNotFoundError) as error:
         raise ValueError(
             f'TFDS dataset {info.tfds_name!r} (split '
@@ -325,18 +342,15 @@ def _tfds_source(info, split_info, data_dir, is_training, pipeline,
         label = tf.cast(example['label'], tf.int32) - info.label_offset
         return example['image'], label
 
-    return Source(dataset.map(no_autograph(to_pair),
-                              num_parallel_calls=tf.data.AUTOTUNE), 'bytes')
+    return Source(dataset.map(no_autograph(to_pair), num_parallel_calls=tf.data.AUTOTUNE), 'bytes')
 
 
 def _folder_source(info, split, data_dir, pipeline) -> Source:
     listing = list_folder(str(data_dir or info.data_dir))
     paths, labels = listing.files[split]
     if not paths:
-        raise ValueError(
-            f'Folder dataset {data_dir!r} has no images in split {split!r}.')
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (list(paths), np.asarray(labels, np.int32)))
+        raise ValueError(f'Folder dataset {data_dir!r} has no images in split {split!r}.')
+    dataset = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int32)))
     return Source(_shard(dataset, pipeline), 'path')
 
 
@@ -353,9 +367,15 @@ def _shard(dataset, pipeline):
     return dataset
 
 
-def make_source(info, split: str, data_dir: Optional[str], *,
-                is_training: bool, pipeline: Tuple[int, int],
-                seed: int) -> Source:
+def make_source(
+    info,
+    split: str,
+    data_dir: str | None,
+    *,
+    is_training: bool,
+    pipeline: tuple[int, int],
+    seed: int,
+) -> Source:
     """The `(payload, label)` dataset of one split of a dataset.
 
     Args:
@@ -375,15 +395,13 @@ def make_source(info, split: str, data_dir: Optional[str], *,
     """
     split_info = info.get_split(split)
     if info.source == 'tfrecord':
-        return _tfrecord_source(info, split_info, data_dir, is_training,
-                                pipeline, seed)
+        return _tfrecord_source(info, split_info, data_dir, is_training, pipeline, seed)
     if info.source == 'tfds':
-        return _tfds_source(info, split_info, data_dir, is_training, pipeline,
-                            seed)
+        return _tfds_source(info, split_info, data_dir, is_training, pipeline, seed)
     if info.source == 'folder':
         return _folder_source(info, split, data_dir, pipeline)
     if info.source == 'digits':
         return _digits_source(split, pipeline)
     raise ValueError(
-        f'DatasetInfo.source must be one of {SOURCES}; received '
-        f'source={info.source!r}.')
+        f'DatasetInfo.source must be one of {SOURCES}; received source={info.source!r}.'
+    )

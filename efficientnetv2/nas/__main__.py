@@ -20,19 +20,31 @@ from absl import logging
 
 from efficientnetv2.nas import search
 
-flags.DEFINE_string('output_dir', 'runs/nas', 'Trials, results.csv/json, best.json and '
-                    'TensorBoard summaries (local or gs://); shared by all workers.')
-flags.DEFINE_string('backbone', 'efficientnet-b0', 'Model whose stages, channels, strides, '
-                    'scaling and training recipe the search space is built on.')
+flags.DEFINE_string(
+    'output_dir',
+    'runs/nas',
+    'Trials, results.csv/json, best.json and '
+    'TensorBoard summaries (local or gs://); shared by all workers.',
+)
+flags.DEFINE_string(
+    'backbone',
+    'efficientnet-b0',
+    'Model whose stages, channels, strides, '
+    'scaling and training recipe the search space is built on.',
+)
 flags.DEFINE_string('dataset_cfg', 'digits', 'Dataset config, as for main.py.')
 flags.DEFINE_string('data_dir', None, 'Dataset directory, as for main.py.')
 flags.DEFINE_integer('trials', 1000, 'Number of sampled architectures.')
-flags.DEFINE_enum('search', 'random', list(search.SEARCHES), 'Random search or regularized '
-                  'evolution.')
+flags.DEFINE_enum(
+    'search', 'random', list(search.SEARCHES), 'Random search or regularized evolution.'
+)
 flags.DEFINE_float('epochs', 10.0, 'Training epochs per trial.')
 flags.DEFINE_integer('image_size', 128, 'Reduced train and eval image size of the trials.')
-flags.DEFINE_string('hparam_str', '', 'Config overrides for every trial, as for main.py '
-                    '(e.g. "train.batch_size=256").')
+flags.DEFINE_string(
+    'hparam_str',
+    '',
+    'Config overrides for every trial, as for main.py (e.g. "train.batch_size=256").',
+)
 flags.DEFINE_float('reward_w', -0.07, 'Exponent of the normalized train-step time.')
 flags.DEFINE_float('reward_v', -0.05, 'Exponent of the parameter count.')
 flags.DEFINE_integer('seed', 0, 'Seed of the architecture sampling (and trial seeds).')
@@ -42,16 +54,23 @@ flags.DEFINE_integer('tournament', 5, 'Evolution: tournament size.')
 flags.DEFINE_integer('timing_steps', 10, 'Timed train steps per model (median).')
 flags.DEFINE_integer('timing_warmup', 2, 'Untimed train steps before timing (tracing).')
 flags.DEFINE_integer('timing_batch', 0, 'Batch of the timed steps; 0: train.batch_size.')
-flags.DEFINE_float('claim_timeout', 3600.0, 'Seconds without heartbeat before a claimed '
-                   'trial of another machine is taken over; 0: never.')
+flags.DEFINE_float(
+    'claim_timeout',
+    3600.0,
+    'Seconds without heartbeat before a claimed trial of another machine is taken over; 0: never.',
+)
 flags.DEFINE_float('settle_s', 2.0, 'Non-local output_dir: wait before a claim is checked.')
-flags.DEFINE_bool('keep_checkpoints', False, 'Keep each trial\'s checkpoints.')
+flags.DEFINE_bool('keep_checkpoints', False, "Keep each trial's checkpoints.")
 flags.DEFINE_integer('top_k', 5, 'How many best architectures to print.')
 flags.DEFINE_integer('workers', 1, 'Worker processes on this machine (each claims trials).')
 flags.DEFINE_integer('max_trials', None, 'Stop this process after running this many trials.')
-flags.DEFINE_string('trial_fn', None, 'Replace training by "module:function" (tests, custom '
-                    'objectives): fn(trial, settings, context) -> dict(accuracy, step_time, '
-                    'backbone_step_time, params).')
+flags.DEFINE_string(
+    'trial_fn',
+    None,
+    'Replace training by "module:function" (tests, custom '
+    'objectives): fn(trial, settings, context) -> dict(accuracy, step_time, '
+    'backbone_step_time, params).',
+)
 
 FLAGS = flags.FLAGS
 
@@ -66,7 +85,7 @@ def load_trial_fn(spec):
         return None
     module_name, sep, attr = spec.partition(':')
     if not sep or not module_name or not attr:
-        raise app.UsageError('--trial_fn must be "module:function". Received: %r' % spec)
+        raise app.UsageError(f'--trial_fn must be "module:function". Received: {spec!r}')
     return getattr(importlib.import_module(module_name), attr)
 
 
@@ -75,6 +94,7 @@ def launch_workers(count):
     env_gpus = []
     try:
         import tensorflow as tf
+
         env_gpus = tf.config.list_physical_devices('GPU')
     except Exception:
         pass
@@ -84,14 +104,17 @@ def launch_workers(count):
         env = dict(os.environ)
         if env_gpus and 'CUDA_VISIBLE_DEVICES' not in os.environ:
             env['CUDA_VISIBLE_DEVICES'] = str(i % len(env_gpus))  # One GPU per worker.
-        procs.append(subprocess.Popen([sys.executable, '-m', 'efficientnetv2.nas'] + args +
-                                      ['--workers=1'], env=env))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, '-m', 'efficientnetv2.nas'] + args + ['--workers=1'], env=env
+            )
+        )
     return [p.wait() for p in procs]
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError('Unexpected arguments: %s' % ' '.join(argv[1:]))
+        raise app.UsageError('Unexpected arguments: {}'.format(' '.join(argv[1:])))
     try:
         settings = settings_from_flags().validate()
     except ValueError as e:

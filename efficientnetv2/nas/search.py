@@ -23,6 +23,7 @@ same device, batch and image size, and P the trainable parameters in millions (a
 multiplies every reward by the same constant, so the ranking does not depend on it).
 """
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -43,10 +44,32 @@ from efficientnetv2.nas import space as space_lib
 
 SEARCHES = ('random', 'evolution')
 # Settings that define which trials a search runs; a resume with other values is refused.
-IDENTITY_KEYS = ('backbone', 'dataset_cfg', 'search', 'seed', 'epochs', 'image_size',
-                 'hparam_str', 'repeat_delta', 'reward_w', 'reward_v')
-CSV_COLUMNS = ('trial', 'status', 'reward', 'accuracy', 'step_time', 'step_time_ratio',
-               'params', 'seconds', 'arch', 'blocks', 'owner', 'error')
+IDENTITY_KEYS = (
+    'backbone',
+    'dataset_cfg',
+    'search',
+    'seed',
+    'epochs',
+    'image_size',
+    'hparam_str',
+    'repeat_delta',
+    'reward_w',
+    'reward_v',
+)
+CSV_COLUMNS = (
+    'trial',
+    'status',
+    'reward',
+    'accuracy',
+    'step_time',
+    'step_time_ratio',
+    'params',
+    'seconds',
+    'arch',
+    'blocks',
+    'owner',
+    'error',
+)
 
 
 @dataclasses.dataclass
@@ -66,24 +89,24 @@ class Settings:
     reward_v: float = -0.05
     seed: int = 0
     repeat_delta: int = 1
-    population: int = 20          # Evolution: the most recent finished trials that breed.
-    tournament: int = 5           # Evolution: sample size; its best trial is the parent.
-    timing_steps: int = 10        # Timed train steps (median), after `timing_warmup`.
+    population: int = 20  # Evolution: the most recent finished trials that breed.
+    tournament: int = 5  # Evolution: sample size; its best trial is the parent.
+    timing_steps: int = 10  # Timed train steps (median), after `timing_warmup`.
     timing_warmup: int = 2
-    timing_batch: int = 0         # 0: the trial's train.batch_size.
+    timing_batch: int = 0  # 0: the trial's train.batch_size.
     claim_timeout: float = 3600.0  # A claim whose heartbeat is older is taken over.
-    settle_s: float = 2.0         # Non-local claims: wait before checking who won.
+    settle_s: float = 2.0  # Non-local claims: wait before checking who won.
     keep_checkpoints: bool = False
     top_k: int = 5
 
     def validate(self):
         if self.search not in SEARCHES:
-            raise ValueError('search must be one of %s. Received: %r' % (SEARCHES, self.search))
+            raise ValueError(f'search must be one of {SEARCHES}. Received: {self.search!r}')
         for name in ('trials', 'image_size', 'timing_steps', 'population', 'tournament'):
             if getattr(self, name) < 1:
-                raise ValueError('%s must be >= 1. Received: %r' % (name, getattr(self, name)))
+                raise ValueError(f'{name} must be >= 1. Received: {getattr(self, name)!r}')
         if not self.epochs > 0:
-            raise ValueError('epochs must be > 0. Received: %r' % (self.epochs,))
+            raise ValueError(f'epochs must be > 0. Received: {self.epochs!r}')
         return self
 
     def identity(self):
@@ -93,15 +116,18 @@ class Settings:
 def reward(accuracy, step_time_ratio, params_millions, w=-0.07, v=-0.05):
     """The paper's multi-objective reward `A * S**w * P**v`."""
     if not (step_time_ratio > 0 and params_millions > 0):
-        raise ValueError('step time ratio and parameters must be > 0. Received: %r, %r'
-                         % (step_time_ratio, params_millions))
+        raise ValueError(
+            f'step time ratio and parameters must be > 0. Received: {step_time_ratio!r}, {params_millions!r}'
+        )
     return float(accuracy) * float(step_time_ratio) ** w * float(params_millions) ** v
 
 
 # -- measuring ----------------------------------------------------------------------------
 
-def measure_step_time(model, image_size, batch_size, steps=10, warmup=2, strategy=None,
-                      num_classes=None):
+
+def measure_step_time(
+    model, image_size, batch_size, steps=10, warmup=2, strategy=None, num_classes=None
+):
     """Median seconds of one training step of `model` (warm: tracing and warm-up excluded).
 
     The step is forward in training mode, softmax cross-entropy, gradients and an SGD update,
@@ -110,6 +136,7 @@ def measure_step_time(model, image_size, batch_size, steps=10, warmup=2, strateg
     """
     import keras
     import tensorflow as tf
+
     strategy = strategy or tf.distribute.get_strategy()
     num_classes = num_classes or int(model.outputs[0].shape[-1])
     rng = np.random.default_rng(0)
@@ -147,30 +174,40 @@ def measure_step_time(model, image_size, batch_size, steps=10, warmup=2, strateg
 def trial_config(settings, block_strings, trial_index):
     """The run config of one trial: backbone recipe, dataset, reduced size and length."""
     from efficientnetv2 import config as config_lib
-    config = config_lib.build_config(settings.backbone, settings.dataset_cfg,
-                                     data_dir=settings.data_dir)
-    config.override(dict(
-        train=dict(epochs=float(settings.epochs), image_size=int(settings.image_size), stages=0,
-                   seed=int(settings.seed) * 100003 + trial_index),
-        eval=dict(image_size=int(settings.image_size))))
+
+    config = config_lib.build_config(
+        settings.backbone, settings.dataset_cfg, data_dir=settings.data_dir
+    )
+    config.override(
+        dict(
+            train=dict(
+                epochs=float(settings.epochs),
+                image_size=int(settings.image_size),
+                stages=0,
+                seed=int(settings.seed) * 100003 + trial_index,
+            ),
+            eval=dict(image_size=int(settings.image_size)),
+        )
+    )
     if settings.hparam_str:
         config.override(settings.hparam_str)
     config.override(dict(model=dict(blocks=list(block_strings))))
     return config_lib.validate(config)
 
 
-class TrialContext(object):
+class TrialContext:
     """Per-process state shared by the trials of one worker: the backbone's step time."""
 
     def __init__(self, settings, space):
         self.settings = settings
         self.space = space
-        self.backbone_blocks = [s for s in _backbone_blocks(settings.backbone)]
+        self.backbone_blocks = list(_backbone_blocks(settings.backbone))
         self.backbone_step_time = None
 
 
 def _backbone_blocks(backbone):
     from efficientnetv2 import architectures
+
     return list(architectures.get_variant(backbone).blocks)
 
 
@@ -180,9 +217,11 @@ def train_trial(trial, settings, context):
     Returns a dict with accuracy, step_time, backbone_step_time, params.
     """
     import keras
+
     from efficientnetv2 import model as model_lib
     from efficientnetv2 import summary
     from efficientnetv2.train import trainer as trainer_lib
+
     keras.backend.clear_session()
     config = trial_config(settings, trial['blocks'], trial['trial'])
     trainer = trainer_lib.Trainer(config, trial['model_dir'])
@@ -196,25 +235,42 @@ def train_trial(trial, settings, context):
         args['blocks'] = list(block_strings)
         with trainer.strategy.scope():
             model = model_lib.EfficientNet(**args)
-        seconds = measure_step_time(model, settings.image_size, batch, settings.timing_steps,
-                                    settings.timing_warmup, trainer.strategy)
+        seconds = measure_step_time(
+            model,
+            settings.image_size,
+            batch,
+            settings.timing_steps,
+            settings.timing_warmup,
+            trainer.strategy,
+        )
         return model, seconds
 
     if context.backbone_step_time is None:
         # Measured once per process, after the first trainer set the precision policy.
         _, context.backbone_step_time = timed(context.backbone_blocks)
-        logging.info('Backbone %s: %.4f s per train step (batch %d, %d px).',
-                     settings.backbone, context.backbone_step_time, batch, settings.image_size)
+        logging.info(
+            'Backbone %s: %.4f s per train step (batch %d, %d px).',
+            settings.backbone,
+            context.backbone_step_time,
+            batch,
+            settings.image_size,
+        )
     model, step_time = timed(trial['blocks'])
     trainable, _ = summary.count_params(model)
-    return dict(accuracy=float(result['top_1']), step_time=step_time,
-                backbone_step_time=context.backbone_step_time, params=int(trainable))
+    return dict(
+        accuracy=float(result['top_1']),
+        step_time=step_time,
+        backbone_step_time=context.backbone_step_time,
+        params=int(trainable),
+    )
 
 
 # -- the store ------------------------------------------------------------------------------
 
+
 def _gfile():
     import tensorflow as tf
+
     return tf.io.gfile
 
 
@@ -225,7 +281,7 @@ def _is_local(path):
 def _write_text(path, text):
     """Writes via a temporary name and a rename, so readers never see half a file."""
     gfile = _gfile()
-    tmp = '%s.tmp-%s' % (path, uuid.uuid4().hex[:8])
+    tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
     with gfile.GFile(tmp, 'w') as f:
         f.write(text)
     gfile.rename(tmp, path, overwrite=True)
@@ -250,7 +306,7 @@ def _pid_alive(pid):
     return True
 
 
-class TrialStore(object):
+class TrialStore:
     """Trial directories, claims and result tables under one output_dir."""
 
     def __init__(self, output_dir, settings=None):
@@ -275,12 +331,18 @@ class TrialStore(object):
         path = os.path.join(self.output_dir, 'settings.json')
         saved = _read_json(path)
         if saved is not None:
-            different = ['%s: %r saved, %r now' % (k, saved.get(k), v)
-                         for k, v in settings.identity().items() if saved.get(k) != v]
+            different = [
+                f'{k}: {saved.get(k)!r} saved, {v!r} now'
+                for k, v in settings.identity().items()
+                if saved.get(k) != v
+            ]
             if different:
-                raise ValueError('output_dir %s holds a search with other settings (%s). Use '
-                                 'another --output_dir or the same settings.'
-                                 % (self.output_dir, '; '.join(different)))
+                raise ValueError(
+                    'output_dir {} holds a search with other settings ({}). Use '
+                    'another --output_dir or the same settings.'.format(
+                        self.output_dir, '; '.join(different)
+                    )
+                )
         else:
             _write_text(path, json.dumps(dataclasses.asdict(settings), indent=2))
 
@@ -328,14 +390,16 @@ class TrialStore(object):
             if not self._stale(claim, index):
                 return False
             if _read_json(path) == claim:
-                logging.warning('Trial %d: taking over the stale claim of %s.', index,
-                                (claim or {}).get('owner'))
+                logging.warning(
+                    'Trial %d: taking over the stale claim of %s.',
+                    index,
+                    (claim or {}).get('owner'),
+                )
                 try:
                     gfile.remove(path)
                 except Exception:
                     return False
-        content = json.dumps(dict(owner=self.owner, host=self.host, pid=self.pid,
-                                  time=time.time()))
+        content = json.dumps(dict(owner=self.owner, host=self.host, pid=self.pid, time=time.time()))
         if _is_local(path):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -344,7 +408,7 @@ class TrialStore(object):
             with os.fdopen(fd, 'w') as f:
                 f.write(content)
             return True
-        tmp = '%s.%s' % (path, self.owner.replace(':', '_'))
+        tmp = '{}.{}'.format(path, self.owner.replace(':', '_'))
         with gfile.GFile(tmp, 'w') as f:
             f.write(content)
         try:
@@ -363,7 +427,7 @@ class TrialStore(object):
         def beat():
             while True:
                 try:
-                    _write_text(path, '%f' % time.time())
+                    _write_text(path, f'{time.time():f}')
                 except Exception as e:  # A missed beat only ages the claim.
                     logging.warning('Heartbeat of trial %d failed: %s', index, e)
                 if stop.wait(interval):
@@ -379,8 +443,7 @@ class TrialStore(object):
         return None if items is None else space_lib.arch_from_json(items)
 
     def write_arch(self, index, arch):
-        _write_text(self._path(index, 'arch.json'),
-                    json.dumps(space_lib.arch_to_json(arch)))
+        _write_text(self._path(index, 'arch.json'), json.dumps(space_lib.arch_to_json(arch)))
 
     def write_result(self, index, record):
         _write_text(self._path(index, 'result.json'), json.dumps(record, indent=2))
@@ -394,8 +457,7 @@ class TrialStore(object):
 
     def write_tables(self, top_k=5):
         records = self.results()
-        _write_text(os.path.join(self.output_dir, 'results.json'),
-                    json.dumps(records, indent=2))
+        _write_text(os.path.join(self.output_dir, 'results.json'), json.dumps(records, indent=2))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction='ignore')
         writer.writeheader()
@@ -416,6 +478,7 @@ def best_trials(records, top_k=5):
 
 # -- proposing architectures --------------------------------------------------------------------
 
+
 def propose(index, settings, space, store, random_archs):
     """The architecture of trial `index`: random, or a mutation of a tournament winner."""
     if settings.search == 'random':
@@ -425,10 +488,11 @@ def propose(index, settings, space, store, random_archs):
         return random_archs[index]
     # Regularized evolution: the most recently finished `population` trials breed.
     records.sort(key=lambda r: (r.get('finished', 0), r['trial']))
-    population = records[-settings.population:]
+    population = records[-settings.population :]
     rng = np.random.default_rng([int(settings.seed), index, 1])
-    picks = rng.choice(len(population), size=min(settings.tournament, len(population)),
-                       replace=False)
+    picks = rng.choice(
+        len(population), size=min(settings.tournament, len(population)), replace=False
+    )
     parent = max((population[i] for i in picks), key=lambda r: (r['reward'], -r['trial']))
     seen = {r['arch'] for r in records}
     child = space.mutate(space_lib.arch_from_json(parent['arch_choices']), rng)
@@ -441,9 +505,11 @@ def propose(index, settings, space, store, random_archs):
 
 # -- the worker loop --------------------------------------------------------------------------
 
+
 def _tensorboard_log(settings, record):
     try:
         import tensorflow as tf
+
         writer = tf.summary.create_file_writer(os.path.join(settings.output_dir, 'tensorboard'))
         with writer.as_default(step=record['trial']):
             for key in ('reward', 'accuracy', 'step_time_ratio', 'step_time'):
@@ -461,20 +527,33 @@ def _remove_checkpoints(model_dir):
     gfile = _gfile()
     for pattern in ('ckpt-*', 'checkpoint'):
         for path in gfile.glob(os.path.join(model_dir, pattern)):
-            try:
+            with contextlib.suppress(Exception):
                 gfile.remove(path)
-            except Exception:
-                pass
 
 
 def run_trial(index, arch, settings, space, store, context, trial_fn):
     """Runs one claimed trial and writes its result; failures become 'failed' records."""
     blocks = space.to_blocks(arch)
-    trial = dict(trial=index, arch=space_lib.arch_key(arch), blocks=blocks,
-                 model_dir=os.path.join(store.trial_dir(index), 'model'))
-    record = dict(trial=index, arch=trial['arch'], arch_choices=space_lib.arch_to_json(arch),
-                  blocks=blocks, owner=store.owner, status='failed', reward=None,
-                  accuracy=None, step_time=None, step_time_ratio=None, params=None, error='')
+    trial = dict(
+        trial=index,
+        arch=space_lib.arch_key(arch),
+        blocks=blocks,
+        model_dir=os.path.join(store.trial_dir(index), 'model'),
+    )
+    record = dict(
+        trial=index,
+        arch=trial['arch'],
+        arch_choices=space_lib.arch_to_json(arch),
+        blocks=blocks,
+        owner=store.owner,
+        status='failed',
+        reward=None,
+        accuracy=None,
+        step_time=None,
+        step_time_ratio=None,
+        params=None,
+        error='',
+    )
     start = time.time()
     stop = store.heartbeat(index, max(1.0, min(60.0, (settings.claim_timeout or 240) / 4)))
     try:
@@ -483,19 +562,29 @@ def run_trial(index, arch, settings, space, store, context, trial_fn):
         ratio = float(metrics['step_time']) / float(metrics['backbone_step_time'])
         params = int(metrics['params'])
         if not all(math.isfinite(x) for x in (accuracy, ratio)):
-            raise FloatingPointError('non-finite accuracy %r or step-time ratio %r'
-                                     % (accuracy, ratio))
-        record.update(status='ok', accuracy=accuracy, step_time=float(metrics['step_time']),
-                      step_time_ratio=ratio, params=params,
-                      reward=reward(accuracy, ratio, params / 1e6, settings.reward_w,
-                                    settings.reward_v))
+            raise FloatingPointError(
+                f'non-finite accuracy {accuracy!r} or step-time ratio {ratio!r}'
+            )
+        record.update(
+            status='ok',
+            accuracy=accuracy,
+            step_time=float(metrics['step_time']),
+            step_time_ratio=ratio,
+            params=params,
+            reward=reward(accuracy, ratio, params / 1e6, settings.reward_w, settings.reward_v),
+        )
     except (KeyboardInterrupt, InterruptedError):
         stop.set()
         raise
     except Exception as e:  # NaN (TrainingError), OOM (ResourceExhaustedError), bugs, ...
-        record['error'] = '%s: %s' % (type(e).__name__, str(e)[:2000])
-        logging.error('Trial %d (%s) failed: %s\n%s', index, trial['arch'], record['error'],
-                      traceback.format_exc(limit=5))
+        record['error'] = f'{type(e).__name__}: {str(e)[:2000]}'
+        logging.error(
+            'Trial %d (%s) failed: %s\n%s',
+            index,
+            trial['arch'],
+            record['error'],
+            traceback.format_exc(limit=5),
+        )
     finally:
         stop.set()
     record['seconds'] = time.time() - start
@@ -504,8 +593,9 @@ def run_trial(index, arch, settings, space, store, context, trial_fn):
     if not settings.keep_checkpoints:
         _remove_checkpoints(trial['model_dir'])
     _tensorboard_log(settings, record)
-    logging.info('Trial %d %s: %s reward %s.', index, trial['arch'], record['status'],
-                 record['reward'])
+    logging.info(
+        'Trial %d %s: %s reward %s.', index, trial['arch'], record['status'], record['reward']
+    )
     return record
 
 
@@ -523,6 +613,7 @@ def run(settings, trial_fn=None, max_trials=None):
     """
     settings.validate()
     from efficientnetv2 import architectures
+
     architectures.get_variant(settings.backbone)  # Clear error for an unknown backbone.
     space = space_lib.SearchSpace(_backbone_blocks(settings.backbone), settings.repeat_delta)
     store = TrialStore(settings.output_dir, settings)
@@ -550,10 +641,20 @@ def format_best(records, backbone, top_k=5):
     """The best trials as text: reward, metrics and block strings ready for get_model."""
     lines = []
     for r in best_trials(records, top_k):
-        lines.append('trial %d  reward %.4f  top-1 %.4f  step-time x%.3f  params %.2fM  %s'
-                     % (r['trial'], r['reward'], r['accuracy'], r['step_time_ratio'],
-                        r['params'] / 1e6, r['arch']))
-        lines.append('    efficientnetv2.get_model(%r, blocks=%r)' % (backbone, r['blocks']))
+        lines.append(
+            'trial %d  reward %.4f  top-1 %.4f  step-time x%.3f  params %.2fM  %s'
+            % (
+                r['trial'],
+                r['reward'],
+                r['accuracy'],
+                r['step_time_ratio'],
+                r['params'] / 1e6,
+                r['arch'],
+            )
+        )
+        lines.append(
+            '    efficientnetv2.get_model({!r}, blocks={!r})'.format(backbone, r['blocks'])
+        )
     failed = sum(1 for r in records if r.get('status') != 'ok')
     lines.append('%d trials finished, %d failed.' % (len(records), failed))
     return '\n'.join(lines)

@@ -31,8 +31,12 @@ class StageChoice:
     expand_ratio: int
 
     def key(self):
-        return 'c%dr%dk%de%d' % (self.conv_type, self.num_repeat, self.kernel_size,
-                                 self.expand_ratio)
+        return 'c%dr%dk%de%d' % (
+            self.conv_type,
+            self.num_repeat,
+            self.kernel_size,
+            self.expand_ratio,
+        )
 
 
 def arch_key(arch):
@@ -40,7 +44,7 @@ def arch_key(arch):
     return '-'.join(stage.key() for stage in arch)
 
 
-class SearchSpace(object):
+class SearchSpace:
     """Architectures derived from a backbone's block strings.
 
     Args:
@@ -49,18 +53,26 @@ class SearchSpace(object):
         conv_types, kernel_sizes, expand_ratios: the per-stage options.
     """
 
-    def __init__(self, backbone_blocks, repeat_delta=1, conv_types=CONV_TYPES,
-                 kernel_sizes=KERNEL_SIZES, expand_ratios=EXPAND_RATIOS):
+    def __init__(
+        self,
+        backbone_blocks,
+        repeat_delta=1,
+        conv_types=CONV_TYPES,
+        kernel_sizes=KERNEL_SIZES,
+        expand_ratios=EXPAND_RATIOS,
+    ):
         self.base = blocks_lib.decode_list(list(backbone_blocks))
         if repeat_delta < 0:
-            raise ValueError('repeat_delta must be >= 0. Received: %r' % (repeat_delta,))
+            raise ValueError(f'repeat_delta must be >= 0. Received: {repeat_delta!r}')
         if not conv_types or any(v not in CONV_TYPES for v in conv_types):
-            raise ValueError('conv_types must be a non-empty subset of %s. Received: %r'
-                             % (CONV_TYPES, conv_types))
+            raise ValueError(
+                f'conv_types must be a non-empty subset of {CONV_TYPES}. Received: {conv_types!r}'
+            )
         for name, values in (('kernel_sizes', kernel_sizes), ('expand_ratios', expand_ratios)):
             if not values or any(int(v) < 1 for v in values):
-                raise ValueError('%s must be a non-empty list of positive integers. '
-                                 'Received: %r' % (name, values))
+                raise ValueError(
+                    f'{name} must be a non-empty list of positive integers. Received: {values!r}'
+                )
         self.repeat_delta = int(repeat_delta)
         self.conv_types = tuple(int(v) for v in conv_types)
         self.kernel_sizes = tuple(int(v) for v in kernel_sizes)
@@ -73,10 +85,12 @@ class SearchSpace(object):
     def choices(self, stage):
         """{field: tuple of options} for one stage."""
         r = self.base[stage].num_repeat
-        return dict(conv_type=self.conv_types,
-                    num_repeat=tuple(range(max(1, r - self.repeat_delta),
-                                           r + self.repeat_delta + 1)),
-                    kernel_size=self.kernel_sizes, expand_ratio=self.expand_ratios)
+        return dict(
+            conv_type=self.conv_types,
+            num_repeat=tuple(range(max(1, r - self.repeat_delta), r + self.repeat_delta + 1)),
+            kernel_size=self.kernel_sizes,
+            expand_ratio=self.expand_ratios,
+        )
 
     def size(self):
         """Number of distinct architectures."""
@@ -90,50 +104,66 @@ class SearchSpace(object):
         """A uniformly random architecture (tuple of `StageChoice`)."""
         arch = []
         for stage in range(self.num_stages):
-            picks = {f: options[int(rng.integers(len(options)))]
-                     for f, options in self.choices(stage).items()}
+            picks = {
+                f: options[int(rng.integers(len(options)))]
+                for f, options in self.choices(stage).items()
+            }
             arch.append(StageChoice(**picks))
         return tuple(arch)
 
     def mutate(self, arch, rng):
         """`arch` with one option of one stage changed to another value."""
-        mutable = [(s, f) for s in range(self.num_stages)
-                   for f, options in self.choices(s).items() if len(options) > 1]
+        mutable = [
+            (s, f)
+            for s in range(self.num_stages)
+            for f, options in self.choices(s).items()
+            if len(options) > 1
+        ]
         if not mutable:
             return tuple(arch)
         stage, field = mutable[int(rng.integers(len(mutable)))]
         current = getattr(arch[stage], field)
         others = [v for v in self.choices(stage)[field] if v != current]
         arch = list(arch)
-        arch[stage] = dataclasses.replace(arch[stage],
-                                          **{field: others[int(rng.integers(len(others)))]})
+        arch[stage] = dataclasses.replace(
+            arch[stage], **{field: others[int(rng.integers(len(others)))]}
+        )
         return tuple(arch)
 
     def contains(self, arch):
         return len(arch) == self.num_stages and all(
-            getattr(stage, f) in self.choices(i)[f] for i, stage in enumerate(arch)
-            for f in _FIELDS)
+            getattr(stage, f) in self.choices(i)[f] for i, stage in enumerate(arch) for f in _FIELDS
+        )
 
     def to_blocks(self, arch):
         """Base block strings of an architecture (backbone strides and channels)."""
         if not self.contains(arch):
-            raise ValueError('Architecture %s is not in this search space.' % arch_key(arch))
+            raise ValueError(f'Architecture {arch_key(arch)} is not in this search space.')
         out = []
         for base, stage in zip(self.base, arch):
-            out.append(blocks_lib.encode(base.replace(
-                conv_type=stage.conv_type, num_repeat=stage.num_repeat,
-                kernel_size=stage.kernel_size, expand_ratio=stage.expand_ratio,
-                se_ratio=None if stage.conv_type else base.se_ratio)))
+            out.append(
+                blocks_lib.encode(
+                    base.replace(
+                        conv_type=stage.conv_type,
+                        num_repeat=stage.num_repeat,
+                        kernel_size=stage.kernel_size,
+                        expand_ratio=stage.expand_ratio,
+                        se_ratio=None if stage.conv_type else base.se_ratio,
+                    )
+                )
+            )
         return out
 
     def from_blocks(self, block_strings):
         """The architecture that `to_blocks` wrote (raises ValueError for any other strings)."""
         stages = blocks_lib.decode_list(list(block_strings))
-        arch = tuple(StageChoice(s.conv_type, s.num_repeat, s.kernel_size, s.expand_ratio)
-                     for s in stages)
+        arch = tuple(
+            StageChoice(s.conv_type, s.num_repeat, s.kernel_size, s.expand_ratio) for s in stages
+        )
         if not self.contains(arch) or self.to_blocks(arch) != list(block_strings):
-            raise ValueError('Block strings %r are not an architecture of this search space.'
-                             % (list(block_strings),))
+            raise ValueError(
+                f'Block strings {list(block_strings)!r} are not an architecture of this search space.'
+            )
         return arch
 
     def random_archs(self, count, seed):

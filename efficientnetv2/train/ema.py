@@ -32,7 +32,7 @@ import tensorflow as tf
 from efficientnetv2.variables import ema_variables  # noqa: F401  (re-exported)
 from efficientnetv2.variables import variable_name as _variable_name
 
-SHADOW_SUFFIX = "ExponentialMovingAverage"
+SHADOW_SUFFIX = 'ExponentialMovingAverage'
 
 
 def effective_decay(decay, step=None):
@@ -93,19 +93,17 @@ class ExponentialMovingAverage(tf.Module):
         name: Name of the module.
     """
 
-    def __init__(self, variables, decay=0.9999, use_num_updates=True,
-                 name="ema"):
+    def __init__(self, variables, decay=0.9999, use_num_updates=True, name='ema'):
         super().__init__(name=name)
         variables = list(variables)
         if not variables:
             raise ValueError(
-                "Argument `variables` must be a non-empty list of variables; "
-                "received an empty list."
+                'Argument `variables` must be a non-empty list of variables; '
+                'received an empty list.'
             )
         if not 0.0 <= decay < 1.0:
             raise ValueError(
-                f"Argument `decay` must be a float in [0, 1); received: "
-                f"decay={decay!r}."
+                f'Argument `decay` must be a float in [0, 1); received: decay={decay!r}.'
             )
         self.decay = float(decay)
         self.use_num_updates = bool(use_num_updates)
@@ -127,8 +125,8 @@ class ExponentialMovingAverage(tf.Module):
             if model_variable is variable:
                 return shadow
         raise ValueError(
-            f"Argument `variable` must be one of the averaged variables; "
-            f"received: {_variable_name(variable)!r}."
+            f'Argument `variable` must be one of the averaged variables; '
+            f'received: {_variable_name(variable)!r}.'
         )
 
     def apply(self, step=None):
@@ -142,9 +140,7 @@ class ExponentialMovingAverage(tf.Module):
         Returns:
             The decay used, a float32 scalar tensor.
         """
-        decay = effective_decay(
-            self.decay, step if self.use_num_updates else None
-        )
+        decay = effective_decay(self.decay, step if self.use_num_updates else None)
         replica_context = tf.distribute.get_replica_context()
         if replica_context is None:
             self._update_shadows(tf.distribute.get_strategy(), decay)
@@ -171,9 +167,7 @@ class ExponentialMovingAverage(tf.Module):
     def copy_to_model(self):
         """Overwrites the model variables with the shadows (permanent)."""
         for model_variable, shadow in self.pairs():
-            model_variable.assign(
-                tf.cast(shadow.read_value(), model_variable.dtype)
-            )
+            model_variable.assign(tf.cast(shadow.read_value(), model_variable.dtype))
 
     def reset_from_model(self):
         """Overwrites the shadows with the model variables' current values.
@@ -191,9 +185,7 @@ class ExponentialMovingAverage(tf.Module):
         """
         for model_variable, shadow in self.pairs():
             model_value = tf.identity(_read(model_variable))
-            model_variable.assign(
-                tf.cast(shadow.read_value(), model_variable.dtype)
-            )
+            model_variable.assign(tf.cast(shadow.read_value(), model_variable.dtype))
             shadow.assign(tf.cast(model_value, shadow.dtype))
 
     @contextlib.contextmanager
@@ -226,7 +218,7 @@ def _read(variable):
 
 def _make_shadow(variable):
     """Creates the shadow `tf.Variable` of `variable`, initialised to it."""
-    name = f"{_variable_name(variable)}/{SHADOW_SUFFIX}"
+    name = f'{_variable_name(variable)}/{SHADOW_SUFFIX}'
     source = _tf_variable(variable)
     return tf.Variable(
         initial_value=lambda: tf.identity(source),

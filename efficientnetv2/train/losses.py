@@ -22,9 +22,9 @@ replicas (`tf.nn.scale_regularization_loss` does that in replica context).
 
 import tensorflow as tf
 
-LOSS_TYPES = ("softmax", "sigmoid", "custom")
+LOSS_TYPES = ('softmax', 'sigmoid', 'custom')
 
-_DECAYED_SUFFIXES = ("kernel", "depthwise_kernel", "pointwise_kernel")
+_DECAYED_SUFFIXES = ('kernel', 'depthwise_kernel', 'pointwise_kernel')
 
 
 def softmax_cross_entropy(
@@ -58,11 +58,8 @@ def softmax_cross_entropy(
         labels = tf.math.divide_no_nan(labels, row_sum)
     if label_smoothing:
         num_classes = tf.cast(tf.shape(logits)[-1], tf.float32)
-        labels = (labels * (1.0 - label_smoothing)
-                  + label_smoothing / num_classes)
-    per_example = tf.nn.softmax_cross_entropy_with_logits(
-        labels=labels, logits=logits
-    )
+        labels = labels * (1.0 - label_smoothing) + label_smoothing / num_classes
+    per_example = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     return _reduce(per_example, global_batch_size)
 
 
@@ -94,9 +91,7 @@ def sigmoid_cross_entropy(
     _check_smoothing(label_smoothing)
     if label_smoothing:
         labels = labels * (1.0 - label_smoothing) + 0.5 * label_smoothing
-    elementwise = tf.nn.sigmoid_cross_entropy_with_logits(
-        labels=labels, logits=logits
-    )
+    elementwise = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
     per_example = tf.reduce_sum(elementwise, axis=-1)
     if not sum_over_classes:
         per_example = per_example / tf.cast(tf.shape(logits)[-1], tf.float32)
@@ -106,7 +101,7 @@ def sigmoid_cross_entropy(
 def classification_loss(
     labels,
     logits,
-    loss_type="softmax",
+    loss_type='softmax',
     label_smoothing=0.1,
     normalize_labels=False,
     global_batch_size=None,
@@ -120,22 +115,29 @@ def classification_loss(
     Returns:
         A float32 scalar.
     """
-    if loss_type == "softmax":
+    if loss_type == 'softmax':
         return softmax_cross_entropy(
-            labels, logits, label_smoothing=label_smoothing,
+            labels,
+            logits,
+            label_smoothing=label_smoothing,
             normalize_labels=normalize_labels,
-            global_batch_size=global_batch_size)
-    if loss_type == "sigmoid":
+            global_batch_size=global_batch_size,
+        )
+    if loss_type == 'sigmoid':
         return sigmoid_cross_entropy(
-            labels, logits, label_smoothing=label_smoothing,
-            global_batch_size=global_batch_size)
-    if loss_type == "custom":
+            labels, logits, label_smoothing=label_smoothing, global_batch_size=global_batch_size
+        )
+    if loss_type == 'custom':
         return sigmoid_cross_entropy(
-            labels, logits, label_smoothing=0.0, sum_over_classes=True,
-            global_batch_size=global_batch_size)
+            labels,
+            logits,
+            label_smoothing=0.0,
+            sum_over_classes=True,
+            global_batch_size=global_batch_size,
+        )
     raise ValueError(
-        f"Argument `loss_type` must be one of {list(LOSS_TYPES)}; received: "
-        f"loss_type={loss_type!r}."
+        f'Argument `loss_type` must be one of {list(LOSS_TYPES)}; received: '
+        f'loss_type={loss_type!r}.'
     )
 
 
@@ -147,11 +149,11 @@ def is_decayed_variable(variable):
     `kernel` too) and TF names (`conv2d/depthwise_kernel:0`). Biases, BN
     gamma/beta and moving statistics never match.
     """
-    name = getattr(variable, "path", None) or variable.name
-    if name.endswith(":0"):
+    name = getattr(variable, 'path', None) or variable.name
+    if name.endswith(':0'):
         name = name[:-2]
-    last = name.rsplit("/", 1)[-1]
-    return last in _DECAYED_SUFFIXES or last.endswith("_kernel")
+    last = name.rsplit('/', 1)[-1]
+    return last in _DECAYED_SUFFIXES or last.endswith('_kernel')
 
 
 def l2_loss(variables, weight_decay):
@@ -168,15 +170,13 @@ def l2_loss(variables, weight_decay):
     """
     if weight_decay < 0:
         raise ValueError(
-            f"Argument `weight_decay` must be >= 0; received: "
-            f"weight_decay={weight_decay!r}."
+            f'Argument `weight_decay` must be >= 0; received: weight_decay={weight_decay!r}.'
         )
     selected = [v for v in variables if is_decayed_variable(v)]
     if not weight_decay or not selected:
         return tf.constant(0.0, tf.float32)
     total = tf.add_n(
-        [tf.nn.l2_loss(tf.cast(tf.convert_to_tensor(v), tf.float32))
-         for v in selected]
+        [tf.nn.l2_loss(tf.cast(tf.convert_to_tensor(v), tf.float32)) for v in selected]
     )
     return tf.constant(weight_decay, tf.float32) * total
 
@@ -195,12 +195,8 @@ def clip_gradients(gradients, clip_norm):
     if not clip_norm:
         return gradients
     if clip_norm < 0:
-        raise ValueError(
-            f"Argument `clip_norm` must be >= 0; received: "
-            f"clip_norm={clip_norm!r}."
-        )
-    clipped = [None if g is None else tf.clip_by_norm(g, clip_norm)
-               for g in gradients]
+        raise ValueError(f'Argument `clip_norm` must be >= 0; received: clip_norm={clip_norm!r}.')
+    clipped = [None if g is None else tf.clip_by_norm(g, clip_norm) for g in gradients]
     clipped, _ = tf.clip_by_global_norm(clipped, clip_norm)
     return list(clipped)
 
@@ -210,8 +206,7 @@ def _prepare(labels, logits):
     logits = tf.cast(logits, tf.float32)
     labels = tf.convert_to_tensor(labels)
     if labels.dtype.is_integer:
-        labels = tf.one_hot(labels, depth=tf.shape(logits)[-1],
-                            dtype=tf.float32)
+        labels = tf.one_hot(labels, depth=tf.shape(logits)[-1], dtype=tf.float32)
     else:
         labels = tf.cast(labels, tf.float32)
     return logits, labels
@@ -220,8 +215,8 @@ def _prepare(labels, logits):
 def _check_smoothing(label_smoothing):
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(
-            f"Argument `label_smoothing` must be in [0, 1]; received: "
-            f"label_smoothing={label_smoothing!r}."
+            f'Argument `label_smoothing` must be in [0, 1]; received: '
+            f'label_smoothing={label_smoothing!r}.'
         )
 
 
@@ -231,7 +226,7 @@ def _reduce(per_example, global_batch_size):
         return tf.reduce_mean(per_example)
     if global_batch_size <= 0:
         raise ValueError(
-            f"Argument `global_batch_size` must be a positive integer; "
-            f"received: global_batch_size={global_batch_size!r}."
+            f'Argument `global_batch_size` must be a positive integer; '
+            f'received: global_batch_size={global_batch_size!r}.'
         )
     return tf.reduce_sum(per_example) / tf.cast(global_batch_size, tf.float32)

@@ -9,10 +9,10 @@ TF1's are about `lr * g`. `RMSPropTF1` reproduces the TF1 update exactly.
 """
 
 import keras
-import tensorflow as tf
 from keras import ops
+import tensorflow as tf
 
-_PACKAGE = "efficientnetv2"
+_PACKAGE = 'efficientnetv2'
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -66,16 +66,15 @@ class RMSPropTF1(keras.optimizers.Optimizer):
         rho=0.9,
         momentum=0.9,
         epsilon=1e-3,
-        name="rmsprop_tf1",
+        name='rmsprop_tf1',
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        _check_fraction("rho", rho, allow_zero=True)
-        _check_fraction("momentum", momentum, allow_zero=True)
+        _check_fraction('rho', rho, allow_zero=True)
+        _check_fraction('momentum', momentum, allow_zero=True)
         if not epsilon > 0:
             raise ValueError(
-                f"Argument `epsilon` must be a positive float; received: "
-                f"epsilon={epsilon!r}."
+                f'Argument `epsilon` must be a positive float; received: epsilon={epsilon!r}.'
             )
         self.rho = float(rho)
         self.momentum = float(momentum)
@@ -86,12 +85,8 @@ class RMSPropTF1(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(var_list)
-        self._ms_slots = self.add_optimizer_variables(
-            var_list, "ms", initializer="ones"
-        )
-        self._mom_slots = self.add_optimizer_variables(
-            var_list, "mom", initializer="zeros"
-        )
+        self._ms_slots = self.add_optimizer_variables(var_list, 'ms', initializer='ones')
+        self._mom_slots = self.add_optimizer_variables(var_list, 'mom', initializer='zeros')
 
     def update_step(self, gradient, variable, learning_rate):
         """Applies one TF1 RMSProp update to `variable`."""
@@ -119,9 +114,9 @@ class RMSPropTF1(keras.optimizers.Optimizer):
         config = super().get_config()
         config.update(
             {
-                "rho": self.rho,
-                "momentum": self.momentum,
-                "epsilon": self.epsilon,
+                'rho': self.rho,
+                'momentum': self.momentum,
+                'epsilon': self.epsilon,
             }
         )
         return config
@@ -131,10 +126,9 @@ def _check_fraction(argument, value, allow_zero):
     """Raises ValueError unless `value` lies in [0, 1) (or (0, 1))."""
     low_ok = value >= 0 if allow_zero else value > 0
     if not (low_ok and value < 1):
-        interval = "[0, 1)" if allow_zero else "(0, 1)"
+        interval = '[0, 1)' if allow_zero else '(0, 1)'
         raise ValueError(
-            f"Argument `{argument}` must be a float in {interval}; received: "
-            f"{argument}={value!r}."
+            f'Argument `{argument}` must be a float in {interval}; received: {argument}={value!r}.'
         )
 
 
@@ -143,13 +137,13 @@ def _rmsprop_tf1(learning_rate, **kwargs):
 
 
 def _rmsprop_keras(learning_rate, **kwargs):
-    settings = {"rho": 0.9, "momentum": 0.9, "epsilon": 1e-3}
+    settings = {'rho': 0.9, 'momentum': 0.9, 'epsilon': 1e-3}
     settings.update(kwargs)
     return keras.optimizers.RMSprop(learning_rate=learning_rate, **settings)
 
 
 def _sgd(learning_rate, **kwargs):
-    settings = {"momentum": 0.9, "nesterov": False}
+    settings = {'momentum': 0.9, 'nesterov': False}
     settings.update(kwargs)
     return keras.optimizers.SGD(learning_rate=learning_rate, **settings)
 
@@ -163,11 +157,11 @@ def _adamw(learning_rate, **kwargs):
 
 
 _BUILDERS = {
-    "rmsprop": _rmsprop_tf1,
-    "rmsprop_keras": _rmsprop_keras,
-    "sgd": _sgd,
-    "adam": _adam,
-    "adamw": _adamw,
+    'rmsprop': _rmsprop_tf1,
+    'rmsprop_keras': _rmsprop_keras,
+    'sgd': _sgd,
+    'adam': _adam,
+    'adamw': _adamw,
 }
 
 OPTIMIZER_NAMES = tuple(_BUILDERS)
@@ -200,7 +194,6 @@ def build_optimizer(name, learning_rate, **kwargs):
     key = str(name).lower()
     if key not in _BUILDERS:
         raise ValueError(
-            f"Argument `name` must be one of {list(OPTIMIZER_NAMES)}; "
-            f"received: name={name!r}."
+            f'Argument `name` must be one of {list(OPTIMIZER_NAMES)}; received: name={name!r}.'
         )
     return _BUILDERS[key](learning_rate, **kwargs)

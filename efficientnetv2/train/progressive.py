@@ -43,7 +43,7 @@ import dataclasses
 import math
 import numbers
 
-PLAN_MODES = ("paper", "official")
+PLAN_MODES = ('paper', 'official')
 
 # Paper S_0 and official `data.ibase`.
 DEFAULT_MIN_IMAGE_SIZE = 128
@@ -107,20 +107,19 @@ class StagePlan:
         mode: The interpolation mode that produced them (for display).
     """
 
-    def __init__(self, stages, mode="paper"):
+    def __init__(self, stages, mode='paper'):
         stages = tuple(stages)
         if not stages:
             raise ValueError(
-                "Argument `stages` must hold at least one Stage; received "
-                "an empty sequence."
+                'Argument `stages` must hold at least one Stage; received an empty sequence.'
             )
         expected_start = 0
         for stage in stages:
             if stage.start_step != expected_start:
                 raise ValueError(
-                    f"Argument `stages` must be contiguous from step 0; "
-                    f"stage {stage.index} starts at {stage.start_step}, "
-                    f"expected {expected_start}."
+                    f'Argument `stages` must be contiguous from step 0; '
+                    f'stage {stage.index} starts at {stage.start_step}, '
+                    f'expected {expected_start}.'
                 )
             expected_start = stage.end_step
         self._stages = stages
@@ -146,7 +145,7 @@ class StagePlan:
         return self._stages[index]
 
     def __repr__(self):
-        return f"StagePlan(mode={self.mode!r}, stages={list(self._stages)!r})"
+        return f'StagePlan(mode={self.mode!r}, stages={list(self._stages)!r})'
 
     def stage_at_step(self, step):
         """Returns the stage that trains step `step` (0-based).
@@ -162,9 +161,7 @@ class StagePlan:
         """
         step = int(step)
         if step < 0:
-            raise ValueError(
-                f"Argument `step` must be >= 0; received: step={step}."
-            )
+            raise ValueError(f'Argument `step` must be >= 0; received: step={step}.')
         for stage in self._stages:
             if step < stage.end_step:
                 return stage
@@ -172,28 +169,30 @@ class StagePlan:
 
     def format_table(self):
         """Renders the plan as a fixed-width text table for logging."""
-        header = ("stage", "steps", "image", "randaug", "mixup", "cutmix",
-                  "dropout")
+        header = ('stage', 'steps', 'image', 'randaug', 'mixup', 'cutmix', 'dropout')
         rows = [header]
         for stage in self._stages:
-            rows.append((
-                str(stage.index),
-                f"{stage.start_step}-{stage.end_step}",
-                str(stage.image_size),
-                f"{stage.ram:.3f}",
-                f"{stage.mixup_alpha:.4f}",
-                f"{stage.cutmix_alpha:.4f}",
-                f"{stage.dropout_rate:.3f}",
-            ))
+            rows.append(
+                (
+                    str(stage.index),
+                    f'{stage.start_step}-{stage.end_step}',
+                    str(stage.image_size),
+                    f'{stage.ram:.3f}',
+                    f'{stage.mixup_alpha:.4f}',
+                    f'{stage.cutmix_alpha:.4f}',
+                    f'{stage.dropout_rate:.3f}',
+                )
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = [f"Progressive learning plan ({self.mode} mode, "
-                 f"{len(self)} stages, {self.total_steps} steps)"]
+        lines = [
+            f'Progressive learning plan ({self.mode} mode, '
+            f'{len(self)} stages, {self.total_steps} steps)'
+        ]
         for position, row in enumerate(rows):
-            lines.append("  ".join(
-                cell.rjust(width) for cell, width in zip(row, widths)))
+            lines.append('  '.join(cell.rjust(width) for cell, width in zip(row, widths)))
             if position == 0:
-                lines.append("  ".join("-" * width for width in widths))
-        return "\n".join(lines)
+                lines.append('  '.join('-' * width for width in widths))
+        return '\n'.join(lines)
 
 
 def build_stage_plan(
@@ -209,7 +208,7 @@ def build_stage_plan(
     min_mixup=0.0,
     min_cutmix=0.0,
     min_dropout=0.1,
-    mode="paper",
+    mode='paper',
     size_divisor=1,
 ):
     """Builds the stage plan of progressive learning (see module docstring).
@@ -246,43 +245,44 @@ def build_stage_plan(
     """
     if mode not in PLAN_MODES:
         raise ValueError(
-            f"Argument `mode` must be one of {list(PLAN_MODES)}; received: "
-            f"mode={mode!r}."
+            f'Argument `mode` must be one of {list(PLAN_MODES)}; received: mode={mode!r}.'
         )
-    num_stages = _as_int("num_stages", num_stages, minimum=0)
-    total_steps = _as_int("total_steps", total_steps, minimum=1)
-    final_image_size = _as_int("final_image_size", final_image_size, minimum=1)
+    num_stages = _as_int('num_stages', num_stages, minimum=0)
+    total_steps = _as_int('total_steps', total_steps, minimum=1)
+    final_image_size = _as_int('final_image_size', final_image_size, minimum=1)
     if min_image_size is None:
         min_image_size = default_min_image_size(final_image_size)
-    _check_non_negative("min_image_size", min_image_size)
+    _check_non_negative('min_image_size', min_image_size)
     if not min_image_size:
         min_image_size = final_image_size / 2
-    size_divisor = _as_int("size_divisor", size_divisor, minimum=1)
+    size_divisor = _as_int('size_divisor', size_divisor, minimum=1)
     if num_stages > 1 and min_image_size > final_image_size:
         raise ValueError(
-            f"Argument `min_image_size` must be <= final_image_size="
-            f"{final_image_size}; received: min_image_size={min_image_size!r}."
+            f'Argument `min_image_size` must be <= final_image_size='
+            f'{final_image_size}; received: min_image_size={min_image_size!r}.'
         )
     for argument, value in (
-        ("final_ram", final_ram), ("final_mixup", final_mixup),
-        ("final_cutmix", final_cutmix), ("final_dropout", final_dropout),
-        ("min_ram", min_ram), ("min_mixup", min_mixup),
-        ("min_cutmix", min_cutmix), ("min_dropout", min_dropout),
+        ('final_ram', final_ram),
+        ('final_mixup', final_mixup),
+        ('final_cutmix', final_cutmix),
+        ('final_dropout', final_dropout),
+        ('min_ram', min_ram),
+        ('min_mixup', min_mixup),
+        ('min_cutmix', min_cutmix),
+        ('min_dropout', min_dropout),
     ):
         _check_non_negative(argument, value)
-    for argument, value in (("final_dropout", final_dropout),
-                            ("min_dropout", min_dropout)):
+    for argument, value in (('final_dropout', final_dropout), ('min_dropout', min_dropout)):
         if value >= 1:
             raise ValueError(
-                f"Argument `{argument}` must be in [0, 1); received: "
-                f"{argument}={value!r}."
+                f'Argument `{argument}` must be in [0, 1); received: {argument}={value!r}.'
             )
 
     count = max(num_stages, 1)
     if total_steps < count:
         raise ValueError(
-            f"Argument `total_steps` must be >= num_stages={count} so that "
-            f"every stage has a step; received: total_steps={total_steps}."
+            f'Argument `total_steps` must be >= num_stages={count} so that '
+            f'every stage has a step; received: total_steps={total_steps}.'
         )
     boundaries = [i * total_steps // count for i in range(count + 1)]
 
@@ -290,31 +290,37 @@ def build_stage_plan(
     for i in range(count):
         if count == 1:
             size, ram, mixup, cutmix, dropout = (
-                final_image_size, final_ram, final_mixup, final_cutmix,
-                final_dropout)
+                final_image_size,
+                final_ram,
+                final_mixup,
+                final_cutmix,
+                final_dropout,
+            )
         else:
             ratio = i / (count - 1)
             ram = _lerp(min_ram, final_ram, ratio)
             mixup = _lerp(min_mixup, final_mixup, ratio)
             cutmix = _lerp(min_cutmix, final_cutmix, ratio)
-            if mode == "paper":
-                size = _paper_size(min_image_size, final_image_size, ratio,
-                                   size_divisor, last=i == count - 1)
+            if mode == 'paper':
+                size = _paper_size(
+                    min_image_size, final_image_size, ratio, size_divisor, last=i == count - 1
+                )
                 dropout = _lerp(min_dropout, final_dropout, ratio)
             else:
-                size = int(min_image_size + (final_image_size - min_image_size)
-                           * (i + 1) / count)
+                size = int(min_image_size + (final_image_size - min_image_size) * (i + 1) / count)
                 dropout = final_dropout
-        stages.append(Stage(
-            index=i,
-            start_step=boundaries[i],
-            end_step=boundaries[i + 1],
-            image_size=int(size),
-            ram=float(ram),
-            mixup_alpha=float(mixup),
-            cutmix_alpha=float(cutmix),
-            dropout_rate=float(dropout),
-        ))
+        stages.append(
+            Stage(
+                index=i,
+                start_step=boundaries[i],
+                end_step=boundaries[i + 1],
+                image_size=int(size),
+                ram=float(ram),
+                mixup_alpha=float(mixup),
+                cutmix_alpha=float(cutmix),
+                dropout_rate=float(dropout),
+            )
+        )
     return StagePlan(stages, mode=mode)
 
 
@@ -338,21 +344,17 @@ def _as_int(argument, value, minimum):
         is_integer = float(value).is_integer()
     except (TypeError, ValueError):
         is_integer = False
-    if (isinstance(value, (bool, str)) or not is_integer
-            or int(value) < minimum):
+    if isinstance(value, (bool, str)) or not is_integer or int(value) < minimum:
         raise ValueError(
-            f"Argument `{argument}` must be an integer >= {minimum}; "
-            f"received: {argument}={value!r}."
+            f'Argument `{argument}` must be an integer >= {minimum}; '
+            f'received: {argument}={value!r}.'
         )
     return int(value)
 
 
 def _check_non_negative(argument, value):
     """Raises ValueError unless `value` is a number >= 0."""
-    if isinstance(value, bool) or not (
-        isinstance(value, numbers.Real) and value >= 0
-    ):
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) and value >= 0):
         raise ValueError(
-            f"Argument `{argument}` must be a number >= 0; received: "
-            f"{argument}={value!r}."
+            f'Argument `{argument}` must be a number >= 0; received: {argument}={value!r}.'
         )

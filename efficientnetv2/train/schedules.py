@@ -19,9 +19,9 @@ import math
 import keras
 import tensorflow as tf
 
-_PACKAGE = "efficientnetv2"
+_PACKAGE = 'efficientnetv2'
 
-DECAY_TYPES = ("exponential", "cosine", "linear", "constant")
+DECAY_TYPES = ('exponential', 'cosine', 'linear', 'constant')
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -54,7 +54,7 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
         global_batch_size,
         steps_per_epoch,
         total_steps=None,
-        decay_type="exponential",
+        decay_type='exponential',
         warmup_epochs=5.0,
         lr_min=0.0,
         decay_rate=0.97,
@@ -62,26 +62,24 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
         reference_batch_size=256,
     ):
         super().__init__()
-        _check_positive("lr_base", lr_base, allow_zero=True)
-        _check_positive("global_batch_size", global_batch_size)
-        _check_positive("steps_per_epoch", steps_per_epoch)
-        _check_positive("warmup_epochs", warmup_epochs, allow_zero=True)
-        _check_positive("lr_min", lr_min, allow_zero=True)
-        _check_positive("decay_rate", decay_rate)
-        _check_positive("decay_epochs", decay_epochs)
-        _check_positive("reference_batch_size", reference_batch_size)
+        _check_positive('lr_base', lr_base, allow_zero=True)
+        _check_positive('global_batch_size', global_batch_size)
+        _check_positive('steps_per_epoch', steps_per_epoch)
+        _check_positive('warmup_epochs', warmup_epochs, allow_zero=True)
+        _check_positive('lr_min', lr_min, allow_zero=True)
+        _check_positive('decay_rate', decay_rate)
+        _check_positive('decay_epochs', decay_epochs)
+        _check_positive('reference_batch_size', reference_batch_size)
         if decay_type not in DECAY_TYPES:
             raise ValueError(
-                f"Argument `decay_type` must be one of {list(DECAY_TYPES)}; "
-                f"received: decay_type={decay_type!r}."
+                f'Argument `decay_type` must be one of {list(DECAY_TYPES)}; '
+                f'received: decay_type={decay_type!r}.'
             )
-        if decay_type in ("cosine", "linear") and not (
-            total_steps is not None and total_steps > 0
-        ):
+        if decay_type in ('cosine', 'linear') and not (total_steps is not None and total_steps > 0):
             raise ValueError(
-                f"Argument `total_steps` must be a positive number when "
-                f"decay_type={decay_type!r}; received: "
-                f"total_steps={total_steps!r}."
+                f'Argument `total_steps` must be a positive number when '
+                f'decay_type={decay_type!r}; received: '
+                f'total_steps={total_steps!r}.'
             )
         self.lr_base = float(lr_base)
         self.global_batch_size = int(global_batch_size)
@@ -134,14 +132,14 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def _decayed(self, t, lr0):
         """Decay value at float step `t`, before floor and warmup."""
-        if self.decay_type == "exponential":
+        if self.decay_type == 'exponential':
             exponent = tf.floor(t / tf.constant(self.decay_steps, tf.float32))
             rate = tf.constant(self.decay_rate, tf.float32)
             return lr0 * tf.pow(rate, exponent)
-        if self.decay_type == "cosine":
+        if self.decay_type == 'cosine':
             progress = t / float(self.total_steps)
             return 0.5 * lr0 * (1.0 + tf.cos(math.pi * progress))
-        if self.decay_type == "linear":
+        if self.decay_type == 'linear':
             # Clamped at 0 past `total_steps` (the official code would go
             # negative there); identical on [0, total_steps].
             return tf.maximum(1.0 - t / float(self.total_steps), 0.0) * lr0
@@ -149,16 +147,16 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {
-            "lr_base": self.lr_base,
-            "global_batch_size": self.global_batch_size,
-            "steps_per_epoch": self.steps_per_epoch,
-            "total_steps": self.total_steps,
-            "decay_type": self.decay_type,
-            "warmup_epochs": self.warmup_epochs,
-            "lr_min": self.lr_min,
-            "decay_rate": self.decay_rate,
-            "decay_epochs": self.decay_epochs,
-            "reference_batch_size": self.reference_batch_size,
+            'lr_base': self.lr_base,
+            'global_batch_size': self.global_batch_size,
+            'steps_per_epoch': self.steps_per_epoch,
+            'total_steps': self.total_steps,
+            'decay_type': self.decay_type,
+            'warmup_epochs': self.warmup_epochs,
+            'lr_min': self.lr_min,
+            'decay_rate': self.decay_rate,
+            'decay_epochs': self.decay_epochs,
+            'reference_batch_size': self.reference_batch_size,
         }
 
 
@@ -169,8 +167,7 @@ def _check_positive(argument, value, allow_zero=False):
     except TypeError:
         ok = False
     if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
+        bound = '>= 0' if allow_zero else '> 0'
         raise ValueError(
-            f"Argument `{argument}` must be a number {bound}; received: "
-            f"{argument}={value!r}."
+            f'Argument `{argument}` must be a number {bound}; received: {argument}={value!r}.'
         )

@@ -49,7 +49,7 @@ def _relax_image_shape(dataset):
     return dataset.map(relax, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-class ClassificationTask(object):
+class ClassificationTask:
     """Image classification on a config's dataset (see module docstring).
 
     Args:
@@ -59,13 +59,16 @@ class ClassificationTask(object):
 
     def __init__(self, config, info=None):
         self.config = config
-        self.info = info or data.get_dataset_info(config.data.dataset,
-                                                  data_dir=config.data.data_dir)
+        self.info = info or data.get_dataset_info(
+            config.data.dataset, data_dir=config.data.data_dir
+        )
         self.global_batch = int(config.train.batch_size)
         num_images = self.info.get_split(config.data.train_split).num_images
         self.steps_per_epoch = num_images / self.global_batch
-        self.total_steps = max(int(config.train.min_steps or 0),
-                               int(config.train.epochs * num_images // self.global_batch))
+        self.total_steps = max(
+            int(config.train.min_steps or 0),
+            int(config.train.epochs * num_images // self.global_batch),
+        )
         self.train_image_size = config_lib.train_image_size(config)
         self.eval_image_size = int(config.eval.image_size)
 
@@ -102,9 +105,13 @@ class ClassificationTask(object):
         """
         config = self.config.train
         loss = losses.classification_loss(
-            labels, tf.cast(logits, tf.float32), loss_type=config.loss_type,
-            label_smoothing=config.label_smoothing, normalize_labels=self.info.multi_label,
-            global_batch_size=self.global_batch)
+            labels,
+            tf.cast(logits, tf.float32),
+            loss_type=config.loss_type,
+            label_smoothing=config.label_smoothing,
+            normalize_labels=self.info.multi_label,
+            global_batch_size=self.global_batch,
+        )
         if config.weight_decay and model is not None:
             loss += losses.l2_loss(model.trainable_variables, config.weight_decay) / num_replicas
         return loss
@@ -138,8 +145,9 @@ class ClassificationTask(object):
         scale = tf.cast(tf.convert_to_tensor(optimizer.dynamic_scale), tf.float32)
         unscaled = [None if g is None else tf.cast(g, tf.float32) / scale for g in gradients]
         clipped = losses.clip_gradients(unscaled, clip)
-        return [None if c is None else tf.cast(c * scale, g.dtype)
-                for c, g in zip(clipped, gradients)]
+        return [
+            None if c is None else tf.cast(c * scale, g.dtype) for c, g in zip(clipped, gradients)
+        ]
 
     def validation_step(self, images, labels, model):
         """Sums over the batch: [top-1 hits, top-k hits, count], k = min(5, num_classes)."""
@@ -151,16 +159,24 @@ class ClassificationTask(object):
         k = min(5, self.info.num_classes)
         logits = tf.cast(logits, tf.float32)
         truth = tf.argmax(labels, axis=-1, output_type=tf.int32)
-        top1 = tf.reduce_sum(tf.cast(
-            tf.equal(tf.argmax(logits, -1, output_type=tf.int32), truth), tf.float32))
+        top1 = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), truth), tf.float32)
+        )
         topk = tf.reduce_sum(tf.cast(tf.math.in_top_k(truth, logits, k), tf.float32))
         count = tf.cast(tf.shape(labels)[0], tf.float32)
         return tf.stack([top1, topk, count])
 
     # -- input pipelines --------------------------------------------------------------------
 
-    def build_train_dataset(self, stage, input_context=None, image_dtype=tf.float32,
-                            skip_batches=0, relax_shapes=False, num_batches=None):
+    def build_train_dataset(
+        self,
+        stage,
+        input_context=None,
+        image_dtype=tf.float32,
+        skip_batches=0,
+        relax_shapes=False,
+        num_batches=None,
+    ):
         """The training pipeline of a stage (size, RandAugment, mixup, cutmix of `stage`).
 
         Args:
@@ -178,36 +194,69 @@ class ClassificationTask(object):
         if input_context is not None:
             batch = input_context.get_per_replica_batch_size(self.global_batch)
         dataset = data.build_dataset(
-            self.info, split=config.data.train_split, data_dir=config.data.data_dir,
-            image_size=stage.image_size, batch_size=batch, is_training=True,
-            preprocess=config.data.preprocess, augname=config.data.augname,
-            ram=stage.ram, ra_num_layers=config.data.ra_num_layers,
-            mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha,
-            image_dtype=image_dtype, input_context=input_context,
+            self.info,
+            split=config.data.train_split,
+            data_dir=config.data.data_dir,
+            image_size=stage.image_size,
+            batch_size=batch,
+            is_training=True,
+            preprocess=config.data.preprocess,
+            augname=config.data.augname,
+            ram=stage.ram,
+            ra_num_layers=config.data.ra_num_layers,
+            mixup_alpha=stage.mixup_alpha,
+            cutmix_alpha=stage.cutmix_alpha,
+            image_dtype=image_dtype,
+            input_context=input_context,
             seed=None if config.train.seed is None else config.train.seed + stage.index,
-            cache=config.data.cache, shuffle_buffer=config.data.shuffle_buffer,
-            solarize_wrap=config.data.solarize_wrap, skip_batches=skip_batches,
-            num_batches=num_batches)
+            cache=config.data.cache,
+            shuffle_buffer=config.data.shuffle_buffer,
+            solarize_wrap=config.data.solarize_wrap,
+            skip_batches=skip_batches,
+            num_batches=num_batches,
+        )
         return _relax_image_shape(dataset) if relax_shapes else dataset
 
-    def build_eval_dataset(self, image_size=None, input_context=None, image_dtype=tf.float32,
-                           drop_remainder=False, relax_shapes=False):
+    def build_eval_dataset(
+        self,
+        image_size=None,
+        input_context=None,
+        image_dtype=tf.float32,
+        drop_remainder=False,
+        relax_shapes=False,
+    ):
         """The eval pipeline at `image_size` (default `eval.image_size`)."""
         config = self.config
         batch = int(config.eval.batch_size)
         if input_context is not None:
             batch = input_context.get_per_replica_batch_size(batch)
         dataset = data.build_dataset(
-            self.info, split=config.eval.split, data_dir=config.data.data_dir,
-            image_size=int(image_size or self.eval_image_size), batch_size=batch,
-            is_training=False, preprocess=config.data.preprocess, augname=config.data.augname,
-            image_dtype=image_dtype, input_context=input_context,
-            drop_remainder=drop_remainder)
+            self.info,
+            split=config.eval.split,
+            data_dir=config.data.data_dir,
+            image_size=int(image_size or self.eval_image_size),
+            batch_size=batch,
+            is_training=False,
+            preprocess=config.data.preprocess,
+            augname=config.data.augname,
+            image_dtype=image_dtype,
+            input_context=input_context,
+            drop_remainder=drop_remainder,
+        )
         return _relax_image_shape(dataset) if relax_shapes else dataset
 
     def log_stage(self, stage, num_stages, step):
-        logging.info('Stage %d/%d: steps %d-%d, image size %d, RandAugment %.2f, mixup %.3f, '
-                     'cutmix %.3f, dropout %.3f%s.', stage.index + 1, num_stages,
-                     stage.start_step, stage.end_step, stage.image_size, stage.ram,
-                     stage.mixup_alpha, stage.cutmix_alpha, stage.dropout_rate,
-                     ' (resuming at step %d)' % step if step > stage.start_step else '')
+        logging.info(
+            'Stage %d/%d: steps %d-%d, image size %d, RandAugment %.2f, mixup %.3f, '
+            'cutmix %.3f, dropout %.3f%s.',
+            stage.index + 1,
+            num_stages,
+            stage.start_step,
+            stage.end_step,
+            stage.image_size,
+            stage.ram,
+            stage.mixup_alpha,
+            stage.cutmix_alpha,
+            stage.dropout_rate,
+            ' (resuming at step %d)' % step if step > stage.start_step else '',
+        )

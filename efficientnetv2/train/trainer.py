@@ -40,8 +40,14 @@ from efficientnetv2.train import schedules
 from efficientnetv2.train import task as task_lib
 
 # Keys that identify what a model directory holds: a restart with other values is refused.
-IDENTITY_KEYS = ('model.model_name', 'model.blocks', 'model.width_coefficient',
-                 'model.depth_coefficient', 'model.num_classes', 'data.dataset')
+IDENTITY_KEYS = (
+    'model.model_name',
+    'model.blocks',
+    'model.width_coefficient',
+    'model.depth_coefficient',
+    'model.num_classes',
+    'data.dataset',
+)
 
 
 class TrainingError(RuntimeError):
@@ -61,6 +67,7 @@ def check_model_dir(model_dir, config):
     if not tf.io.gfile.exists(path):
         return
     from efficientnetv2 import hparams
+
     saved = hparams.Config(hparams.load_yaml(path))
     different = []
     for key in IDENTITY_KEYS:
@@ -72,12 +79,14 @@ def check_model_dir(model_dir, config):
         if isinstance(old, (list, tuple)) or isinstance(new, (list, tuple)):
             old, new = list(old or []), list(new or [])
         if old != new:
-            different.append('%s: %r in the directory, %r now' % (key, old, new))
+            different.append(f'{key}: {old!r} in the directory, {new!r} now')
     if different:
         raise TrainingError(
-            'model_dir %s holds a run of a different model or dataset (%s). Use another '
-            '--model_dir, or remove that directory to start over.'
-            % (model_dir, '; '.join(different)))
+            'model_dir {} holds a run of a different model or dataset ({}). Use another '
+            '--model_dir, or remove that directory to start over.'.format(
+                model_dir, '; '.join(different)
+            )
+        )
 
 
 def model_random_states(model):
@@ -91,13 +100,13 @@ def model_random_states(model):
     states = {}
     for top in model.layers:
         for layer in top._flatten_layers(include_self=True):
-            name = top.name if layer is top else '%s/%s' % (top.name, layer.name)
+            name = top.name if layer is top else f'{top.name}/{layer.name}'
             for i, generator in enumerate(getattr(layer, '_seed_generators', ())):
                 states['%s/%d' % (name, i) if i else name] = generator.state
     return states
 
 
-class Trainer(object):
+class Trainer:
     """Trains and evaluates one model directory.
 
     Args:
@@ -117,7 +126,8 @@ class Trainer(object):
         if config.runtime.deterministic:
             tf.config.experimental.enable_op_determinism()
         self.precision = distribute.set_precision(
-            config.runtime.mixed_precision or distribute.default_precision(self.strategy))
+            config.runtime.mixed_precision or distribute.default_precision(self.strategy)
+        )
 
         self.task = task or task_lib.ClassificationTask(config)
         self.info = self.task.info
@@ -131,13 +141,19 @@ class Trainer(object):
 
         with self.strategy.scope():
             self.model = self.task.build_model(
-                sync_bn=config.model.sync_bn or distribute.is_tpu_strategy(self.strategy))
+                sync_bn=config.model.sync_bn or distribute.is_tpu_strategy(self.strategy)
+            )
             self.schedule = schedules.WarmupDecaySchedule(
-                lr_base=config.train.lr_base, global_batch_size=self.global_batch,
-                steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-                decay_type=config.train.lr_sched, warmup_epochs=config.train.lr_warmup_epochs,
-                lr_min=config.train.lr_min, decay_rate=config.train.lr_decay_factor,
-                decay_epochs=config.train.lr_decay_epochs)
+                lr_base=config.train.lr_base,
+                global_batch_size=self.global_batch,
+                steps_per_epoch=self.steps_per_epoch,
+                total_steps=self.total_steps,
+                decay_type=config.train.lr_sched,
+                warmup_epochs=config.train.lr_warmup_epochs,
+                lr_min=config.train.lr_min,
+                decay_rate=config.train.lr_decay_factor,
+                decay_epochs=config.train.lr_decay_epochs,
+            )
             optimizer = optimizers.build_optimizer(config.train.optimizer, self.schedule)
             if self.precision == 'mixed_float16':
                 optimizer = distribute.loss_scale_optimizer(optimizer)
@@ -146,14 +162,28 @@ class Trainer(object):
             self.ema = None
             if config.train.ema_decay:
                 self.ema = ema_lib.ExponentialMovingAverage(
-                    ema_lib.ema_variables(self.model), decay=config.train.ema_decay)
+                    ema_lib.ema_variables(self.model), decay=config.train.ema_decay
+                )
             self.global_step = tf.Variable(
-                0, dtype=tf.int64, trainable=False, name='global_step',
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-            self._loss_sum = tf.Variable(0.0, trainable=False, name='loss_sum',
-                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-            self._bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name='bad_step',
-                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                0,
+                dtype=tf.int64,
+                trainable=False,
+                name='global_step',
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            self._loss_sum = tf.Variable(
+                0.0,
+                trainable=False,
+                name='loss_sum',
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            self._bad_step = tf.Variable(
+                -1,
+                dtype=tf.int64,
+                trainable=False,
+                name='bad_step',
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
 
         tracked = dict(model=self.model, optimizer=self.optimizer, step=self.global_step)
         if self.ema is not None:
@@ -164,9 +194,11 @@ class Trainer(object):
         self._tracked = tracked
         self.checkpoint = tf.train.Checkpoint(**tracked)
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self._write_dir(),
+            self.checkpoint,
+            self._write_dir(),
             max_to_keep=config.train.keep_ckpt_max if self.is_chief else 1,
-            step_counter=self.global_step)
+            step_counter=self.global_step,
+        )
         self._summary = {}  # Summary writers by sub-directory name.
         self._eval_step = None
         self._train_loop = None  # The run-wide train loop (no XLA: one trace for all stages).
@@ -187,15 +219,15 @@ class Trainer(object):
     def _summary_writer(self, name):
         if name not in self._summary:
             self._summary[name] = tf.summary.create_file_writer(
-                os.path.join(self._write_dir(), name))
+                os.path.join(self._write_dir(), name)
+            )
         return self._summary[name]
 
     def _use_jit_compile(self):
         """`runtime.jit_compile`, where None means on for TPU and GPU, off on CPU."""
         value = self.config.runtime.get('jit_compile', None)
         if value is None:
-            value = (distribute.is_tpu_strategy(self.strategy) or
-                     distribute.uses_gpu(self.strategy))
+            value = distribute.is_tpu_strategy(self.strategy) or distribute.uses_gpu(self.strategy)
         return bool(value)
 
     def _image_dtype(self):
@@ -209,11 +241,15 @@ class Trainer(object):
         checkpoint = self.checkpoint
         saved = {name.split('/')[0] for name, _ in tf.train.list_variables(latest)}
         if 'random' in self._tracked and 'random' not in saved:
-            logging.warning('%s holds no random-generator state (written by an older version): '
-                            'dropout and stochastic-depth masks restart from their first draw, '
-                            'so this run does not replay an uninterrupted one exactly.', latest)
+            logging.warning(
+                '%s holds no random-generator state (written by an older version): '
+                'dropout and stochastic-depth masks restart from their first draw, '
+                'so this run does not replay an uninterrupted one exactly.',
+                latest,
+            )
             checkpoint = tf.train.Checkpoint(
-                **{key: value for key, value in self._tracked.items() if key != 'random'})
+                **{key: value for key, value in self._tracked.items() if key != 'random'}
+            )
         checkpoint.restore(latest).assert_existing_objects_matched().expect_partial()
         logging.info('Restored %s at step %d.', latest, int(self.global_step.numpy()))
         return True
@@ -223,6 +259,7 @@ class Trainer(object):
         if not path:
             return
         from efficientnetv2 import weights as weights_lib
+
         logging.info('Fine-tuning: initialising from %s (classifier head skipped).', path)
         weights_lib.load_weights(self.model, path, prefer_ema=self.config.train.ft_init_ema)
         if self.ema is not None:
@@ -237,8 +274,9 @@ class Trainer(object):
     # -- the compiled steps ---------------------------------------------------------------
 
     def _step_fn(self, images, labels):
-        loss = self.task.train_step(images, labels, self.model, self.optimizer,
-                                    num_replicas=self.num_replicas)
+        loss = self.task.train_step(
+            images, labels, self.model, self.optimizer, num_replicas=self.num_replicas
+        )
         if self.ema is not None:
             self.ema.apply(self.global_step + 1)
         return loss
@@ -293,12 +331,17 @@ class Trainer(object):
         remaining = stage.end_step - step
 
         def dataset_fn(input_context):
-            per_step = max(1, input_context.num_replicas_in_sync //
-                           input_context.num_input_pipelines)
+            per_step = max(
+                1, input_context.num_replicas_in_sync // input_context.num_input_pipelines
+            )
             return self.task.build_train_dataset(
-                stage, input_context=input_context, image_dtype=self._image_dtype(),
-                skip_batches=skip_steps * per_step, num_batches=remaining * per_step,
-                relax_shapes=not self.jit_compile)
+                stage,
+                input_context=input_context,
+                image_dtype=self._image_dtype(),
+                skip_batches=skip_steps * per_step,
+                num_batches=remaining * per_step,
+                relax_shapes=not self.jit_compile,
+            )
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -307,13 +350,17 @@ class Trainer(object):
 
         def dataset_fn(input_context):
             return self.task.build_eval_dataset(
-                image_size=image_size, input_context=input_context,
+                image_size=image_size,
+                input_context=input_context,
                 image_dtype=self._image_dtype(),
-                drop_remainder=distribute.is_tpu_strategy(self.strategy))
+                drop_remainder=distribute.is_tpu_strategy(self.strategy),
+            )
 
         if config.eval.batch_size % self.num_replicas:
-            raise ValueError('eval.batch_size (%d) must be divisible by the number of replicas '
-                             '(%d).' % (config.eval.batch_size, self.num_replicas))
+            raise ValueError(
+                'eval.batch_size (%d) must be divisible by the number of replicas '
+                '(%d).' % (config.eval.batch_size, self.num_replicas)
+            )
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     # -- training ---------------------------------------------------------------------------
@@ -335,9 +382,14 @@ class Trainer(object):
         if not resumed:
             self._init_from_pretrained()
         self._save_config()
-        logging.info('Progressive-learning plan (%s mode, %d steps of %d images, %.1f steps '
-                     'per epoch):\n%s', self.plan.mode, self.total_steps, self.global_batch,
-                     self.steps_per_epoch, self.plan.format_table())
+        logging.info(
+            'Progressive-learning plan (%s mode, %d steps of %d images, %.1f steps per epoch):\n%s',
+            self.plan.mode,
+            self.total_steps,
+            self.global_batch,
+            self.steps_per_epoch,
+            self.plan.format_table(),
+        )
         self._write_text_summary()
         previous_handler = None
         try:
@@ -353,8 +405,9 @@ class Trainer(object):
                 self._run_stage(stage, step)
                 step = int(self.global_step.numpy())
                 if self._stop_requested:
-                    logging.warning('Stopped at step %d on request; the run resumes from here.',
-                                    step)
+                    logging.warning(
+                        'Stopped at step %d on request; the run resumes from here.', step
+                    )
                     return None
                 if evaluate_each_stage:
                     result = self._evaluate_stage_end(stage)
@@ -383,14 +436,24 @@ class Trainer(object):
 
     @staticmethod
     def _log_final(result):
-        message = ('Final evaluation at step %d (%s weights): top-1 %.4f, top-5 %.4f at the '
-                   'eval size %d px (the number to report)' % (
-                       result['step'], 'EMA' if result['ema'] else 'raw', result['top_1'],
-                       result['top_5'], result['image_size']))
+        message = (
+            'Final evaluation at step %d (%s weights): top-1 %.4f, top-5 %.4f at the '
+            'eval size %d px (the number to report)'
+            % (
+                result['step'],
+                'EMA' if result['ema'] else 'raw',
+                result['top_1'],
+                result['top_5'],
+                result['image_size'],
+            )
+        )
         other = result.get('at_train_size')
         if other:
-            message += ('; top-1 %.4f, top-5 %.4f at the last stage\'s train size %d px'
-                        % (other['top_1'], other['top_5'], other['image_size']))
+            message += "; top-1 %.4f, top-5 %.4f at the last stage's train size %d px" % (
+                other['top_1'],
+                other['top_5'],
+                other['image_size'],
+            )
         logging.info('%s.', message)
 
     def _run_stage(self, stage, step):
@@ -399,11 +462,15 @@ class Trainer(object):
         self.task.log_stage(stage, len(self.plan.stages), step)
         iterator = iter(self._train_dataset(stage, step))
         train_loop = self._stage_train_loop()
-        trace_seconds = self._trace(train_loop, iterator,
-                                    min(config.steps_per_loop, stage.end_step - step))
+        trace_seconds = self._trace(
+            train_loop, iterator, min(config.steps_per_loop, stage.end_step - step)
+        )
         first_call = True
-        progbar = keras.utils.Progbar(stage.end_step - stage.start_step, unit_name='step',
-                                      stateful_metrics=['loss', 'lr', 'img/s', 'stage'])
+        progbar = keras.utils.Progbar(
+            stage.end_step - stage.start_step,
+            unit_name='step',
+            stateful_metrics=['loss', 'lr', 'img/s', 'stage'],
+        )
         progbar.update(step - stage.start_step)
         last_save = step
         writer = self._summary_writer('train')
@@ -421,17 +488,36 @@ class Trainer(object):
             if bad >= 0 or not math.isfinite(loss):
                 raise TrainingError(
                     'Non-finite loss at step %d; stopped. The last good checkpoint in %s is '
-                    'kept (latest: %s).' % (bad if bad >= 0 else step + num, self.model_dir,
-                                            self.manager.latest_checkpoint))
+                    'kept (latest: %s).'
+                    % (
+                        bad if bad >= 0 else step + num,
+                        self.model_dir,
+                        self.manager.latest_checkpoint,
+                    )
+                )
             step = int(self.global_step.numpy())
             lr = float(self.schedule(step))
             images_per_sec = num * self.global_batch / max(elapsed, 1e-9)
-            self.history.append(dict(step=step, stage=stage.index, loss=loss, lr=lr,
-                                     image_size=stage.image_size,
-                                     images_per_sec=images_per_sec, seconds=elapsed))
-            progbar.update(step - stage.start_step, values=[
-                ('loss', loss), ('lr', lr), ('img/s', images_per_sec),
-                ('stage', stage.index + 1)])
+            self.history.append(
+                dict(
+                    step=step,
+                    stage=stage.index,
+                    loss=loss,
+                    lr=lr,
+                    image_size=stage.image_size,
+                    images_per_sec=images_per_sec,
+                    seconds=elapsed,
+                )
+            )
+            progbar.update(
+                step - stage.start_step,
+                values=[
+                    ('loss', loss),
+                    ('lr', lr),
+                    ('img/s', images_per_sec),
+                    ('stage', stage.index + 1),
+                ],
+            )
             with writer.as_default(step=step):
                 tf.summary.scalar('loss', loss)
                 tf.summary.scalar('learning_rate', lr)
@@ -451,8 +537,11 @@ class Trainer(object):
         start = time.time()
         del iterator  # Stops this stage's input pipeline now, before any evaluation.
         if time.time() - start > 1.0:
-            logging.info('Stage %d: closing the input pipeline took %.1f s.', stage.index + 1,
-                         time.time() - start)
+            logging.info(
+                'Stage %d: closing the input pipeline took %.1f s.',
+                stage.index + 1,
+                time.time() - start,
+            )
 
     def _trace(self, train_loop, iterator, num_steps):
         """Traces `train_loop` for this stage's iterator (a cache hit when nothing changed).
@@ -467,23 +556,35 @@ class Trainer(object):
         return time.time() - start
 
     def _record_stage_timing(self, stage, step, trace_seconds, first_call_seconds, num_steps):
-        timing = dict(stage=stage.index, image_size=stage.image_size, step=step,
-                      trace_seconds=trace_seconds, first_call_seconds=first_call_seconds,
-                      traces=self.trace_counts['train'], jit_compile=self.jit_compile)
+        timing = dict(
+            stage=stage.index,
+            image_size=stage.image_size,
+            step=step,
+            trace_seconds=trace_seconds,
+            first_call_seconds=first_call_seconds,
+            traces=self.trace_counts['train'],
+            jit_compile=self.jit_compile,
+        )
         self.stage_timings.append(timing)
-        logging.info('Stage %d: train step traced in %.2f s (%d trace(s) so far, %s); first '
-                     'call of %d step(s) %.2f s%s.', stage.index + 1, trace_seconds,
-                     timing['traces'], 'one per stage: XLA' if self.jit_compile else
-                     'one for all stages', num_steps, first_call_seconds,
-                     ' (includes the XLA compile)' if self.jit_compile else '')
+        logging.info(
+            'Stage %d: train step traced in %.2f s (%d trace(s) so far, %s); first '
+            'call of %d step(s) %.2f s%s.',
+            stage.index + 1,
+            trace_seconds,
+            timing['traces'],
+            'one per stage: XLA' if self.jit_compile else 'one for all stages',
+            num_steps,
+            first_call_seconds,
+            ' (includes the XLA compile)' if self.jit_compile else '',
+        )
         with self._summary_writer('train').as_default(step=step):
             tf.summary.scalar('trace_seconds', trace_seconds)
             tf.summary.scalar('first_call_seconds', first_call_seconds)
 
     def _write_text_summary(self):
         with self._summary_writer('train').as_default(step=int(self.global_step.numpy())):
-            tf.summary.text('config', '```\n%s\n```' % self.config.to_yaml())
-            tf.summary.text('stage_plan', '```\n%s\n```' % self.plan.format_table())
+            tf.summary.text('config', f'```\n{self.config.to_yaml()}\n```')
+            tf.summary.text('stage_plan', f'```\n{self.plan.format_table()}\n```')
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -493,8 +594,10 @@ class Trainer(object):
         task = self.task
         signature = None
         if not distribute.is_tpu_strategy(self.strategy):
-            signature = [tf.TensorSpec([None, None, None, None], self._image_dtype()),
-                         tf.TensorSpec([None, None], tf.float32)]
+            signature = [
+                tf.TensorSpec([None, None, None, None], self._image_dtype()),
+                tf.TensorSpec([None, None], tf.float32),
+            ]
 
         @tf.function(input_signature=signature)
         def eval_step(images, labels):
@@ -528,21 +631,35 @@ class Trainer(object):
                 if self.config.eval.steps and i >= self.config.eval.steps:
                     break
                 per_replica = self.strategy.run(eval_step, args=(images, labels))
-                totals += self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica,
-                                               axis=None).numpy()
+                totals += self.strategy.reduce(
+                    tf.distribute.ReduceOp.SUM, per_replica, axis=None
+                ).numpy()
         finally:
             if context is not None:
                 context.__exit__(None, None, None)
         count = max(totals[2], 1.0)
         step = int(self.global_step.numpy())
-        result = dict(step=step, top_1=totals[0] / count, top_5=totals[1] / count,
-                      num_images=int(totals[2]), ema=bool(use_ema and self.ema is not None),
-                      image_size=image_size, seconds=time.time() - start)
-        logging.info('Eval at step %d on %d images at %d px (%s; %s weights): top-1 %.4f, '
-                     'top-5 %.4f (%.1f s).', step, result['num_images'], image_size,
-                     'the final eval size' if at_final else 'a train size',
-                     'EMA' if result['ema'] else 'raw', result['top_1'], result['top_5'],
-                     result['seconds'])
+        result = dict(
+            step=step,
+            top_1=totals[0] / count,
+            top_5=totals[1] / count,
+            num_images=int(totals[2]),
+            ema=bool(use_ema and self.ema is not None),
+            image_size=image_size,
+            seconds=time.time() - start,
+        )
+        logging.info(
+            'Eval at step %d on %d images at %d px (%s; %s weights): top-1 %.4f, '
+            'top-5 %.4f (%.1f s).',
+            step,
+            result['num_images'],
+            image_size,
+            'the final eval size' if at_final else 'a train size',
+            'EMA' if result['ema'] else 'raw',
+            result['top_1'],
+            result['top_5'],
+            result['seconds'],
+        )
         suffix = '' if at_final else '_at_train_size'
         with self._summary_writer('eval').as_default(step=step):
             tf.summary.scalar('top_1' + suffix, result['top_1'])
@@ -558,13 +675,14 @@ class Trainer(object):
     def evaluate_checkpoints(self):
         """`--mode=eval`: evaluates each new checkpoint until the final step's."""
         result = None
-        for path in tf.train.checkpoints_iterator(self.model_dir,
-                                                  timeout=self.config.eval.timeout):
+        for path in tf.train.checkpoints_iterator(self.model_dir, timeout=self.config.eval.timeout):
             self.checkpoint.restore(path).expect_partial()
             result = self.evaluate()
             if result['step'] >= self.total_steps:
                 break
         if result is None:
-            raise TrainingError('No checkpoint appeared in %s within %d s.'
-                                % (self.model_dir, self.config.eval.timeout))
+            raise TrainingError(
+                'No checkpoint appeared in %s within %d s.'
+                % (self.model_dir, self.config.eval.timeout)
+            )
         return result
