@@ -154,6 +154,7 @@ def split_times(trainer, train_seconds):
     calls = sum(h['seconds'] for h in trainer.history)
     compile_excess = 0.0
     throughput = {}
+    unsteady = []
     for timing in trainer.stage_timings:
         entries = [h for h in trainer.history if h['stage'] == timing['stage']]
         first, rest = entries[0], entries[1:]
@@ -162,11 +163,12 @@ def split_times(trainer, train_seconds):
             steps = rest[-1]['step'] - first['step']
             per_step = sum(h['seconds'] for h in rest) / steps
             compile_excess += max(0.0, first['seconds'] - first_steps * per_step)
-        else:  # One call only: no steady state to compare with.
+        else:  # One call only: no steady state to compare with (the rate includes warm-up).
             per_step = first['seconds'] / first_steps
+            unsteady.append(timing['image_size'])
         throughput[timing['stage']] = trainer.global_batch / per_step
     return dict(trace=trace, compile=compile_excess, steps=calls - compile_excess,
-                other=train_seconds - trace - calls, throughput=throughput)
+                other=train_seconds - trace - calls, throughput=throughput, unsteady=unsteady)
 
 
 def run(args, seed, hparams, model_dir, dataset, data_dir):
@@ -224,6 +226,13 @@ def print_report(args, dataset, runs):
                 name, r['seed'], x['trace'], x['compile'], x['steps'], x['other'],
                 x['train_seconds'], x['eval_seconds'], x['input_seconds'], x['top_1'],
                 x['top_5']))
+    unsteady = sorted({size for r in runs for name in ('progressive', 'fixed')
+                       for size in r[name]['unsteady']})
+    if unsteady:
+        print('NOTE: stages at %s px ran one compiled call only: their rate includes the '
+              'first-call warm-up, so the ceiling below is not meaningful (more epochs or a '
+              'smaller train.steps_per_loop give a steady state).'
+              % ', '.join(str(size) for size in unsteady))
     speedups = np.array([r['fixed']['train_seconds'] / r['progressive']['train_seconds']
                          for r in runs])
     ceilings = np.array([ceiling(r['progressive'], r['fixed']) for r in runs])
