@@ -1,12 +1,42 @@
-"""Progressive learning vs fixed-size training on the digits set, side by side in one run.
+"""Progressive learning vs fixed-size training: wall time, where it goes, and top-1.
 
-Both runs train the same model for the same number of epochs with the same recipe; the
-progressive run grows the image size (and dropout) over `--stages` stages up to the final size,
-the fixed run trains at the final size throughout. Printed: wall time (training only and with
-evaluation) and final top-1 / top-5 with the EMA weights.
+For each seed the same model is trained twice for the same number of epochs with the same
+final regularization: once with the progressive plan (`--stages` stages from
+`--min_image_size` to `--image_size`: image size, RandAugment magnitude and dropout grow
+together) and once at the final size throughout (`train.stages=0`). Both are evaluated once,
+with the EMA weights, at the final size. Printed per run and as a seed mean:
 
-    python benchmarks/progressive.py                      # efficientnetv2-b0, 30 epochs
-    python benchmarks/progressive.py --epochs=10 --model_name=efficientnetv2-b0
+* the wall time of `Trainer.train()` split into tracing (`trainer.stage_timings`), compilation
+  / warm-up (what each stage's first compiled call took beyond its steady per-step time),
+  train steps (`trainer.history`, first-call excess removed), other (pipeline rebuilds,
+  checkpoints, summaries: the rest of the wall time), and the final evaluation;
+* the input pipeline alone: each stage's pipeline timed without training (it overlaps the
+  steps through prefetching, so it is an estimate of its CPU cost, not an extra term);
+* the compute-only ceiling of the speed-up: fixed-run steps / final-size throughput divided
+  by the sum over stages of stage steps / stage throughput (steady-state images/s of each
+  run), next to the actual wall-time speed-up (train wall times) and their ratio.
+
+Datasets (`--dataset`):
+
+* `photos` (default): 10 classes, one per photograph, from two packages that ship the photos
+  offline: scikit-image's `skimage.data` (astronaut.png, chelsea.png, coffee.png, rocket.jpg,
+  motorcycle_left.png, hubble_deep_field.jpg, retina.jpg, ihc.png) and scikit-learn's
+  `load_sample_images()` (china.jpg, flower.jpg). Needs `pip install scikit-image`.
+* `sklearn-photos`: scikit-learn only: china.jpg and flower.jpg (427x640) cut into a 2x3 grid
+  of regions, 12 classes (one per region).
+* `digits`: scikit-learn's 8x8 digits (upscaled), the `python main.py` demo set.
+
+For the photo sets, each image is a random square crop (side 35-60% of the class's shorter
+side) of its photograph or region, resized to `--crop_size` px and written as JPEG to an image
+folder (`<data_dir>/train/<class>`, `<data_dir>/eval/<class>`; built once, deterministically,
+and reused). The crop origins are drawn inside an 8x8 grid of origin cells; a fixed fifth of
+the cells hold only eval crops and the rest only train crops, so no eval crop is at a train
+position (their pixels may overlap neighbouring train crops).
+
+    python benchmarks/progressive.py --dataset=photos --seeds=0,1,2     # full: 64 -> 128 px
+    python benchmarks/progressive.py --dataset=photos --epochs=2 --image_size=64 \\
+        --min_image_size=32 --stages=2 --per_class=40 --seeds=0          # a quick check
+    python benchmarks/progressive.py --dataset=digits --epochs=30         # the demo's plan
 """
 
 import argparse
@@ -18,80 +48,430 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import logging  # noqa: E402
+import numpy as np  # noqa: E402
 
 from efficientnetv2 import config as config_lib  # noqa: E402
 from efficientnetv2.train import trainer as trainer_lib  # noqa: E402
 
+DATASETS = ('photos', 'sklearn-photos', 'digits')
+SKIMAGE_PHOTOS = (
+    'astronaut.png',
+    'chelsea.png',
+    'coffee.png',
+    'rocket.jpg',
+    'motorcycle_left.png',
+    'hubble_deep_field.jpg',
+    'retina.jpg',
+    'ihc.png',
+)
+ORIGIN_GRID = 8  # Crop origins fall in an ORIGIN_GRID x ORIGIN_GRID grid of cells.
+CROP_FRACTION = (0.35, 0.6)
 
-def run(model_name, hparams, model_dir):
-    config = config_lib.build_config(model_name, 'digits', hparam_str=hparams)
+
+# -- the photo datasets ---------------------------------------------------------------------
+
+
+def _sklearn_photos():
+    from sklearn import datasets
+
+    photos = datasets.load_sample_images()
+    return [
+        (os.path.splitext(os.path.basename(name))[0], image)
+        for name, image in zip(photos.filenames, photos.images)
+    ]
+
+
+def _skimage_photos():
+    try:
+        import skimage.data
+    except ImportError as e:
+        raise SystemExit(
+            '--dataset=photos needs scikit-image (pip install scikit-image), or '
+            'use --dataset=sklearn-photos (scikit-learn only).'
+        ) from e
+    from PIL import Image
+
+    folder = os.path.dirname(skimage.data.__file__)
+    photos = []
+    for name in SKIMAGE_PHOTOS:
+        with Image.open(os.path.join(folder, name)) as image:
+            photos.append((os.path.splitext(name)[0], np.asarray(image.convert('RGB'))))
+    return photos
+
+
+def class_regions(dataset):
+    """(class name, HxWx3 uint8 array) for every class of a photo dataset."""
+    if dataset == 'photos':
+        return _skimage_photos() + _sklearn_photos()
+    regions = []
+    for name, image in _sklearn_photos():
+        height, width = image.shape[:2]
+        for row in range(2):
+            for col in range(3):
+                regions.append(
+                    (
+                        '%s_r%dc%d' % (name, row, col),
+                        image[
+                            row * height // 2 : (row + 1) * height // 2,
+                            col * width // 3 : (col + 1) * width // 3,
+                        ],
+                    )
+                )
+    return regions
+
+
+def _is_eval_cell(row, col):
+    return (row + 2 * col) % 5 == 0  # A fifth of the cells, spread over the grid.
+
+
+def _crops(image, count, is_eval, crop_size, rng):
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    cells = [
+        (r, c)
+        for r in range(ORIGIN_GRID)
+        for c in range(ORIGIN_GRID)
+        if _is_eval_cell(r, c) == is_eval
+    ]
+    for _ in range(count):
+        side = int(min(height, width) * rng.uniform(*CROP_FRACTION))
+        row, col = cells[rng.integers(len(cells))]
+        top = int((row + rng.uniform()) / ORIGIN_GRID * (height - side))
+        left = int((col + rng.uniform()) / ORIGIN_GRID * (width - side))
+        crop = Image.fromarray(image[top : top + side, left : left + side])
+        yield crop.resize((crop_size, crop_size), Image.BICUBIC)
+
+
+def build_photo_folder(dataset, data_dir, per_class, crop_size):
+    """Writes the crops (once) and returns `data_dir`; 80% train, 20% eval per class."""
+    marker = os.path.join(data_dir, 'DONE')
+    if os.path.exists(marker):
+        return data_dir
+    rng = np.random.default_rng(1234)
+    num_eval = max(1, per_class // 5)
+    for name, image in class_regions(dataset):
+        for split, count in (('train', per_class - num_eval), ('eval', num_eval)):
+            folder = os.path.join(data_dir, split, name)
+            os.makedirs(folder, exist_ok=True)
+            for i, crop in enumerate(_crops(image, count, split == 'eval', crop_size, rng)):
+                crop.save(os.path.join(folder, '%04d.jpg' % i), quality=90)
+    with open(marker, 'w') as f:
+        f.write('%s per_class=%d crop_size=%d\n' % (dataset, per_class, crop_size))
+    return data_dir
+
+
+# -- timing ---------------------------------------------------------------------------------
+
+
+def pipeline_images_per_second(trainer, stage, batches):
+    """The stage's train pipeline alone: images/s over `batches` batches after a warm-up."""
+    dataset = trainer.task.build_train_dataset(stage)
+    iterator = iter(dataset)
+    next(iterator)
+    start = time.time()
+    for _ in range(batches):
+        next(iterator)
+    return batches * trainer.global_batch / (time.time() - start)
+
+
+def split_times(trainer, train_seconds):
+    """Tracing, compilation / warm-up, steps and other seconds of a finished `train()`."""
+    trace = sum(t['trace_seconds'] for t in trainer.stage_timings)
+    calls = sum(h['seconds'] for h in trainer.history)
+    compile_excess = 0.0
+    throughput = {}
+    unsteady = []
+    for timing in trainer.stage_timings:
+        entries = [h for h in trainer.history if h['stage'] == timing['stage']]
+        first, rest = entries[0], entries[1:]
+        first_steps = first['step'] - timing['step']
+        if rest:
+            steps = rest[-1]['step'] - first['step']
+            per_step = sum(h['seconds'] for h in rest) / steps
+            compile_excess += max(0.0, first['seconds'] - first_steps * per_step)
+        else:  # One call only: no steady state to compare with (the rate includes warm-up).
+            per_step = first['seconds'] / first_steps
+            unsteady.append(timing['image_size'])
+        throughput[timing['stage']] = trainer.global_batch / per_step
+    return dict(
+        trace=trace,
+        compile=compile_excess,
+        steps=calls - compile_excess,
+        other=train_seconds - trace - calls,
+        throughput=throughput,
+        unsteady=unsteady,
+    )
+
+
+def run(args, seed, hparams, model_dir, dataset, data_dir):
+    config = config_lib.build_config(
+        args.model_name, dataset, data_dir=data_dir, hparam_str=hparams + ',train.seed=%d' % seed
+    )
     trainer = trainer_lib.Trainer(config, model_dir)
+    input_rates = {
+        stage.index: pipeline_images_per_second(trainer, stage, args.input_batches)
+        for stage in trainer.plan
+    }
     start = time.time()
     trainer.train()
     train_seconds = time.time() - start
     result = trainer.evaluate()
+    times = split_times(trainer, train_seconds)
+    input_seconds = sum(
+        stage.num_steps * trainer.global_batch / input_rates[stage.index] for stage in trainer.plan
+    )
     return dict(
         train_seconds=train_seconds,
-        total_seconds=time.time() - start,
+        eval_seconds=result['seconds'],
         top_1=result['top_1'],
         top_5=result['top_5'],
-        steps=trainer.total_steps,
-        plan=trainer.plan.format_table(),
+        batch=trainer.global_batch,
+        plan=trainer.plan,
+        input_seconds=input_seconds,
+        input_rates=input_rates,
+        **times,
+    )
+
+
+def ceiling(progressive, fixed):
+    """Compute-only speed-up: fixed steps at the final-size rate over the stage sum."""
+    final_rate = fixed['throughput'][0]
+    fixed_compute = fixed['plan'].total_steps * fixed['batch'] / final_rate
+    stage_compute = sum(
+        stage.num_steps * progressive['batch'] / progressive['throughput'][i]
+        for i, stage in enumerate(progressive['plan'])
+    )
+    return fixed_compute / stage_compute
+
+
+def print_report(args, dataset, runs):
+    first = runs[0]
+    print(
+        '\n%s on %s, %d epochs (%d steps of %d images), seeds %s; eval at %d px (EMA).'
+        % (
+            args.model_name,
+            dataset,
+            args.epochs,
+            first['progressive']['plan'].total_steps,
+            first['progressive']['batch'],
+            ','.join(str(r['seed']) for r in runs),
+            first['eval_size'],
+        )
+    )
+    print(first['progressive']['plan'].format_table())
+    print(
+        '\nPer-stage steady throughput (train steps, img/s) and the input pipeline alone (img/s):'
+    )
+    for r in runs:
+        p = r['progressive']
+        print(
+            '  seed %d: progressive %s | fixed %.1f | input %s'
+            % (
+                r['seed'],
+                ', '.join(
+                    '%d px %.1f' % (s.image_size, p['throughput'][s.index]) for s in p['plan']
+                ),
+                r['fixed']['throughput'][0],
+                ', '.join('%.0f' % p['input_rates'][s.index] for s in p['plan']),
+            )
+        )
+    header = (
+        'run',
+        'seed',
+        'trace',
+        'compile',
+        'steps',
+        'other',
+        'train',
+        'eval',
+        'input*',
+        'top-1',
+        'top-5',
+    )
+    print(
+        '\nSeconds (train = trace + compile + steps + other; input* = the pipeline alone, '
+        'overlapping the steps):'
+    )
+    print('%-12s %4s %7s %7s %8s %7s %8s %6s %7s %7s %7s' % header)
+    for r in runs:
+        for name in ('progressive', 'fixed'):
+            x = r[name]
+            print(
+                '%-12s %4d %7.1f %7.1f %8.1f %7.1f %8.1f %6.1f %7.1f %7.4f %7.4f'
+                % (
+                    name,
+                    r['seed'],
+                    x['trace'],
+                    x['compile'],
+                    x['steps'],
+                    x['other'],
+                    x['train_seconds'],
+                    x['eval_seconds'],
+                    x['input_seconds'],
+                    x['top_1'],
+                    x['top_5'],
+                )
+            )
+    unsteady = sorted(
+        {size for r in runs for name in ('progressive', 'fixed') for size in r[name]['unsteady']}
+    )
+    if unsteady:
+        print(
+            'NOTE: stages at %s px ran one compiled call only: their rate includes the '
+            'first-call warm-up, so the ceiling below is not meaningful (more epochs or a '
+            'smaller train.steps_per_loop give a steady state).'
+            % ', '.join(str(size) for size in unsteady)
+        )
+    speedups = np.array(
+        [r['fixed']['train_seconds'] / r['progressive']['train_seconds'] for r in runs]
+    )
+    ceilings = np.array([ceiling(r['progressive'], r['fixed']) for r in runs])
+    deltas = np.array([100 * (r['progressive']['top_1'] - r['fixed']['top_1']) for r in runs])
+    tops = {name: np.array([r[name]['top_1'] for r in runs]) for name in ('progressive', 'fixed')}
+    print(
+        '\nSpeed-up of progressive over fixed (train wall time): actual %.2fx (%s), '
+        'compute-only ceiling %.2fx (%s): %.0f%% of the ceiling.'
+        % (
+            speedups.mean(),
+            ', '.join('%.2f' % s for s in speedups),
+            ceilings.mean(),
+            ', '.join('%.2f' % c for c in ceilings),
+            100 * speedups.mean() / ceilings.mean(),
+        )
+    )
+    print(
+        'Top-1: progressive %.2f%% (%.2f-%.2f), fixed %.2f%% (%.2f-%.2f), difference %+.2f '
+        'points (per seed %s).'
+        % (
+            100 * tops['progressive'].mean(),
+            100 * tops['progressive'].min(),
+            100 * tops['progressive'].max(),
+            100 * tops['fixed'].mean(),
+            100 * tops['fixed'].min(),
+            100 * tops['fixed'].max(),
+            deltas.mean(),
+            ', '.join('%+.2f' % d for d in deltas),
+        )
     )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--dataset', default='photos', choices=DATASETS)
+    parser.add_argument(
+        '--data_dir',
+        default=None,
+        help='photo sets: where the crops go (default: a folder in the temp '
+        'directory, built once and reused)',
+    )
     parser.add_argument('--model_name', default='efficientnetv2-b0')
-    parser.add_argument('--epochs', type=int, default=30)
-    parser.add_argument('--stages', type=int, default=4)
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument(
+        '--epochs', type=int, default=None, help='default: 10 for the photo sets, 30 for digits'
+    )
+    parser.add_argument(
+        '--stages',
+        type=int,
+        default=None,
+        help='default: 4 for the photo sets, the recipe (3) for digits',
+    )
+    parser.add_argument('--seeds', default='0,1,2', help='comma-separated train seeds')
     parser.add_argument(
         '--image_size',
         type=int,
         default=None,
-        help='final train and eval size (default: the digits recipe, 32)',
+        help='final train and eval size (default: 128 photos, 32 digits)',
     )
     parser.add_argument(
         '--min_image_size',
         type=int,
         default=None,
-        help='first-stage size (default: the digits recipe, 16)',
+        help="first-stage size (default: 64 photos, the recipe's 24 digits)",
+    )
+    parser.add_argument(
+        '--per_class', type=int, default=200, help='photo sets: crops per class (a fifth for eval)'
+    )
+    parser.add_argument(
+        '--crop_size', type=int, default=160, help='photo sets: side of the stored crops'
+    )
+    parser.add_argument(
+        '--input_batches',
+        type=int,
+        default=10,
+        help='batches timed per stage for the pipeline-alone rate',
     )
     parser.add_argument('--extra', default='', help='more hparam overrides for both runs')
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
-    common = 'train.epochs=%d,train.seed=%d' % (args.epochs, args.seed)
-    if args.image_size:
-        common += ',train.image_size=%d,eval.image_size=%d' % (args.image_size, args.image_size)
-    if args.min_image_size:
-        common += ',train.min_image_size=%d' % args.min_image_size
-    if args.extra:
-        common += ',' + args.extra
-    runs = {}
+    photos = args.dataset != 'digits'
+    args.epochs = args.epochs or (10 if photos else 30)
+    common = ['train.epochs=%d' % args.epochs]
+    data_dir = None
     with tempfile.TemporaryDirectory() as tmp:
-        runs['progressive'] = run(
-            args.model_name,
-            common + ',train.stages=%d' % args.stages,
-            os.path.join(tmp, 'progressive'),
-        )
-        runs['fixed size'] = run(
-            args.model_name, common + ',train.stages=0', os.path.join(tmp, 'fixed')
-        )
-    print(
-        '\n%s on digits, %d epochs (%d steps), 2 runs in one process:'
-        % (args.model_name, args.epochs, runs['fixed size']['steps'])
-    )
-    print(runs['progressive']['plan'])
-    print('%-12s %10s %10s %8s %8s' % ('run', 'train s', 'total s', 'top-1', 'top-5'))
-    for name, r in runs.items():
-        print(
-            '%-12s %10.1f %10.1f %8.4f %8.4f'
-            % (name, r['train_seconds'], r['total_seconds'], r['top_1'], r['top_5'])
-        )
-    speedup = runs['fixed size']['train_seconds'] / runs['progressive']['train_seconds']
-    delta = 100 * (runs['progressive']['top_1'] - runs['fixed size']['top_1'])
-    print(f'progressive: {speedup:.2f}x faster training, top-1 {delta:+.2f} points')
+        if photos:
+            data_dir = args.data_dir or os.path.join(
+                tempfile.gettempdir(),
+                'efficientnetv2-%s-%d-%d' % (args.dataset, args.per_class, args.crop_size),
+            )
+            build_photo_folder(args.dataset, data_dir, args.per_class, args.crop_size)
+            size = args.image_size or 128
+            # The same final regularisation for both runs; the plan starts from the min_*.
+            common += [
+                'train.image_size=%d' % size,
+                'eval.image_size=%d' % size,
+                'train.min_image_size=%d' % (args.min_image_size or size // 2),
+                'train.batch_size=32',
+                'eval.batch_size=64',
+                'train.lr_base=0.016',
+                'train.lr_sched=cosine',
+                'train.lr_warmup_epochs=1',
+                'train.ema_decay=0.999',
+                'train.steps_per_loop=10',
+                'train.progressive=paper',
+                'data.augname=randaug',
+                'data.ram=9',
+                'train.min_ram=5',
+                'data.mixup_alpha=0',
+                'data.cutmix_alpha=0',
+                'model.dropout_rate=0.2',
+                'train.min_dropout=0.1',
+            ]
+            stages = args.stages or 4
+            dataset = 'folder'
+        else:
+            if args.image_size:
+                common += [
+                    'train.image_size=%d' % args.image_size,
+                    'eval.image_size=%d' % args.image_size,
+                ]
+            if args.min_image_size:
+                common.append('train.min_image_size=%d' % args.min_image_size)
+            stages = args.stages or config_lib.build_config(args.model_name, 'digits').train.stages
+            dataset = 'digits'
+        if args.extra:
+            common.append(args.extra)
+        hparams = ','.join(common)
+        runs = []
+        for seed in [int(s) for s in args.seeds.split(',')]:
+            entry = dict(seed=seed)
+            for name, plan in (
+                ('progressive', 'train.stages=%d' % stages),
+                ('fixed', 'train.stages=0'),
+            ):
+                entry[name] = run(
+                    args,
+                    seed,
+                    hparams + ',' + plan,
+                    os.path.join(tmp, '%s-%d' % (name, seed)),
+                    dataset,
+                    data_dir,
+                )
+            runs.append(entry)
+        runs[0]['eval_size'] = config_lib.build_config(
+            args.model_name, dataset, data_dir=data_dir, hparam_str=hparams
+        ).eval.image_size
+    label = args.dataset + (' (%s)' % data_dir if data_dir else '')
+    print_report(args, label, runs)
 
 
 if __name__ == '__main__':
