@@ -110,7 +110,7 @@ def class_regions(dataset):
             for col in range(3):
                 regions.append(
                     (
-                        '%s_r%dc%d' % (name, row, col),
+                        f'{name}_r{row}c{col}',
                         image[
                             row * height // 2 : (row + 1) * height // 2,
                             col * width // 3 : (col + 1) * width // 3,
@@ -155,9 +155,9 @@ def build_photo_folder(dataset, data_dir, per_class, crop_size):
             folder = os.path.join(data_dir, split, name)
             os.makedirs(folder, exist_ok=True)
             for i, crop in enumerate(_crops(image, count, split == 'eval', crop_size, rng)):
-                crop.save(os.path.join(folder, '%04d.jpg' % i), quality=90)
+                crop.save(os.path.join(folder, f'{i:04d}.jpg'), quality=90)
     with open(marker, 'w') as f:
-        f.write('%s per_class=%d crop_size=%d\n' % (dataset, per_class, crop_size))
+        f.write(f'{dataset} per_class={per_class} crop_size={crop_size}\n')
     return data_dir
 
 
@@ -206,7 +206,7 @@ def split_times(trainer, train_seconds):
 
 def run(args, seed, hparams, model_dir, dataset, data_dir):
     config = config_lib.build_config(
-        args.model_name, dataset, data_dir=data_dir, hparam_str=hparams + ',train.seed=%d' % seed
+        args.model_name, dataset, data_dir=data_dir, hparam_str=hparams + f',train.seed={seed}'
     )
     trainer = trainer_lib.Trainer(config, model_dir)
     input_rates = {
@@ -247,17 +247,11 @@ def ceiling(progressive, fixed):
 
 def print_report(args, dataset, runs):
     first = runs[0]
+    plan, seeds = first['progressive']['plan'], ','.join(str(r['seed']) for r in runs)
     print(
-        '\n%s on %s, %d epochs (%d steps of %d images), seeds %s; eval at %d px (EMA).'
-        % (
-            args.model_name,
-            dataset,
-            args.epochs,
-            first['progressive']['plan'].total_steps,
-            first['progressive']['batch'],
-            ','.join(str(r['seed']) for r in runs),
-            first['eval_size'],
-        )
+        f'\n{args.model_name} on {dataset}, {args.epochs} epochs ({plan.total_steps} steps of '
+        f'{first["progressive"]["batch"]} images), seeds {seeds}; eval at '
+        f'{first["eval_size"]} px (EMA).'
     )
     print(first['progressive']['plan'].format_table())
     print(
@@ -265,16 +259,11 @@ def print_report(args, dataset, runs):
     )
     for r in runs:
         p = r['progressive']
+        stages = ', '.join(f'{s.image_size} px {p["throughput"][s.index]:.1f}' for s in p['plan'])
+        inputs = ', '.join(f'{p["input_rates"][s.index]:.0f}' for s in p['plan'])
         print(
-            '  seed %d: progressive %s | fixed %.1f | input %s'
-            % (
-                r['seed'],
-                ', '.join(
-                    '%d px %.1f' % (s.image_size, p['throughput'][s.index]) for s in p['plan']
-                ),
-                r['fixed']['throughput'][0],
-                ', '.join('%.0f' % p['input_rates'][s.index] for s in p['plan']),
-            )
+            f'  seed {r["seed"]}: progressive {stages} | fixed '
+            f'{r["fixed"]["throughput"][0]:.1f} | input {inputs}'
         )
     header = (
         'run',
@@ -293,12 +282,12 @@ def print_report(args, dataset, runs):
         '\nSeconds (train = trace + compile + steps + other; input* = the pipeline alone, '
         'overlapping the steps):'
     )
-    print('%-12s %4s %7s %7s %8s %7s %8s %6s %7s %7s %7s' % header)
+    print('%-12s %4s %7s %7s %8s %7s %8s %6s %7s %7s %7s' % header)  # noqa: UP031 (a table)
     for r in runs:
         for name in ('progressive', 'fixed'):
             x = r[name]
             print(
-                '%-12s %4d %7.1f %7.1f %8.1f %7.1f %8.1f %6.1f %7.1f %7.4f %7.4f'
+                '%-12s %4d %7.1f %7.1f %8.1f %7.1f %8.1f %6.1f %7.1f %7.4f %7.4f'  # noqa: UP031
                 % (
                     name,
                     r['seed'],
@@ -318,10 +307,11 @@ def print_report(args, dataset, runs):
     )
     if unsteady:
         print(
-            'NOTE: stages at %s px ran one compiled call only: their rate includes the '
+            'NOTE: stages at {} px ran one compiled call only: their rate includes the '
             'first-call warm-up, so the ceiling below is not meaningful (more epochs or a '
-            'smaller train.steps_per_loop give a steady state).'
-            % ', '.join(str(size) for size in unsteady)
+            'smaller train.steps_per_loop give a steady state).'.format(
+                ', '.join(str(size) for size in unsteady)
+            )
         )
     speedups = np.array(
         [r['fixed']['train_seconds'] / r['progressive']['train_seconds'] for r in runs]
@@ -330,20 +320,18 @@ def print_report(args, dataset, runs):
     deltas = np.array([100 * (r['progressive']['top_1'] - r['fixed']['top_1']) for r in runs])
     tops = {name: np.array([r[name]['top_1'] for r in runs]) for name in ('progressive', 'fixed')}
     print(
-        '\nSpeed-up of progressive over fixed (train wall time): actual %.2fx (%s), '
-        'compute-only ceiling %.2fx (%s): %.0f%% of the ceiling.'
-        % (
+        '\nSpeed-up of progressive over fixed (train wall time): actual {:.2f}x ({}), '
+        'compute-only ceiling {:.2f}x ({}): {:.0f}% of the ceiling.'.format(
             speedups.mean(),
-            ', '.join('%.2f' % s for s in speedups),
+            ', '.join(f'{s:.2f}' for s in speedups),
             ceilings.mean(),
-            ', '.join('%.2f' % c for c in ceilings),
+            ', '.join(f'{c:.2f}' for c in ceilings),
             100 * speedups.mean() / ceilings.mean(),
         )
     )
     print(
-        'Top-1: progressive %.2f%% (%.2f-%.2f), fixed %.2f%% (%.2f-%.2f), difference %+.2f '
-        'points (per seed %s).'
-        % (
+        'Top-1: progressive {:.2f}% ({:.2f}-{:.2f}), fixed {:.2f}% ({:.2f}-{:.2f}), '
+        'difference {:+.2f} points (per seed {}).'.format(
             100 * tops['progressive'].mean(),
             100 * tops['progressive'].min(),
             100 * tops['progressive'].max(),
@@ -351,7 +339,7 @@ def print_report(args, dataset, runs):
             100 * tops['fixed'].min(),
             100 * tops['fixed'].max(),
             deltas.mean(),
-            ', '.join('%+.2f' % d for d in deltas),
+            ', '.join(f'{d:+.2f}' for d in deltas),
         )
     )
 
@@ -405,21 +393,21 @@ def main():
     logging.set_verbosity(logging.WARNING)
     photos = args.dataset != 'digits'
     args.epochs = args.epochs or (10 if photos else 30)
-    common = ['train.epochs=%d' % args.epochs]
+    common = [f'train.epochs={args.epochs}']
     data_dir = None
     with tempfile.TemporaryDirectory() as tmp:
         if photos:
             data_dir = args.data_dir or os.path.join(
                 tempfile.gettempdir(),
-                'efficientnetv2-%s-%d-%d' % (args.dataset, args.per_class, args.crop_size),
+                f'efficientnetv2-{args.dataset}-{args.per_class}-{args.crop_size}',
             )
             build_photo_folder(args.dataset, data_dir, args.per_class, args.crop_size)
             size = args.image_size or 128
             # The same final regularisation for both runs; the plan starts from the min_*.
             common += [
-                'train.image_size=%d' % size,
-                'eval.image_size=%d' % size,
-                'train.min_image_size=%d' % (args.min_image_size or size // 2),
+                f'train.image_size={size}',
+                f'eval.image_size={size}',
+                f'train.min_image_size={args.min_image_size or size // 2}',
                 'train.batch_size=32',
                 'eval.batch_size=64',
                 'train.lr_base=0.016',
@@ -441,11 +429,11 @@ def main():
         else:
             if args.image_size:
                 common += [
-                    'train.image_size=%d' % args.image_size,
-                    'eval.image_size=%d' % args.image_size,
+                    f'train.image_size={args.image_size}',
+                    f'eval.image_size={args.image_size}',
                 ]
             if args.min_image_size:
-                common.append('train.min_image_size=%d' % args.min_image_size)
+                common.append(f'train.min_image_size={args.min_image_size}')
             stages = args.stages or config_lib.build_config(args.model_name, 'digits').train.stages
             dataset = 'digits'
         if args.extra:
@@ -455,14 +443,14 @@ def main():
         for seed in [int(s) for s in args.seeds.split(',')]:
             entry = dict(seed=seed)
             for name, plan in (
-                ('progressive', 'train.stages=%d' % stages),
+                ('progressive', f'train.stages={stages}'),
                 ('fixed', 'train.stages=0'),
             ):
                 entry[name] = run(
                     args,
                     seed,
                     hparams + ',' + plan,
-                    os.path.join(tmp, '%s-%d' % (name, seed)),
+                    os.path.join(tmp, f'{name}-{seed}'),
                     dataset,
                     data_dir,
                 )
@@ -470,7 +458,7 @@ def main():
         runs[0]['eval_size'] = config_lib.build_config(
             args.model_name, dataset, data_dir=data_dir, hparam_str=hparams
         ).eval.image_size
-    label = args.dataset + (' (%s)' % data_dir if data_dir else '')
+    label = args.dataset + (f' ({data_dir})' if data_dir else '')
     print_report(args, label, runs)
 
 
