@@ -21,6 +21,41 @@ from efficientnetv2.weights import get_feature_extractor
 from efficientnetv2.weights import get_model
 from efficientnetv2.weights import load_weights
 
+__all__ = [
+    'architectures',
+    'convert',
+    'finetune',
+    'keras_workflow',
+    'summary',
+    'list_models',
+    'ModelEMA',
+    'fit_progressive',
+    'progressive_plan',
+    'EfficientNet',
+    'model_hparams',
+    'get_feature_extractor',
+    'get_model',
+    'load_weights',
+    'EfficientNetV2S',
+    'EfficientNetV2M',
+    'EfficientNetV2L',
+    'EfficientNetV2XL',
+    'EfficientNetV2B0',
+    'EfficientNetV2B1',
+    'EfficientNetV2B2',
+    'EfficientNetV2B3',
+    'EfficientNetB0',
+    'EfficientNetB1',
+    'EfficientNetB2',
+    'EfficientNetB3',
+    'EfficientNetB4',
+    'EfficientNetB5',
+    'EfficientNetB6',
+    'EfficientNetB7',
+    'EfficientNetB8',
+    'EfficientNetL2',
+]
+
 __version__ = '0.1.0'
 
 _CONSTRUCTOR_DOC = """Builds {model_name}; the same as `get_model({model_name!r}, ...)`.

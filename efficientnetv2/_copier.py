@@ -31,13 +31,9 @@ def model_label(model):
 def raise_or_log(problems, origin, model, skip_mismatch):
     """Raises on the first problem (counting the rest), or logs them all when skipping."""
     if problems and not skip_mismatch:
+        more = f' (and {len(problems) - 1} more problems)' if len(problems) > 1 else ''
         raise ValueError(
-            'Cannot load {} into model {!r}: {}{}.'.format(
-                origin,
-                model_label(model),
-                problems[0],
-                ' (and %d more problems)' % (len(problems) - 1) if len(problems) > 1 else '',
-            )
+            f'Cannot load {origin} into model {model_label(model)!r}: {problems[0]}{more}.'
         )
     for problem in problems:
         logging.warning('%s: skipped: %s.', origin, problem)
@@ -64,7 +60,8 @@ def copy_entries(entries, model, origin, problems=(), skip_mismatch=False):
     for entry in entries:
         if tuple(entry.shape) != tuple(entry.variable.shape):
             problems.append(
-                f'tensor {entry.name!r} has shape {list(entry.shape)} but model variable {_path(entry.variable)!r} needs {list(entry.variable.shape)}'
+                f'tensor {entry.name!r} has shape {list(entry.shape)} but model variable '
+                f'{_path(entry.variable)!r} needs {list(entry.variable.shape)}'
             )
         else:
             fitting.append(entry)
@@ -76,7 +73,8 @@ def copy_entries(entries, model, origin, problems=(), skip_mismatch=False):
             value = np.asarray(value)
             if tuple(value.shape) != tuple(entry.variable.shape):  # A lying shape map.
                 raise ValueError(
-                    f'Cannot load {origin} into model {model_label(model)!r}: tensor {entry.name!r} holds shape {list(value.shape)}, '
+                    f'Cannot load {origin} into model {model_label(model)!r}: '
+                    f'tensor {entry.name!r} holds shape {list(value.shape)}, '
                     f'not the {list(entry.shape)} its header announced.'
                 )
             previous = np.array(entry.variable.numpy())

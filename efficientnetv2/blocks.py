@@ -52,7 +52,8 @@ class BlockArgs:
 def _parse_int(text, key, block_string):
     if not re.fullmatch(r'\d+', text):
         raise ValueError(
-            f'Block string {block_string!r}: option {key!r} needs a non-negative integer, got {text!r}.'
+            f'Block string {block_string!r}: option {key!r} needs a non-negative integer, '
+            f'got {text!r}.'
         )
     return int(text)
 
@@ -74,8 +75,8 @@ def decode(block_string):
         match = _OPTION_RE.match(token)
         if not match or not match.group(2):
             raise ValueError(
-                f'Block string {block_string!r}: malformed option {token!r} (expected a key such as '
-                'r, k, s, e, i, o, se, c followed by a number).'
+                f'Block string {block_string!r}: malformed option {token!r} '
+                '(expected a key such as r, k, s, e, i, o, se, c followed by a number).'
             )
         key, value = match.groups()
         if key not in _KNOWN:
@@ -114,9 +115,9 @@ def decode(block_string):
             )
     conv_type = _parse_int(options.get('c', '0'), 'c', block_string)
     if conv_type not in CONV_TYPES:
+        valid = ', '.join(f'c{code} ({name})' for code, name in CONV_TYPES.items())
         raise ValueError(
-            'Block string %r: block type c%d is unknown; valid: %s.'
-            % (block_string, conv_type, ', '.join('c%d (%s)' % kv for kv in CONV_TYPES.items()))
+            f'Block string {block_string!r}: block type c{conv_type} is unknown; valid: {valid}.'
         )
     args = BlockArgs(
         num_repeat=_parse_int(options['r'], 'r', block_string),
@@ -138,8 +139,7 @@ def decode(block_string):
     ):
         if getattr(args, name) < 1:
             raise ValueError(
-                'Block string %r: %s must be >= 1, got %d.'
-                % (block_string, name, getattr(args, name))
+                f'Block string {block_string!r}: {name} must be >= 1, got {getattr(args, name)}.'
             )
     return args
 
@@ -147,17 +147,17 @@ def decode(block_string):
 def encode(args):
     """Writes `BlockArgs` back as a canonical block string."""
     parts = [
-        'r%d' % args.num_repeat,
-        'k%d' % args.kernel_size,
-        's%d' % args.strides,
-        'e%d' % args.expand_ratio,
-        'i%d' % args.input_filters,
-        'o%d' % args.output_filters,
+        f'r{int(args.num_repeat)}',
+        f'k{int(args.kernel_size)}',
+        f's{int(args.strides)}',
+        f'e{int(args.expand_ratio)}',
+        f'i{int(args.input_filters)}',
+        f'o{int(args.output_filters)}',
     ]
     if args.se_ratio is not None:
         parts.append(f'se{args.se_ratio:g}')
     if args.conv_type:
-        parts.append('c%d' % args.conv_type)
+        parts.append(f'c{int(args.conv_type)}')
     return '_'.join(parts)
 
 
@@ -169,8 +169,8 @@ def decode_list(block_strings):
     for prev, (cur, text) in zip(stages, zip(stages[1:], block_strings[1:])):
         if cur.input_filters != prev.output_filters:
             raise ValueError(
-                'Block string %r: input channels i%d do not match the previous '
-                "stage's output o%d." % (text, cur.input_filters, prev.output_filters)
+                f'Block string {text!r}: input channels i{cur.input_filters} do not match the '
+                f"previous stage's output o{prev.output_filters}."
             )
     return stages
 

@@ -98,7 +98,7 @@ def _model_name_valid(name):
     try:
         architectures.get_variant(name)
     except ValueError as e:
-        raise flags.ValidationError(str(e))
+        raise flags.ValidationError(str(e)) from e
     return True
 
 
@@ -148,9 +148,10 @@ def resolve_run_config(model_dir, argv_flags=FLAGS):
     path = os.path.join(model_dir, 'config.yaml')
     if not tf.io.gfile.exists(path):
         raise app.UsageError(
-            f'No run config {path}: --mode={argv_flags.mode} reads the configuration of a trained run from its '
-            f'model directory. Train first (efficientnetv2-train --mode=train --model_dir={model_dir} ..., '
-            'or python main.py in a checkout) or pass the --model_dir of a run.'
+            f'No run config {path}: --mode={argv_flags.mode} reads the configuration of a '
+            'trained run from its model directory. Train first (efficientnetv2-train '
+            f'--mode=train --model_dir={model_dir} ..., or python main.py in a checkout) or pass '
+            'the --model_dir of a run.'
         )
     overrides = hparams.Config()
     try:
@@ -160,8 +161,9 @@ def resolve_run_config(model_dir, argv_flags=FLAGS):
                 section, name = key.split('.')
                 if str(argv_flags[flag].value).lower() != str(config[section][name]).lower():
                     raise ValueError(
-                        f'--{flag}={argv_flags[flag].value}, but the run in {model_dir} is {key}={config[section][name]}; drop the flag (the run config '
-                        'decides) or pass another --model_dir.'
+                        f'--{flag}={argv_flags[flag].value}, but the run in {model_dir} is '
+                        f'{key}={config[section][name]}; drop the flag (the run config decides) '
+                        'or pass another --model_dir.'
                     )
         if argv_flags.config_file:
             overrides.override(argv_flags.config_file, allow_new=True)

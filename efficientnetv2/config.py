@@ -311,8 +311,9 @@ def build_config(
     expected = architectures.get_variant(model_name).name
     if config.model.model_name != expected:
         raise ValueError(
-            f'The config names model {config.model.model_name!r} but --model_name is {expected!r}: pass '
-            f'--model_name={config.model.model_name} (the architecture comes from the model name).'
+            f'The config names model {config.model.model_name!r} but --model_name is '
+            f'{expected!r}: pass --model_name={config.model.model_name} (the architecture comes '
+            'from the model name).'
         )
     validate(config)
     return config
@@ -375,15 +376,15 @@ def validate(config):
     final = train_image_size(config)
     if final < 1:
         raise hparams.ConfigValueError(
-            'train.image_size=%r is a fraction of eval.image_size=%r that gives a train size of '
-            '%d px; use a larger fraction or a size in pixels (> 16).'
-            % (config.train.image_size, config.eval.image_size, final)
+            f'train.image_size={config.train.image_size!r} is a fraction of '
+            f'eval.image_size={config.eval.image_size!r} that gives a train size of {final} px; '
+            'use a larger fraction or a size in pixels (> 16).'
         )
     if config.train.stages > 1 and first_stage_base(config) > final:
         raise hparams.ConfigValueError(
-            'train.min_image_size must be <= the final train size %d px (train.image_size=%r) '
-            'when train.stages > 1; received %r. Lower it, or leave it unset (None) to derive '
-            'it from the final size.'
-            % (final, config.train.image_size, config.train.min_image_size)
+            f'train.min_image_size must be <= the final train size {final} px '
+            f'(train.image_size={config.train.image_size!r}) when train.stages > 1; received '
+            f'{config.train.min_image_size!r}. Lower it, or leave it unset (None) to derive it '
+            'from the final size.'
         )
     return config

@@ -184,12 +184,14 @@ def source_fingerprint(source_model):
             stage_blocks.setdefault(stage, {})[letter] = _kernel_shape(layer)[-1]
     if len(families) != 1 or not stage_blocks:
         raise ValueError(
-            f'source_model {source_model.name!r} does not have the block layout of a keras.applications '
-            'EfficientNet: expected block<stage><letter>_dwconv (V1) or _dwconv2 (V2) layers.'
+            f'source_model {source_model.name!r} does not have the block layout of a '
+            'keras.applications EfficientNet: expected block<stage><letter>_dwconv (V1) or '
+            '_dwconv2 (V2) layers.'
         )
     if sorted(stage_blocks) != list(range(1, len(stage_blocks) + 1)):
         raise ValueError(
-            f'source_model {source_model.name!r}: block stages must run 1..N; found {sorted(stage_blocks)}.'
+            f'source_model {source_model.name!r}: block stages must run 1..N; '
+            f'found {sorted(stage_blocks)}.'
         )
     stages = []
     for stage in sorted(stage_blocks):
@@ -197,8 +199,8 @@ def source_fingerprint(source_model):
         expected = [chr(ord('a') + i) for i in range(len(letters))]
         if letters != expected:
             raise ValueError(
-                'source_model %r: stage %d has blocks %s, expected %s.'
-                % (source_model.name, stage, letters, expected)
+                f'source_model {source_model.name!r}: stage {stage} has blocks {letters}, '
+                f'expected {expected}.'
             )
         stages.append((len(letters), stage_blocks[stage][letters[-1]]))
     return Fingerprint(
@@ -432,8 +434,8 @@ def _blocks_by_position(model):
     ]
     if len(blocks) != len(positions):
         raise ValueError(
-            'target model %r has %d blocks but its stage table lists %d.'
-            % (model.name, len(blocks), len(positions))
+            f'target model {model.name!r} has {len(blocks)} blocks but its stage table lists '
+            f'{len(positions)}.'
         )
     return dict(zip(positions, blocks))
 
@@ -471,8 +473,8 @@ def _target_layer(model, blocks, source_name):
     position = (int(match.group(1)), ord(match.group(2)) - ord('a'))
     if position not in blocks:
         raise ValueError(
-            'source layer %r has no counterpart block (stage %d, repeat %d).'
-            % ((source_name,) + position)
+            f'source layer {source_name!r} has no counterpart block (stage {position[0]}, '
+            f'repeat {position[1]}).'
         )
     return _resolve(blocks[position], _BLOCK_PARTS[match.group(3)], source_name)
 
@@ -483,7 +485,8 @@ def _layer_entries(source, target):
     target_vars = {v.name: v for v in target.weights}
     if set(source_vars) != set(target_vars):
         raise ValueError(
-            f'layer {source.name!r}: variables {sorted(source_vars)} do not match the target {target.path!r} variables {sorted(target_vars)}.'
+            f'layer {source.name!r}: variables {sorted(source_vars)} do not match the target '
+            f'{target.path!r} variables {sorted(target_vars)}.'
         )
     return [
         _copier.Entry(

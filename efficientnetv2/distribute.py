@@ -97,7 +97,8 @@ def get_strategy(
         strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
     where = ''
     if name == 'multi_worker':
-        where = ' over the TF_CONFIG cluster; this process is %s %d' % task_info()
+        task_type, task_index = task_info()
+        where = f' over the TF_CONFIG cluster; this process is {task_type} {task_index}'
     logging.info(
         'Distribution: strategy=%s (%s) with %d replica(s) in sync%s.',
         name,
@@ -231,8 +232,8 @@ def batch_plan(strategy, global_batch_size, lr_base=None, lr_batch_unit=256):
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
         raise ValueError(
-            'train.batch_size must be divisible by the number of replicas (%d). '
-            'Received: %d' % (replicas, global_batch_size)
+            f'train.batch_size must be divisible by the number of replicas ({replicas}). '
+            f'Received: {int(global_batch_size)}'
         )
     plan = dict(
         replicas=replicas,
@@ -247,8 +248,8 @@ def batch_plan(strategy, global_batch_size, lr_base=None, lr_batch_unit=256):
         plan['per_replica_batch'],
         ''
         if lr_base is None
-        else '; peak learning rate %.6g = %.6g x %d / %d'
-        % (plan['lr'], lr_base, global_batch_size, lr_batch_unit),
+        else f'; peak learning rate {plan["lr"]:.6g} = {lr_base:.6g} x '
+        f'{int(global_batch_size)} / {int(lr_batch_unit)}',
     )
     return plan
 

@@ -147,8 +147,8 @@ def export_saved_model(
         class_names = [str(n) for n in class_names]
         if len(class_names) != num_classes:
             raise ValueError(
-                'class_names must have one name per class (%d). Received %d names.'
-                % (num_classes, len(class_names))
+                f'class_names must have one name per class ({num_classes}). '
+                f'Received {len(class_names)} names.'
             )
     k = min(int(top_k), num_classes)
 
@@ -450,9 +450,10 @@ def export_onnx(model, path, image_size, opset=ONNX_OPSET, preprocess=None, cent
         node.output[:] = ['logits' if o == old_name else o for o in node.output]
     model_proto.graph.output[0].name = 'logits'
     metadata = {
-        'input': 'images: float32 [N, %d, %d, 3] RGB, NHWC, already preprocessed'
-        % (image_size, image_size),
-        'output': 'logits: float32 [N, %d]' % int(model.output.shape[-1]),
+        'input': (
+            f'images: float32 [N, {image_size}, {image_size}, 3] RGB, NHWC, already preprocessed'
+        ),
+        'output': f'logits: float32 [N, {int(model.output.shape[-1])}]',
         'image_size': str(image_size),
     }
     if preprocess is not None:
@@ -460,7 +461,7 @@ def export_onnx(model, path, image_size, opset=ONNX_OPSET, preprocess=None, cent
             preprocess=preprocess,
             center_crop=str(bool(center_crop)),
             preprocessing='efficientnetv2.data.preprocessing.preprocess_for_eval('
-            'pixels, %d, %r, center_crop=%s)' % (image_size, preprocess, bool(center_crop)),
+            f'pixels, {image_size}, {preprocess!r}, center_crop={bool(center_crop)})',
         )
     for key, value in metadata.items():
         entry = model_proto.metadata_props.add()
@@ -517,9 +518,12 @@ def training_ops(graph_def):
     for node in nodes:
         if node.op.startswith(_RANDOM_OP_PREFIXES) or node.op in _ASSIGN_OPS:
             found.add(node.op)
-        elif node.op.startswith('FusedBatchNorm') and 'is_training' in node.attr:
-            if node.attr['is_training'].b:
-                found.add(f'{node.op}(is_training)')
+        elif (
+            node.op.startswith('FusedBatchNorm')
+            and 'is_training' in node.attr
+            and node.attr['is_training'].b
+        ):
+            found.add(f'{node.op}(is_training)')
     return sorted(found)
 
 
@@ -577,9 +581,9 @@ def check_images(image_size, seed=0):
     """
     rng = np.random.RandomState(seed)
     shapes = [
-        ('%dx%d' % CHECK_SHAPES[0], CHECK_SHAPES[0], 2),
-        ('%dx%d' % (image_size, image_size), (image_size, image_size), 2),
-        ('%dx%d' % CHECK_SHAPES[1], CHECK_SHAPES[1], 1),
+        ('{}x{}'.format(*CHECK_SHAPES[0]), CHECK_SHAPES[0], 2),
+        (f'{int(image_size)}x{int(image_size)}', (image_size, image_size), 2),
+        ('{}x{}'.format(*CHECK_SHAPES[1]), CHECK_SHAPES[1], 1),
     ]
     images = {}
     for name, (height, width), count in shapes:
@@ -659,7 +663,7 @@ def verify_exports(model, paths, image_size, preprocess='v2', center_crop=True):
     split = np.cumsum([len(images[k]) for k in names])[:-1]
     by_name = dict(zip(names, np.split(logits, split)))
     square = names[1]
-    all_label = ' + '.join('%dx%s px' % (len(images[k]), k) for k in names)
+    all_label = ' + '.join(f'{len(images[k])}x{k} px' for k in names)
     rows = []
 
     if 'saved_model' in paths:
@@ -705,9 +709,7 @@ def verify_exports(model, paths, image_size, preprocess='v2', center_crop=True):
     for key in ('tflite', 'tflite_dynamic'):
         if key in paths:
             out = tflite_predict(paths[key], images[square].astype(np.float32))
-            rows.append(
-                _compare(key, '%dx%s px' % (len(images[square]), square), out, by_name[square])
-            )
+            rows.append(_compare(key, f'{len(images[square])}x{square} px', out, by_name[square]))
     if 'keras' in paths:
         restored = keras.saving.load_model(os.fspath(paths['keras']))
         out = restored(_model_input(every, restored), training=False)

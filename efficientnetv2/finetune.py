@@ -64,7 +64,7 @@ def stage_layers(model):
             groups.setdefault('stem', []).append(layer)
             seen_body = True
         elif match:
-            blocks.setdefault('stage%d' % int(match.group(1)), []).append(layer)
+            blocks.setdefault(f'stage{int(match.group(1))}', []).append(layer)
             seen_body = True
         elif _TOP.match(name):
             groups.setdefault('top', []).append(layer)
@@ -74,8 +74,9 @@ def stage_layers(model):
             preamble.append(layer)  # Input scaling of keras.applications: no trainable weights.
     if not blocks:
         raise ValueError(
-            f'Model {model.name!r} has no block<k><letter> layers (block1a, block2a, ...): stage names are '
-            f'only defined for EfficientNet-style models. Its layers: {[layer.name for layer in model.layers][:20]}.'
+            f'Model {model.name!r} has no block<k><letter> layers (block1a, block2a, ...): '
+            'stage names are only defined for EfficientNet-style models. Its layers: '
+            f'{[layer.name for layer in model.layers][:20]}.'
         )
     ordered = collections.OrderedDict()
     ordered['stem'] = preamble + groups.get('stem', [])
@@ -118,8 +119,8 @@ def _resolve(model, num_stages, stages):
             or not 0 <= num_stages <= len(block_stages)
         ):
             raise ValueError(
-                "Argument `num_stages` must be an int in [0, %d] or 'all'; "
-                'received num_stages=%r.' % (len(block_stages), num_stages)
+                f"Argument `num_stages` must be an int in [0, {len(block_stages)}] or 'all'; "
+                f'received num_stages={num_stages!r}.'
             )
         stages = ['stem'] + block_stages[:num_stages]
         if num_stages == len(block_stages) and 'top' in groups:

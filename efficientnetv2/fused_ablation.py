@@ -59,7 +59,7 @@ COMPUTED = {
 
 
 def variant_name(num_fused):
-    return '%s-fused1-%d' % (BASE_MODEL, num_fused)
+    return f'{BASE_MODEL}-fused1-{int(num_fused)}'
 
 
 def fuse_blocks(block_strings, num_fused, drop_se=True):
@@ -77,9 +77,7 @@ def fuse_blocks(block_strings, num_fused, drop_se=True):
 
     block_strings = list(block_strings)
     if not 0 <= num_fused <= len(block_strings):
-        raise ValueError(
-            'num_fused must be in [0, %d]. Received: %r' % (len(block_strings), num_fused)
-        )
+        raise ValueError(f'num_fused must be in [0, {len(block_strings)}]. Received: {num_fused!r}')
     out = []
     for index, text in enumerate(block_strings):
         args = blocks_lib.decode(text)

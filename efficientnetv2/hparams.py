@@ -167,7 +167,8 @@ class Spec:
 
     def _error(self, key, value):
         return ConfigValueError(
-            f'Config key {key} must be {self.describe()}; received {value!r} ({type(value).__name__}).'
+            f'Config key {key} must be {self.describe()}; received {value!r} '
+            f'({type(value).__name__}).'
         )
 
 
@@ -331,7 +332,7 @@ class Config:
         if path:
             import tensorflow as tf  # Only needed for gs:// paths; keep the module light.
 
-            partial = '%s.tmp-%d' % (path, os.getpid())
+            partial = f'{path}.tmp-{os.getpid()}'
             with tf.io.gfile.GFile(partial, 'w') as f:
                 f.write(text)
             tf.io.gfile.rename(partial, path, overwrite=True)
@@ -581,6 +582,7 @@ def load_yaml(path):
         return {}
     if not isinstance(values, dict):
         raise ValueError(
-            f'Config file {path} must hold a mapping at the top level; found {type(values).__name__}.'
+            f'Config file {path} must hold a mapping at the top level; '
+            f'found {type(values).__name__}.'
         )
     return values

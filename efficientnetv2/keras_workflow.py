@@ -140,17 +140,9 @@ def stage_epochs(plan, epochs=None):
         end = stage.end_step * epochs // total
         if end <= first:
             raise ValueError(
-                'Stage %d of the plan gets no epoch: %d epochs cannot be split over %d stages '
-                '(plan steps %d-%d of %d). Use epochs >= %d or fewer stages.'
-                % (
-                    stage.index,
-                    epochs,
-                    len(plan),
-                    stage.start_step,
-                    stage.end_step,
-                    total,
-                    len(plan),
-                )
+                f'Stage {stage.index} of the plan gets no epoch: {epochs} epochs cannot be split '
+                f'over {len(plan)} stages (plan steps {stage.start_step}-{stage.end_step} of '
+                f'{total}). Use epochs >= {len(plan)} or fewer stages.'
             )
         result.append((stage, first, end))
     return result
@@ -396,9 +388,9 @@ def _check_input_size(model, size):
             spatial = shape[1:3] if shape[-1] in (1, 3, 4) or shape[1] is None else shape[2:4]
             if any(d is not None and d != size for d in spatial):
                 raise ValueError(
-                    'The model takes images of fixed size %s but the plan trains at %d px. '
-                    'Build it with input_shape=(None, None, 3) (any size) for progressive '
-                    'learning.' % (shape[1:], size)
+                    f'The model takes images of fixed size {shape[1:]} but the plan trains at '
+                    f'{size} px. Build it with input_shape=(None, None, 3) (any size) for '
+                    'progressive learning.'
                 )
 
 
@@ -493,8 +485,7 @@ def fit_progressive(
     initial_epoch = int(initial_epoch)
     if not 0 <= initial_epoch <= total_epochs:
         raise ValueError(
-            'Argument `initial_epoch` must be in [0, %d]; received %r.'
-            % (total_epochs, initial_epoch)
+            f'Argument `initial_epoch` must be in [0, {total_epochs}]; received {initial_epoch!r}.'
         )
     if isinstance(ema, ModelEMA):
         ema_callback = ema
@@ -540,7 +531,7 @@ def fit_progressive(
             stage.mixup_alpha,
             stage.cutmix_alpha,
             stage.dropout_rate,
-            ' (resuming at epoch %d)' % start if start > first else '',
+            f' (resuming at epoch {start})' if start > first else '',
         )
         if not changed and stage.dropout_rate:
             logging.info(

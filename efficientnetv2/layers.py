@@ -158,8 +158,8 @@ class BatchNorm(keras.layers.BatchNormalization):
             return super()._moments(inputs, mask)  # Keras' all-replica statistics.
         if replicas % group:
             raise ValueError(
-                'group_size (%d) must divide the number of replicas (%d); set '
-                'model.bn_group_size to a divisor, or to 0 for all replicas.' % (group, replicas)
+                f'group_size ({group}) must divide the number of replicas ({replicas}); set '
+                'model.bn_group_size to a divisor, or to 0 for all replicas.'
             )
         return self._grouped_moments(inputs, self._reduction_axes, context, group)
 

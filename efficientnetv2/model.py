@@ -24,7 +24,7 @@ def _block_name(stage, repeat):
         letters = chr(ord('a') + n % 26) + letters
         n = n // 26 - 1
         if n < 0:
-            return 'block%d%s' % (stage, letters)
+            return f'block{stage}{letters}'
 
 
 @layers.register
@@ -235,7 +235,7 @@ class EfficientNet(keras.Model):
         spatial reduction (and the last block), as the official `reduction_k` endpoints.
         """
         outputs = {
-            'reduction_%d' % (i + 1): self.get_layer(name).output
+            f'reduction_{i + 1}': self.get_layer(name).output
             for i, name in enumerate(self.endpoint_names)
         }
         return keras.Model(self.inputs, outputs, name=self.name + '_features')

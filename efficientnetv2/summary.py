@@ -116,21 +116,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
     names = architectures.list_models() if args.all else [args.model_name]
-    print('%-20s %6s %15s %15s %17s' % ('model', 'size', 'trainable', 'total', 'FLOPs (MACs)'))
+    print(f'{"model":<20} {"size":>6} {"trainable":>15} {"total":>15} {"FLOPs (MACs)":>17}')
     for name in names:
         try:
             row = describe(name, args.image_size)
         except ValueError as e:
             parser.error(str(e))
         print(
-            '%-20s %6d %15s %15s %17s'
-            % (
-                row['model_name'],
-                row['image_size'],
-                format(row['trainable_params'], ','),
-                format(row['total_params'], ','),
-                format(row['flops'], ','),
-            ),
+            f'{row["model_name"]:<20} {int(row["image_size"]):6d} '
+            f'{row["trainable_params"]:>15,} {row["total_params"]:>15,} {row["flops"]:>17,}',
             flush=True,
         )
 

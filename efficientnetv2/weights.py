@@ -242,8 +242,8 @@ def _load_project_checkpoint(model, path, prefer_ema=True, skip_mismatch=False):
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
         raise ValueError(
-            f'Cannot load checkpoint {path!r} into model {_copier.model_label(model)!r} (a checkpoint of another model '
-            f'or head?): {_first_line(error)}'
+            f'Cannot load checkpoint {path!r} into model {_copier.model_label(model)!r} '
+            f'(a checkpoint of another model or head?): {_first_line(error)}'
         ) from None
     if shadows is not None:
         for variable, shadow in zip(averaged, shadows.shadow_variables):
@@ -290,7 +290,7 @@ def _checkpoint_reader(prefix):
 
 
 def _numbered(base, index):
-    return base if index == 0 else '%s_%d' % (base, index)
+    return base if index == 0 else f'{base}_{index}'
 
 
 class _ScopeNames:
@@ -347,8 +347,8 @@ def _blocks(model):
     stages = getattr(model, 'stages', None)
     if stages is not None and len(blocks) != sum(s.num_repeat for s in stages):
         raise ValueError(
-            'Model %r has %d blocks but its stages list %d; cannot map names.'
-            % (_copier.model_label(model), len(blocks), sum(s.num_repeat for s in stages))
+            f'Model {_copier.model_label(model)!r} has {len(blocks)} blocks but its stages list '
+            f'{sum(s.num_repeat for s in stages)}; cannot map names.'
         )
     return blocks
 
@@ -371,7 +371,7 @@ def official_variable_map(model, scope):
         + _norm_entries(scope + '/stem/tpu_batch_normalization', stem.bn)
     ]
     for index, block in enumerate(_blocks(model)):
-        block_scope = '%s/blocks_%d' % (scope, index)
+        block_scope = f'{scope}/blocks_{index}'
         entries += [(n, v, False) for n, v in _block_entries(block_scope, block)]
     top = model.get_layer('top')
     entries += [
@@ -430,7 +430,8 @@ def load_official_checkpoint(model, path, skip_mismatch=False, prefer_ema=True):
         problems.append(f'the checkpoint holds model {scope!r} but the model is {model_name!r}')
         if not skip_mismatch:
             raise ValueError(
-                f'Cannot load official checkpoint {prefix!r} into model {model_name!r}: {problems[0]}.'
+                f'Cannot load official checkpoint {prefix!r} into model {model_name!r}: '
+                f'{problems[0]}.'
             )
 
     variable_map = official_variable_map(model, scope)
@@ -684,7 +685,8 @@ def _load_imagenet(model, skip_mismatch):
     if variant is None or not variant.keras_name:
         raise ValueError(
             "weights='imagenet' needs a variant that keras.applications ships "
-            f'(EfficientNetV2 B0-B3/S/M/L, EfficientNet B0-B7). Received model {_copier.model_label(model)!r}.'
+            '(EfficientNetV2 B0-B3/S/M/L, EfficientNet B0-B7). '
+            f'Received model {_copier.model_label(model)!r}.'
         )
     constructor = getattr(keras.applications, variant.keras_name)
     source = constructor(include_top=True, weights='imagenet', classifier_activation=None)

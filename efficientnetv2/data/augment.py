@@ -31,7 +31,6 @@ With `seed=None` a seed is drawn from TF's global generator.
 from collections.abc import Sequence
 import functools
 import math
-from typing import Optional
 
 import tensorflow as tf
 
@@ -96,7 +95,7 @@ POLICY_V0 = (
 
 POLICIES = ('randaug', 'autoaug', 'ra_aa')
 
-SeedLike = Optional[tf.Tensor | Sequence[int]]
+SeedLike = tf.Tensor | Sequence[int] | None
 
 
 # ----------------------------------------------------------------------------

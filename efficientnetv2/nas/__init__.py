@@ -13,3 +13,11 @@ from efficientnetv2.nas.search import measure_step_time
 from efficientnetv2.nas.search import reward
 from efficientnetv2.nas.search import run
 from efficientnetv2.nas.space import SearchSpace
+
+__all__ = [
+    'Settings',
+    'measure_step_time',
+    'reward',
+    'run',
+    'SearchSpace',
+]

@@ -117,7 +117,8 @@ def reward(accuracy, step_time_ratio, params_millions, w=-0.07, v=-0.05):
     """The paper's multi-objective reward `A * S**w * P**v`."""
     if not (step_time_ratio > 0 and params_millions > 0):
         raise ValueError(
-            f'step time ratio and parameters must be > 0. Received: {step_time_ratio!r}, {params_millions!r}'
+            'step time ratio and parameters must be > 0. Received: '
+            f'{step_time_ratio!r}, {params_millions!r}'
         )
     return float(accuracy) * float(step_time_ratio) ** w * float(params_millions) ** v
 
@@ -314,11 +315,11 @@ class TrialStore:
         self.settings = settings
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.owner = '%s:%d:%s' % (self.host, self.pid, uuid.uuid4().hex[:8])
+        self.owner = f'{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}'
         _gfile().makedirs(os.path.join(output_dir, 'trials'))
 
     def trial_dir(self, index):
-        return os.path.join(self.output_dir, 'trials', '%06d' % index)
+        return os.path.join(self.output_dir, 'trials', f'{int(index):06d}')
 
     def _path(self, index, name):
         return os.path.join(self.trial_dir(index), name)
@@ -351,9 +352,12 @@ class TrialStore:
     def _stale(self, claim, index):
         if claim is None:
             return True
-        if claim.get('host') == self.host and claim.get('owner') != self.owner:
-            if not _pid_alive(claim.get('pid')):
-                return True  # Its process on this machine is gone (killed search).
+        if (
+            claim.get('host') == self.host
+            and claim.get('owner') != self.owner
+            and not _pid_alive(claim.get('pid'))
+        ):
+            return True  # Its process on this machine is gone (killed search).
         timeout = self.settings.claim_timeout if self.settings else 3600.0
         if not timeout:
             return False
@@ -642,19 +646,12 @@ def format_best(records, backbone, top_k=5):
     lines = []
     for r in best_trials(records, top_k):
         lines.append(
-            'trial %d  reward %.4f  top-1 %.4f  step-time x%.3f  params %.2fM  %s'
-            % (
-                r['trial'],
-                r['reward'],
-                r['accuracy'],
-                r['step_time_ratio'],
-                r['params'] / 1e6,
-                r['arch'],
-            )
+            f'trial {int(r["trial"])}  reward {r["reward"]:.4f}  top-1 {r["accuracy"]:.4f}  '
+            f'step-time x{r["step_time_ratio"]:.3f}  params {r["params"] / 1e6:.2f}M  {r["arch"]}'
         )
         lines.append(
             '    efficientnetv2.get_model({!r}, blocks={!r})'.format(backbone, r['blocks'])
         )
     failed = sum(1 for r in records if r.get('status') != 'ok')
-    lines.append('%d trials finished, %d failed.' % (len(records), failed))
+    lines.append(f'{len(records)} trials finished, {failed} failed.')
     return '\n'.join(lines)

@@ -31,11 +31,9 @@ class StageChoice:
     expand_ratio: int
 
     def key(self):
-        return 'c%dr%dk%de%d' % (
-            self.conv_type,
-            self.num_repeat,
-            self.kernel_size,
-            self.expand_ratio,
+        return (
+            f'c{int(self.conv_type)}r{int(self.num_repeat)}'
+            f'k{int(self.kernel_size)}e{int(self.expand_ratio)}'
         )
 
 
@@ -162,7 +160,8 @@ class SearchSpace:
         )
         if not self.contains(arch) or self.to_blocks(arch) != list(block_strings):
             raise ValueError(
-                f'Block strings {list(block_strings)!r} are not an architecture of this search space.'
+                f'Block strings {list(block_strings)!r} are not an architecture of this search '
+                'space.'
             )
         return arch
 

@@ -258,5 +258,5 @@ class ClassificationTask:
             stage.mixup_alpha,
             stage.cutmix_alpha,
             stage.dropout_rate,
-            ' (resuming at step %d)' % step if step > stage.start_step else '',
+            f' (resuming at step {int(step)})' if step > stage.start_step else '',
         )

@@ -21,6 +21,7 @@ traineval every stage end is evaluated at the final eval size (`eval/top_1`, the
 report) and at the stage's own train size (`eval/top_1_at_train_size`).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -102,7 +103,7 @@ def model_random_states(model):
         for layer in top._flatten_layers(include_self=True):
             name = top.name if layer is top else f'{top.name}/{layer.name}'
             for i, generator in enumerate(getattr(layer, '_seed_generators', ())):
-                states['%s/%d' % (name, i) if i else name] = generator.state
+                states[f'{name}/{i}' if i else name] = generator.state
     return states
 
 
@@ -214,7 +215,8 @@ class Trainer:
         """Chief writes into model_dir; other multi-worker workers into throw-away dirs."""
         if self.is_chief:
             return self.model_dir
-        return os.path.join(self.model_dir, '.worker_tmp', '%s_%d' % distribute.task_info())
+        task_type, task_index = distribute.task_info()
+        return os.path.join(self.model_dir, '.worker_tmp', f'{task_type}_{task_index}')
 
     def _summary_writer(self, name):
         if name not in self._summary:
@@ -358,8 +360,8 @@ class Trainer:
 
         if config.eval.batch_size % self.num_replicas:
             raise ValueError(
-                'eval.batch_size (%d) must be divisible by the number of replicas '
-                '(%d).' % (config.eval.batch_size, self.num_replicas)
+                f'eval.batch_size ({int(config.eval.batch_size)}) must be divisible by the '
+                f'number of replicas ({int(self.num_replicas)}).'
             )
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -392,10 +394,8 @@ class Trainer:
         )
         self._write_text_summary()
         previous_handler = None
-        try:
+        with contextlib.suppress(ValueError):  # ValueError: not in the main thread.
             previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
-        except ValueError:  # Not in the main thread.
-            pass
         result = None
         try:
             step = int(self.global_step.numpy())
@@ -437,22 +437,16 @@ class Trainer:
     @staticmethod
     def _log_final(result):
         message = (
-            'Final evaluation at step %d (%s weights): top-1 %.4f, top-5 %.4f at the '
-            'eval size %d px (the number to report)'
-            % (
-                result['step'],
-                'EMA' if result['ema'] else 'raw',
-                result['top_1'],
-                result['top_5'],
-                result['image_size'],
-            )
+            f'Final evaluation at step {int(result["step"])} '
+            f'({"EMA" if result["ema"] else "raw"} weights): top-1 {result["top_1"]:.4f}, '
+            f'top-5 {result["top_5"]:.4f} at the eval size {int(result["image_size"])} px '
+            '(the number to report)'
         )
         other = result.get('at_train_size')
         if other:
-            message += "; top-1 %.4f, top-5 %.4f at the last stage's train size %d px" % (
-                other['top_1'],
-                other['top_5'],
-                other['image_size'],
+            message += (
+                f'; top-1 {other["top_1"]:.4f}, top-5 {other["top_5"]:.4f} at the last '
+                f"stage's train size {int(other['image_size'])} px"
             )
         logging.info('%s.', message)
 
@@ -487,13 +481,9 @@ class Trainer:
             bad = int(self._bad_step.numpy())
             if bad >= 0 or not math.isfinite(loss):
                 raise TrainingError(
-                    'Non-finite loss at step %d; stopped. The last good checkpoint in %s is '
-                    'kept (latest: %s).'
-                    % (
-                        bad if bad >= 0 else step + num,
-                        self.model_dir,
-                        self.manager.latest_checkpoint,
-                    )
+                    f'Non-finite loss at step {bad if bad >= 0 else step + num}; stopped. The '
+                    f'last good checkpoint in {self.model_dir} is kept '
+                    f'(latest: {self.manager.latest_checkpoint}).'
                 )
             step = int(self.global_step.numpy())
             lr = float(self.schedule(step))
@@ -682,7 +672,7 @@ class Trainer:
                 break
         if result is None:
             raise TrainingError(
-                'No checkpoint appeared in %s within %d s.'
-                % (self.model_dir, self.config.eval.timeout)
+                f'No checkpoint appeared in {self.model_dir} within '
+                f'{int(self.config.eval.timeout)} s.'
             )
         return result
