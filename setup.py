@@ -49,7 +49,8 @@ setup(
     entry_points={
         'console_scripts': [
             'efficientnetv2-train=efficientnetv2.cli:run',  # = python main.py (same flags)
-            'efficientnetv2-export=efficientnetv2.cli:run_export',  # The same, --mode=export default.
+            # The same as efficientnetv2-train, with --mode=export as the default.
+            'efficientnetv2-export=efficientnetv2.cli:run_export',
             'efficientnetv2-nas=efficientnetv2.console:nas',  # = python -m efficientnetv2.nas
             'efficientnetv2-summary=efficientnetv2.summary:main',
         ]

@@ -75,11 +75,11 @@ def write_folders(root, per_class, seed=0):
         else:
             targets = [('transfer/train', index[:per_class]), ('transfer/val', index[per_class:])]
         for folder, chosen in targets:
-            directory = os.path.join(root, folder, 'd%d' % digit)
+            directory = os.path.join(root, folder, f'd{digit}')
             os.makedirs(directory, exist_ok=True)
             for i in chosen:
                 image = np.repeat(pixels[i][..., None], 3, axis=-1)
-                tf.io.write_file(os.path.join(directory, '%04d.png' % i), tf.io.encode_png(image))
+                tf.io.write_file(os.path.join(directory, f'{i:04d}.png'), tf.io.encode_png(image))
             counts[folder] = counts.get(folder, 0) + len(chosen)
     return counts
 
@@ -174,15 +174,9 @@ def main(_):
     logging.info('Image folders in %s: %s', root, counts)
     pretrained, pre_top1, pre_seconds = pretrain(root, seed=0)
     print(
-        'pretrain on digits 0-4 (%d images, %d epochs, %d -> %d px): top-1 %.3f, %.0f s'
-        % (
-            counts['pretrain'],
-            FLAGS.pretrain_epochs,
-            FLAGS.image_size // 2,
-            FLAGS.image_size,
-            pre_top1,
-            pre_seconds,
-        )
+        f'pretrain on digits 0-4 ({counts["pretrain"]} images, {FLAGS.pretrain_epochs} epochs, '
+        f'{FLAGS.image_size // 2} -> {FLAGS.image_size} px): top-1 {pre_top1:.3f}, '
+        f'{pre_seconds:.0f} s'
     )
     rows = []
     for method in METHODS:
@@ -200,22 +194,16 @@ def main(_):
             )
         )
     print(
-        '\nfine-tune on digits 5-9: %d train images (%d per class), %d val, %d epochs, '
-        '%d seeds'
-        % (
-            counts['transfer/train'],
-            FLAGS.per_class,
-            counts['transfer/val'],
-            FLAGS.epochs,
-            FLAGS.seeds,
-        )
+        f'\nfine-tune on digits 5-9: {counts["transfer/train"]} train images '
+        f'({FLAGS.per_class} per class), {counts["transfer/val"]} val, {FLAGS.epochs} epochs, '
+        f'{FLAGS.seeds} seeds'
     )
     print('| method | lr | trainable variables | top-1 (mean, min-max) | train s |')
     print('| --- | --- | --- | --- | --- |')
     for name, mean, low, high, seconds, variables, lr in rows:
         print(
-            '| %s | %g | %d | %.1f%% (%.1f-%.1f) | %.0f |'
-            % (name, lr, variables, 100 * mean, 100 * low, 100 * high, seconds)
+            f'| {name} | {lr:g} | {variables} | {100 * mean:.1f}% '
+            f'({100 * low:.1f}-{100 * high:.1f}) | {seconds:.0f} |'
         )
     if not FLAGS.work_dir:
         shutil.rmtree(root, ignore_errors=True)

@@ -61,19 +61,13 @@ def main(argv=None):
         keras.config.set_dtype_policy(args.policy)
     device = 'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'
     print(
-        'device: %s, image size %d, batch %d, %d timed steps, policy %s'
-        % (device, args.image_size, args.batch, args.steps, keras.config.dtype_policy().name),
+        f'device: {device}, image size {args.image_size}, batch {args.batch}, '
+        f'{args.steps} timed steps, policy {keras.config.dtype_policy().name}',
         flush=True,
     )
-    header = '%-26s %9s %9s %9s %9s %10s %8s %8s' % (
-        'model',
-        'params',
-        'paper',
-        'GFLOPs',
-        'paper',
-        'imgs/s',
-        'TPUv3',
-        'V100',
+    header = (
+        f'{"model":<26} {"params":>9} {"paper":>9} {"GFLOPs":>9} {"paper":>9} {"imgs/s":>10} '
+        f'{"TPUv3":>8} {"V100":>8}'
     )
     print(header)
     for name in names:
@@ -88,17 +82,9 @@ def main(argv=None):
         )
         paper = fused_ablation.PAPER_TABLE3[name]
         print(
-            '%-26s %8.2fM %8.1fM %9.2f %9.1f %10.1f %8d %8d'
-            % (
-                name,
-                trainable / 1e6,
-                paper['params'] / 1e6,
-                flops / 1e9,
-                paper['flops'] / 1e9,
-                args.batch / seconds,
-                paper['tpu'],
-                paper['v100'],
-            ),
+            f'{name:<26} {trainable / 1e6:8.2f}M {paper["params"] / 1e6:8.1f}M '
+            f'{flops / 1e9:9.2f} {paper["flops"] / 1e9:9.1f} {args.batch / seconds:10.1f} '
+            f'{paper["tpu"]:8d} {paper["v100"]:8d}',
             flush=True,
         )
 

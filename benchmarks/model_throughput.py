@@ -202,13 +202,14 @@ def op_breakdown(step, images, labels, steps):
 def format_breakdown(name, label, mode, breakdown, top):
     """The `top` op types of an `op_breakdown` as text."""
     total = sum(value[0] for value in breakdown.values())
+    ops = round(sum(v[1] for v in breakdown.values()))
     lines = [
-        '%s %s %s: op time %.3f s/step in %d ops/step; top op types:'
-        % (name, label, mode, total, round(sum(v[1] for v in breakdown.values())))
+        f'{name} {label} {mode}: op time {total:.3f} s/step in {int(ops)} ops/step; top op types:'
     ]
     ranked = sorted(breakdown.items(), key=lambda item: -item[1][0])[:top]
     for op_type, (seconds, count) in ranked:
-        lines.append('  %-46s %8.1f ms/step %6d ops/step' % (op_type, 1000 * seconds, round(count)))
+        per_step = 1000 * seconds
+        lines.append(f'  {op_type!s:<46} {per_step:8.1f} ms/step {int(round(count)):6d} ops/step')
     return '\n'.join(lines)
 
 
@@ -276,10 +277,10 @@ def format_table(all_results, args):
     """
     columns = ('best', 'median', 'cpu')
     lines = [
-        'image_size=%d batch=%d steps=%d rounds=%d jit=%s policy=%s'
-        % (args.image_size, args.batch, args.steps, args.rounds, args.jit_compile, args.policy),
-        '%-18s %-30s %-8s' % ('model', 'contender', 'mode')
-        + ''.join('%18s' % title for title in ('best img/s', 'median img/s', 'img/cpu-s')),
+        f'image_size={args.image_size} batch={args.batch} steps={args.steps} '
+        f'rounds={args.rounds} jit={args.jit_compile} policy={args.policy}',
+        f'{"model":<18} {"contender":<30} {"mode":<8}'
+        + ''.join(f'{title:>18}' for title in ('best img/s', 'median img/s', 'img/cpu-s')),
     ]
     for name, results in all_results.items():
         for mode in args.modes:
@@ -288,9 +289,9 @@ def format_table(all_results, args):
                 cells = []
                 for column in columns:
                     value = by_mode[mode][column]
-                    ratio = ' (%.2fx)' % (value / reference[column]) if reference else ''
-                    cells.append('%18s' % (f'{value:.1f}{ratio}'))
-                lines.append('%-18s %-30s %-8s' % (name, label, mode) + ''.join(cells))
+                    ratio = f' ({value / reference[column]:.2f}x)' if reference else ''
+                    cells.append(f'{value:.1f}{ratio}'.rjust(18))
+                lines.append(f'{name!s:<18} {label!s:<30} {mode!s:<8}' + ''.join(cells))
     return '\n'.join(lines)
 
 

@@ -50,7 +50,7 @@ def measure(args):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.child
         )
-        strategy = tf.distribute.MirroredStrategy(['/cpu:%d' % i for i in range(args.child)])
+        strategy = tf.distribute.MirroredStrategy([f'/cpu:{i}' for i in range(args.child)])
     else:
         strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
     import numpy as np
@@ -63,18 +63,11 @@ def measure(args):
         args.model_name,
         'digits',
         hparam_str=(
-            'train.stages=0,train.epochs=0.01,train.min_steps=%d,train.steps_per_loop=%d,'
-            'train.batch_size=%d,train.image_size=%d,eval.image_size=%d,train.ckpt_interval=%d,'
-            'model.sync_bn=%s,train.seed=0'
-            % (
-                steps,
-                args.steps_per_loop,
-                args.batch_size,
-                args.image_size,
-                args.image_size,
-                10 * steps,
-                args.child > 1 and not args.no_sync_bn,
-            )
+            f'train.stages=0,train.epochs=0.01,train.min_steps={steps},'
+            f'train.steps_per_loop={args.steps_per_loop},train.batch_size={args.batch_size},'
+            f'train.image_size={args.image_size},eval.image_size={args.image_size},'
+            f'train.ckpt_interval={10 * steps},'
+            f'model.sync_bn={args.child > 1 and not args.no_sync_bn},train.seed=0'
         ),
     )
     with tempfile.TemporaryDirectory() as model_dir:
@@ -122,7 +115,7 @@ def run_child(args, devices):
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     lines = [line for line in done.stdout.splitlines() if line.startswith('{')]
     if done.returncode or not lines:
-        raise RuntimeError('The %d-device run failed:\n%s' % (devices, done.stderr[-3000:]))
+        raise RuntimeError(f'The {devices}-device run failed:\n{done.stderr[-3000:]}')
     return json.loads(lines[-1])
 
 
@@ -132,33 +125,25 @@ def main(argv=None):
         return measure(args)
     results = [run_child(args, int(n)) for n in args.devices.split(',')]
     base = results[0]['images_per_sec']
+    if args.no_sync_bn:
+        batch_norm = 'per replica (fused kernel)'
+    else:
+        batch_norm = 'fused kernel on 1 device, synchronized across replicas on N > 1'
     print(
-        '%s at %d px, global batch %d, float32, CPU (%d cores); batch norm: %s'
-        % (
-            args.model_name,
-            args.image_size,
-            args.batch_size,
-            os.cpu_count(),
-            'per replica (fused kernel)'
-            if args.no_sync_bn
-            else 'fused kernel on 1 device, synchronized across replicas on N > 1',
-        )
+        f'{args.model_name} at {args.image_size} px, global batch {args.batch_size}, float32, '
+        f'CPU ({os.cpu_count()} cores); batch norm: {batch_norm}'
     )
     print(
-        '%-8s %-9s %-18s %-12s %-16s %s'
-        % ('devices', 'replicas', 'per-replica batch', 'images/s', 'min-max', 'vs first')
+        f'{"devices":<8} {"replicas":<9} {"per-replica batch":<18} {"images/s":<12} '
+        f'{"min-max":<16} vs first'
     )
     for r in results:
+        low, high = r['spread']
+        spread = f'{low:.1f}-{high:.1f}'
         print(
-            '%-8d %-9d %-18d %-12.1f %-16s %.2fx'
-            % (
-                r['devices'],
-                r['replicas'],
-                r['per_replica_batch'],
-                r['images_per_sec'],
-                '{:.1f}-{:.1f}'.format(*tuple(r['spread'])),
-                r['images_per_sec'] / base,
-            )
+            f'{r["devices"]:<8d} {r["replicas"]:<9d} {r["per_replica_batch"]:<18d} '
+            f'{r["images_per_sec"]:<12.1f} {spread:<16} '
+            f'{r["images_per_sec"] / base:.2f}x'
         )
     return results
 

@@ -134,17 +134,15 @@ def main(argv=None):
                     )
                 )
     print(
-        '%s, %d px, TF %s, %d CPU cores visible; latency per call of serving_default'
-        % (args.model, image_size, tf.__version__, os.cpu_count())
+        f'{args.model}, {image_size} px, TF {tf.__version__}, {os.cpu_count()} CPU cores visible; '
+        'latency per call of serving_default'
     )
     print(
-        '%-13s %5s %12s %12s %10s %10s'
-        % ('model', 'batch', 'median ms', 'best ms', 'images/s', 'vs keras')
+        f'{"model":<13} {"batch":>5} {"median ms":>12} {"best ms":>12} {"images/s":>10} '
+        f'{"vs keras":>10}'
     )
     for name, batch, median, best, throughput, ratio in rows:
-        print(
-            '%-13s %5d %12.1f %12.1f %10.1f %9.2fx' % (name, batch, median, best, throughput, ratio)
-        )
+        print(f'{name:<13} {batch:5d} {median:12.1f} {best:12.1f} {throughput:10.1f} {ratio:9.2f}x')
 
 
 if __name__ == '__main__':

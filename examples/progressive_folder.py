@@ -94,7 +94,7 @@ def main(_):
     ]
     resume = None
     if FLAGS.resume_epoch:
-        resume = os.path.join(FLAGS.model_dir, 'ckpt-%d.keras' % FLAGS.resume_epoch)
+        resume = os.path.join(FLAGS.model_dir, f'ckpt-{FLAGS.resume_epoch}.keras')
     result = efficientnetv2.fit_progressive(
         model,
         dataset_fn,

@@ -46,7 +46,7 @@ def _configure_cpus(num_devices):
 
 def _make_strategy(tf, name, num_devices):
     if name == 'mirrored':
-        return tf.distribute.MirroredStrategy(['/cpu:%d' % i for i in range(num_devices)])
+        return tf.distribute.MirroredStrategy([f'/cpu:{i}' for i in range(num_devices)])
     if name == 'one':
         return tf.distribute.OneDeviceStrategy('/cpu:0')
     from efficientnetv2 import distribute
@@ -73,7 +73,7 @@ def train(args):
     arrays = {'weight/' + w.path: w.numpy() for w in trainer.model.weights}
     if trainer.ema is not None:
         for i, shadow in enumerate(trainer.ema.shadow_variables):
-            arrays['ema/%03d' % i] = shadow.numpy()
+            arrays[f'ema/{i:03d}'] = shadow.numpy()
     arrays['step'] = np.array(int(trainer.global_step.numpy()))
     arrays['losses'] = np.array([entry['loss'] for entry in trainer.history])
     arrays['images_per_sec'] = np.array([e['images_per_sec'] for e in trainer.history])
@@ -101,21 +101,7 @@ def loss_scale(args):
                 optimizer = wrap(keras.optimizers.SGD(1.0), initial_scale=4.0)
                 optimizer.build([weights])
 
-            @tf.function
-            def step():
-                def replica_fn():
-                    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-                    # Already scaled gradients, as tape.gradient(scale_loss(loss)) gives.
-                    grad = tf.where(
-                        tf.equal(replica, bad_replica),
-                        tf.constant([float('inf'), 4.0]),
-                        tf.constant([4.0, 4.0]),
-                    )
-                    optimizer.apply([grad], [weights])
-
-                strategy.run(replica_fn)
-
-            step()
+            _overflow_step(tf, strategy, optimizer, weights, bad_replica)
             copies = strategy.experimental_local_results(weights.value)
             results['{}/{}'.format(name, 'overflow' if bad_replica >= 0 else 'finite')] = dict(
                 weights=[copy.numpy().tolist() for copy in copies],
@@ -123,6 +109,26 @@ def loss_scale(args):
             )
     results['trainer'] = _train_float16(strategy, args.model_dir)
     print(json.dumps(results))
+
+
+def _overflow_step(tf, strategy, optimizer, weights, bad_replica):
+    """One optimizer step on every replica; replica `bad_replica` has an infinite gradient."""
+
+    @tf.function
+    def step():
+        def replica_fn():
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            # Already scaled gradients, as tape.gradient(scale_loss(loss)) gives.
+            grad = tf.where(
+                tf.equal(replica, bad_replica),
+                tf.constant([float('inf'), 4.0]),
+                tf.constant([4.0, 4.0]),
+            )
+            optimizer.apply([grad], [weights])
+
+        strategy.run(replica_fn)
+
+    step()
 
 
 def _train_float16(strategy, model_dir):
@@ -171,7 +177,7 @@ def bn_groups(args):
 
     from efficientnetv2 import layers
 
-    strategy = tf.distribute.MirroredStrategy(['/cpu:%d' % i for i in range(4)])
+    strategy = tf.distribute.MirroredStrategy([f'/cpu:{i}' for i in range(4)])
     rng = np.random.RandomState(0)
     # Replica r: 3 images of 2x2x5 with their own offset and spread, so groups differ.
     x = np.stack([rng.normal(2.0 * r - 3.0, 1.0 + r, (3, 2, 2, 5)) for r in range(4)])
@@ -191,13 +197,13 @@ def bn_groups(args):
                 group_size=group_size,
                 momentum=0.75,
                 epsilon=1e-3,
-                name='bn%d' % group_size,
+                name=f'bn{group_size}',
             )
             bn.build((None, 2, 2, 5))
             bn.gamma.assign(gamma)
             bn.beta.assign(beta)
 
-        def replica_fn(images, weights):
+        def replica_fn(images, weights, bn=bn):  # This iteration's layer, bound explicitly.
             with tf.GradientTape() as tape:
                 tape.watch(images)
                 outputs = bn(images, training=True)
@@ -207,17 +213,17 @@ def bn_groups(args):
         try:
             outputs, grads = tf.function(lambda: strategy.run(replica_fn, args=inputs))()
         except ValueError as e:
-            arrays['error%d' % group_size] = np.array(str(e))
+            arrays[f'error{group_size}'] = np.array(str(e))
             continue
-        arrays['y%d' % group_size] = np.stack(
+        arrays[f'y{group_size}'] = np.stack(
             [t.numpy() for t in strategy.experimental_local_results(outputs)]
         )
-        arrays['dx%d' % group_size] = np.stack(
+        arrays[f'dx{group_size}'] = np.stack(
             [t.numpy() for t in strategy.experimental_local_results(grads)]
         )
         for name in ('moving_mean', 'moving_variance'):
             copies = strategy.experimental_local_results(getattr(bn, name).value)
-            arrays['%s%d' % (name, group_size)] = np.stack([t.numpy() for t in copies])
+            arrays[f'{name}{group_size}'] = np.stack([t.numpy() for t in copies])
     np.savez(args.out, **arrays)
 
 
@@ -232,8 +238,8 @@ def tpu(args):
     silent = socket.socket()  # Accepts connections, never answers.
     silent.bind(('127.0.0.1', 0))
     silent.listen(8)
-    silent_address = '127.0.0.1:%d' % silent.getsockname()[1]
-    closed_address = '127.0.0.1:%d' % _free_port()
+    silent_address = f'127.0.0.1:{silent.getsockname()[1]}'
+    closed_address = f'127.0.0.1:{_free_port()}'
     import tensorflow as tf
 
     from efficientnetv2 import distribute

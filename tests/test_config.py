@@ -291,7 +291,7 @@ def _image_folder(root, size=48, per_class=10):
         os.makedirs(os.path.join(root, name))
         for i in range(per_class):
             pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            with open(os.path.join(root, name, '%d.png' % i), 'wb') as f:
+            with open(os.path.join(root, name, f'{i}.png'), 'wb') as f:
                 f.write(tf.io.encode_png(pixels).numpy())
     return root
 

@@ -235,7 +235,7 @@ def _worker_env(cluster, index):
 
 def test_multi_worker_cli_run_agrees_on_the_final_weights(tmp_path):
     # Meanwhile a second cluster checks that a stop request of one worker stops both.
-    stop_cluster = ['127.0.0.1:%d' % port for port in _free_ports(2)]
+    stop_cluster = [f'127.0.0.1:{port}' for port in _free_ports(2)]
     stop_check = [
         _start([WORKER, 'any_worker'], env=_worker_env(stop_cluster, index)) for index in range(2)
     ]
@@ -246,7 +246,7 @@ def test_multi_worker_cli_run_agrees_on_the_final_weights(tmp_path):
         'train.batch_size=32,train.steps_per_loop=4,train.seed=1,train.image_size=24,'
         'train.stages=0,train.epochs=0.1,train.min_steps=8'
     )
-    cluster = ['127.0.0.1:%d' % port for port in _free_ports(2)]
+    cluster = [f'127.0.0.1:{port}' for port in _free_ports(2)]
     processes = [
         _start(
             [
@@ -330,10 +330,10 @@ def test_batch_norm_groups_share_statistics_within_each_group_only(tmp_path):
             means.append(mean)
             variances.append(variance)
             np.testing.assert_allclose(
-                np.concatenate(d['y%d' % group_size][group]), y, rtol=1e-4, atol=1e-4
+                np.concatenate(d[f'y{group_size}'][group]), y, rtol=1e-4, atol=1e-4
             )
             np.testing.assert_allclose(
-                np.concatenate(d['dx%d' % group_size][group]), grad, rtol=1e-4, atol=1e-4
+                np.concatenate(d[f'dx{group_size}'][group]), grad, rtol=1e-4, atol=1e-4
             )
         # Moving statistics: the mean over replicas of their group's update; equal everywhere.
         for name, batch, initial in (
@@ -341,7 +341,7 @@ def test_batch_norm_groups_share_statistics_within_each_group_only(tmp_path):
             ('moving_variance', variances, 1.0),
         ):
             expected = momentum * initial + (1 - momentum) * np.mean(batch, axis=0)
-            for copy in d['%s%d' % (name, group_size)]:
+            for copy in d[f'{name}{group_size}']:
                 np.testing.assert_allclose(copy, expected, rtol=1e-4, atol=1e-5)
     # Pairs differ from all four replicas (the replicas' data differ in offset and spread).
     assert np.max(np.abs(d['y2'] - d['y0'])) > 0.1
@@ -391,7 +391,7 @@ class _DefaultStrategy:
     'strategy,logical_gpus,precision',
     [
         (
-            TPUStrategy(['/job:worker/replica:0/task:0/device:TPU:%d' % i for i in range(8)]),
+            TPUStrategy([f'/job:worker/replica:0/task:0/device:TPU:{i}' for i in range(8)]),
             [],
             'mixed_bfloat16',
         ),

@@ -1,6 +1,7 @@
 """Export: serving SavedModel (fresh process, TF1 loader), feature vector, TFLite, .keras."""
 
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -165,7 +166,7 @@ def parity_folder(tmp_path_factory):
     for index in range(3):
         image = pixels(PARITY_SHAPE + (3,), seed=20 + index).astype(np.uint8)
         for split in ('train', 'val'):
-            directory = root / split / ('c%d' % index)
+            directory = root / split / f'c{index}'
             directory.mkdir(parents=True)
             (directory / 'a.png').write_bytes(tf.io.encode_png(image).numpy())
         images.append(image)
@@ -214,7 +215,7 @@ def test_eval_pipeline_infer_saved_model_and_tflite_agree(case, model, parity_fo
     expected = preprocessing.normalize(resized, family).numpy()
     np.testing.assert_allclose(pipeline, expected, rtol=0, atol=1e-4)
     # 2. --mode=infer's preprocessing of the same files.
-    files = [str(root / 'val' / ('c%d' % i) / 'a.png') for i in range(3)]
+    files = [str(root / 'val' / f'c{i}' / 'a.png') for i in range(3)]
     transform = predict.eval_transform(SimpleConfig(PARITY_SIZE, family, augname), info)
     assert transform == dict(image_size=PARITY_SIZE, family=family, center_crop=center_crop)
     inferred = np.stack([t.numpy() for t in predict.load_images(files, transform)])
@@ -226,7 +227,7 @@ def test_eval_pipeline_infer_saved_model_and_tflite_agree(case, model, parity_fo
     loaded = tf.saved_model.load(path)
     served = loaded.signatures['serving_default'](images=tf.constant(images))['logits']
     np.testing.assert_allclose(served.numpy(), logits, rtol=0, atol=1e-4)
-    encoded = [open(f, 'rb').read() for f in files]
+    encoded = [pathlib.Path(f).read_bytes() for f in files]
     served = loaded.signatures['serving_bytes'](image_bytes=tf.constant(encoded))['logits']
     np.testing.assert_allclose(served.numpy(), logits, rtol=0, atol=1e-4)
     assert bool(loaded.center_crop.numpy()) == center_crop

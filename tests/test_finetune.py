@@ -34,7 +34,7 @@ def test_stage_names_follow_the_blocks():
 def test_keras_applications_model_has_the_same_stage_names():
     model = keras.applications.EfficientNetV2B0(weights=None, classes=7)
     names = finetune.stage_names(model)
-    assert names == ['stem'] + ['stage%d' % k for k in range(1, 7)] + ['top', 'head']
+    assert names == ['stem'] + [f'stage{k}' for k in range(1, 7)] + ['top', 'head']
     finetune.freeze(model, num_stages=3)
     counts = finetune.trainable_counts(model)
     assert counts['stem'] == counts['stage1'] == counts['stage3'] == 0

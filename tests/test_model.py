@@ -251,7 +251,8 @@ def test_flops_are_exact(name, size):
     macs = summary.count_flops(efficientnetv2.get_model(name), size)
     assert macs == FLOPS[name, size]
     published = PUBLISHED_GFLOPS[name]  # Agrees to the digits the paper prints.
-    assert '%.*f' % (len(published.split('.')[1]), macs / 1e9) == published
+    digits = len(published.split('.')[1])
+    assert f'{macs / 1e9:.{digits}f}' == published
 
 
 def test_summary_command_prints_exact_counts():
@@ -346,7 +347,7 @@ def test_feature_extractor_endpoints_have_strides_and_channels():
 def test_v1_endpoints_end_each_stage_group():
     extractor = efficientnetv2.get_feature_extractor('efficientnet-b0')
     outputs = extractor(tf.zeros([1, 64, 64, 3]))
-    assert [outputs['reduction_%d' % k].shape[-1] for k in range(1, 6)] == [16, 24, 40, 112, 320]
+    assert [outputs[f'reduction_{k}'].shape[-1] for k in range(1, 6)] == [16, 24, 40, 112, 320]
 
 
 def test_any_input_size_runs_the_same_weights():

@@ -42,6 +42,11 @@ def fake_trial(trial, settings, context):
     )
 
 
+def _read_json(*parts):
+    with open(os.path.join(*parts)) as f:
+        return json.load(f)
+
+
 def settings(tmp_path, **kw):
     kw.setdefault('trials', 6)
     kw.setdefault('settle_s', 0.0)
@@ -180,15 +185,16 @@ def test_search_resume_skips_finished_trials(tmp_path):
     rest = search.run(s, counting)
     assert calls == [2, 3, 4, 5]
     assert [r['trial'] for r in rest] == [2, 3, 4, 5]
-    table = json.load(open(os.path.join(s.output_dir, 'results.json')))
+    table = _read_json(s.output_dir, 'results.json')
     assert [r['trial'] for r in table] == list(range(6))
     # Same seed: the same architectures as an uninterrupted search.
     s2 = settings(tmp_path / 'other', backbone='efficientnet-b0')
     again = search.run(s2, fake_trial)
     assert [r['arch'] for r in again] == [r['arch'] for r in table]
-    csv_text = open(os.path.join(s.output_dir, 'results.csv')).read()
+    with open(os.path.join(s.output_dir, 'results.csv')) as f:
+        csv_text = f.read()
     assert csv_text.splitlines()[0].startswith('trial,status,reward')
-    best = json.load(open(os.path.join(s.output_dir, 'best.json')))
+    best = _read_json(s.output_dir, 'best.json')
     assert best[0]['reward'] == max(r['reward'] for r in table)
     model = efficientnetv2.get_model('efficientnet-b0', blocks=best[0]['blocks'])
     assert model.count_params() > 0
@@ -253,14 +259,11 @@ def test_two_workers_split_trials_without_overlap(tmp_path):
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    table = json.load(open(os.path.join(out, 'results.json')))
+    table = _read_json(out, 'results.json')
     assert [r['trial'] for r in table] == list(range(12))
     owners = {r['owner'] for r in table}
     assert len(owners) == 2, owners  # Both workers ran trials ...
-    claims = [
-        json.load(open(os.path.join(out, 'trials', '%06d' % i, 'claim')))['owner']
-        for i in range(12)
-    ]
+    claims = [_read_json(out, 'trials', f'{i:06d}', 'claim')['owner'] for i in range(12)]
     assert claims == [r['owner'] for r in table]  # ... each trial run by its one claimant.
     assert 'efficientnetv2.get_model(' in proc.stdout
 

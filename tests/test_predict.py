@@ -1,6 +1,7 @@
 """main.py --mode=export / infer / eval on a trained run: the run's own config, class names."""
 
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def digit_files(tmp_path_factory):
     paths = []
     for index in (0, 1, 2):
         pixels = np.round(digits.images[index] * 255 / 16).astype(np.uint8)
-        path = directory / ('digit%d.png' % digits.target[index])
+        path = directory / f'digit{digits.target[index]}.png'
         path.write_bytes(tf.io.encode_png(np.repeat(pixels[..., None], 3, -1)).numpy())
         paths.append(str(path))
     return paths
@@ -101,7 +102,7 @@ def test_export_and_infer_take_the_run_config(digits_run, digit_files, tmp_path)
     printed = _printed(done.stdout, os.path.dirname(digit_files[0]))
     assert sorted(printed) == sorted(digit_files)
     # The digits' class names, and the same top-5 as the exported SavedModel.
-    files = [open(p, 'rb').read() for p in digit_files]
+    files = [pathlib.Path(p).read_bytes() for p in digit_files]
     served = loaded.signatures['serving_bytes'](image_bytes=tf.constant(files))
     for i, path in enumerate(digit_files):
         names = [name for name, _ in printed[path]]
@@ -200,7 +201,7 @@ def test_infer_prints_the_folder_class_names(tmp_path):
         (root / name).mkdir(parents=True)
         for index in range(6):
             image = rng.randint(0, 100, (20, 28, 3)) + 120 * label
-            (root / name / ('%d.png' % index)).write_bytes(
+            (root / name / f'{index}.png').write_bytes(
                 tf.io.encode_png(image.astype(np.uint8)).numpy()
             )
     model_dir = tmp_path / 'run'

@@ -6,58 +6,33 @@ A run stopped by SIGTERM before its last step exits with 143 (128 + SIGTERM), th
 schedulers treat as "killed, retry"; a finished run exits 0.
 """
 
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
+import script_runner
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 160
 HPARAMS = (
     "model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
     "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32,"
     'train.batch_size=32,train.steps_per_loop=4,train.ckpt_interval=8,train.seed=1,'
     'train.image_size=24,train.min_image_size=12,train.stages=2,train.epochs=0.1,'
-    'train.min_steps=%d,runtime.deterministic=True,model.survival_prob=None,'
-    'model.dropout_rate=0.0,train.min_dropout=0.0' % TOTAL_STEPS
+    f'train.min_steps={TOTAL_STEPS},runtime.deterministic=True,model.survival_prob=None,'
+    'model.dropout_rate=0.0,train.min_dropout=0.0'
 )
 RUN_TIMEOUT_S = 150
 
 
 def _start(model_dir):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    env.pop('TF_CONFIG', None)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(ROOT, 'main.py'),
-            '--mode=train',
-            '--strategy=cpu',
-            f'--model_dir={model_dir}',
-            f'--hparam_str={HPARAMS}',
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return script_runner.start_training(model_dir, HPARAMS)
 
 
 def _wait(process, timeout=RUN_TIMEOUT_S):
-    try:
-        out, _ = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    return process.returncode, out
+    return script_runner.finish(process, timeout)
 
 
 def _latest_step(model_dir):
@@ -72,14 +47,12 @@ def _interrupt_after_first_checkpoint(model_dir, sig):
         deadline = time.time() + RUN_TIMEOUT_S
         while _latest_step(model_dir) is None:
             assert process.poll() is None, 'the run ended before its first checkpoint'
-            assert time.time() < deadline, 'no checkpoint within %d s' % RUN_TIMEOUT_S
+            assert time.time() < deadline, f'no checkpoint within {RUN_TIMEOUT_S} s'
             time.sleep(0.05)
         process.send_signal(sig)
         return _wait(process, timeout=60)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        script_runner.stop(process)
 
 
 def _weights(model_dir):
@@ -108,9 +81,7 @@ def reference(tmp_path_factory):
         return result
 
     yield get
-    if process.poll() is None:
-        process.kill()
-        process.communicate()
+    script_runner.stop(process)
 
 
 def _assert_same_weights(model_dir, expected):
@@ -125,13 +96,13 @@ def test_sigterm_saves_and_a_restart_finishes_the_run(tmp_path, reference):
     code, out = _interrupt_after_first_checkpoint(tmp_path, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM == 143, out[-3000:]
     stopped = _latest_step(tmp_path)
-    assert 'Signal %d received' % signal.SIGTERM in out
-    assert 'Stopped at step %d on request' % stopped in out
+    assert f'Signal {signal.SIGTERM:d} received' in out
+    assert f'Stopped at step {stopped} on request' in out
     assert 8 <= stopped < TOTAL_STEPS
 
     code, out = _wait(_start(tmp_path))
     assert code == 0, out[-3000:]
-    assert re.search(r'Restored \S+ckpt-%d at step %d' % (stopped, stopped), out)
+    assert re.search(rf'Restored \S+ckpt-{stopped} at step {stopped}', out)
     assert _latest_step(tmp_path) == TOTAL_STEPS == reference()['step']
     _assert_same_weights(tmp_path, reference()['weights'])
 
@@ -144,7 +115,7 @@ def test_sigkill_mid_run_then_restart_reaches_the_same_final_step(tmp_path, refe
 
     code, out = _wait(_start(tmp_path))
     assert code == 0, out[-3000:]
-    assert re.search(r'Restored \S+ckpt-%d at step %d' % (killed_at, killed_at), out)
+    assert re.search(rf'Restored \S+ckpt-{killed_at} at step {killed_at}', out)
     assert _latest_step(tmp_path) == TOTAL_STEPS == reference()['step']
     _assert_same_weights(tmp_path, reference()['weights'])
 

@@ -12,17 +12,15 @@ the uninterrupted run's exactly.
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
+import script_runner
 import tensorflow as tf
 
 from efficientnetv2 import config as config_lib
 from efficientnetv2.train import trainer as trainer_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 48  # Two stages: steps 0-24 and 24-48.
 BOUNDARY = 24
 MID_STAGE = 8
@@ -33,40 +31,18 @@ HPARAMS = (
     'data.mixup_alpha=0.4,data.cutmix_alpha=0.4,train.min_mixup=0.1,'
     'train.min_cutmix=0.1,train.batch_size=16,train.steps_per_loop=4,'
     'train.ckpt_interval=8,train.seed=3,train.image_size=20,train.min_image_size=16,'
-    'train.stages=2,train.epochs=0.01,train.min_steps=%d,train.keep_ckpt_max=20,'
-    'runtime.deterministic=True' % TOTAL_STEPS
+    f'train.stages=2,train.epochs=0.01,train.min_steps={TOTAL_STEPS},train.keep_ckpt_max=20,'
+    'runtime.deterministic=True'
 )
 RUN_TIMEOUT_S = 300  # Generous: the machine may be shared.
 
 
 def _start(model_dir):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    env.pop('TF_CONFIG', None)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(ROOT, 'main.py'),
-            '--mode=train',
-            '--strategy=cpu',
-            f'--model_dir={model_dir}',
-            f'--hparam_str={HPARAMS}',
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return script_runner.start_training(model_dir, HPARAMS)
 
 
 def _finish(process, timeout=RUN_TIMEOUT_S):
-    try:
-        out, _ = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    return process.returncode, out
+    return script_runner.finish(process, timeout)
 
 
 def _steps(model_dir):
@@ -93,8 +69,8 @@ def _roll_back_to(model_dir, step):
             os.remove(os.path.join(model_dir, name))
     tf.compat.v1.train.update_checkpoint_state(
         str(model_dir),
-        os.path.join(str(model_dir), 'ckpt-%d' % step),
-        all_model_checkpoint_paths=[os.path.join(str(model_dir), 'ckpt-%d' % s) for s in keep],
+        os.path.join(str(model_dir), f'ckpt-{step}'),
+        all_model_checkpoint_paths=[os.path.join(str(model_dir), f'ckpt-{s}') for s in keep],
     )
 
 
@@ -104,18 +80,15 @@ def _run_until(model_dir, step, sig):
     try:
         deadline = time.time() + RUN_TIMEOUT_S
         while step not in _steps(model_dir):
-            assert process.poll() is None, 'the run ended before checkpoint %d:\n%s' % (
-                step,
-                process.communicate()[0][-3000:],
+            assert process.poll() is None, (
+                f'the run ended before checkpoint {step}:\n{process.communicate()[0][-3000:]}'
             )
-            assert time.time() < deadline, 'no checkpoint %d within %d s' % (step, RUN_TIMEOUT_S)
+            assert time.time() < deadline, f'no checkpoint {step} within {RUN_TIMEOUT_S} s'
             time.sleep(0.01)
         process.send_signal(sig)
         return _finish(process, timeout=120)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        script_runner.stop(process)
 
 
 def _tensors(model_dir):
@@ -140,29 +113,27 @@ def test_killed_and_restarted_run_ends_bit_identical(tmp_path):
         # 2. SIGKILL right after the stage-boundary checkpoint.
         code, out = _run_until(resumed_dir, BOUNDARY, signal.SIGKILL)
         assert code == -signal.SIGKILL, out[-3000:]
-        assert re.search(r'Restored \S+ckpt-%d at step %d' % (MID_STAGE, MID_STAGE), out)
-        assert 'resuming at step %d' % MID_STAGE in out
+        assert re.search(rf'Restored \S+ckpt-{MID_STAGE} at step {MID_STAGE}', out)
+        assert f'resuming at step {MID_STAGE}' in out
         _roll_back_to(resumed_dir, BOUNDARY)
 
         # 3. SIGTERM mid-stage 2: saves at the end of the current compiled call.
         code, out = _run_until(resumed_dir, BOUNDARY + 8, signal.SIGTERM)
         assert code == 143, out[-3000:]  # 128 + SIGTERM: stopped early, retry me.
-        assert re.search(r'Restored \S+ckpt-%d at step %d' % (BOUNDARY, BOUNDARY), out)
+        assert re.search(rf'Restored \S+ckpt-{BOUNDARY} at step {BOUNDARY}', out)
         stopped = _steps(resumed_dir)[-1]
-        assert 'Stopped at step %d on request' % stopped in out
+        assert f'Stopped at step {stopped} on request' in out
         assert BOUNDARY + 8 <= stopped < TOTAL_STEPS, stopped
 
         # 4. To the end.
         code, out = _finish(_start(resumed_dir))
         assert code == 0, out[-3000:]
-        assert re.search(r'Restored \S+ckpt-%d at step %d' % (stopped, stopped), out)
+        assert re.search(rf'Restored \S+ckpt-{stopped} at step {stopped}', out)
 
         code, out = _finish(reference)
         assert code == 0, out[-3000:]
     finally:
-        if reference.poll() is None:
-            reference.kill()
-            reference.communicate()
+        script_runner.stop(reference)
 
     assert _steps(reference_dir)[-1] == _steps(resumed_dir)[-1] == TOTAL_STEPS
     expected, actual = _tensors(reference_dir), _tensors(resumed_dir)
@@ -176,10 +147,8 @@ def test_killed_and_restarted_run_ends_bit_identical(tmp_path):
         if actual[name].size
     }
     different = sorted((d, n) for n, d in differences.items() if d != 0)
-    assert not different, '%d of %d tensors differ; largest: %s' % (
-        len(different),
-        len(expected),
-        different[-5:],
+    assert not different, (
+        f'{len(different)} of {len(expected)} tensors differ; largest: {different[-5:]}'
     )
 
 

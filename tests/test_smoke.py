@@ -81,7 +81,7 @@ def test_digits_run_trains_resumes_and_exports(tmp_path):
     stopped_at = int(first.global_step.numpy())
     total = first.total_steps
     assert total == 2 * 1437 // 32 and 60 <= stopped_at < total
-    assert tf.train.latest_checkpoint(model_dir).endswith('ckpt-%d' % stopped_at)
+    assert tf.train.latest_checkpoint(model_dir).endswith(f'ckpt-{stopped_at}')
 
     resumed = trainer_lib.Trainer(_tiny_config(overrides), model_dir)
     resumed.train()

@@ -42,7 +42,7 @@ def small_folder(tmp_path_factory):
             payload = tf.io.encode_png(image).numpy()
             if name == 'bee' and i == 3:
                 payload = b'not an image'
-            (root / 'train' / name / ('%d.png' % i)).write_bytes(payload)
+            (root / 'train' / name / f'{i}.png').write_bytes(payload)
         (root / 'val' / name / '0.png').write_bytes(tf.io.encode_png(image).numpy())
     return str(root)
 

@@ -55,7 +55,7 @@ def test_stages_change_image_size_and_dropout(tmp_path, monkeypatch):
     assert trainer.trace_counts['train'] == 1  # One trace for the three sizes (no XLA on CPU).
     assert int(trainer.global_step.numpy()) == trainer.total_steps == 1437 // 32
     # Checkpoints at every stage end, and the resolved config beside them.
-    assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-%d' % trainer.total_steps)
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith(f'ckpt-{trainer.total_steps}')
     saved = config_lib.hparams.load_yaml(os.path.join(tmp_path, 'config.yaml'))
     assert saved['train']['stages'] == 3
 
@@ -234,7 +234,7 @@ def test_export_and_infer_modes(tmp_path):
     for index in (0, 1):
         pixels = (digits.images[index] * 255 / 16).astype(np.uint8)
         png = tf.io.encode_png(np.repeat(pixels[..., None], 3, axis=-1)).numpy()
-        path = tmp_path / ('digit%d.png' % digits.target[index])
+        path = tmp_path / f'digit{digits.target[index]}.png'
         path.write_bytes(png)
         paths.append(str(path))
     done = _main(
@@ -254,7 +254,8 @@ def test_export_and_infer_modes(tmp_path):
     done = _main('--mode=export', f'--model_dir={model_dir}', hparams, f'--export_dir={export_dir}')
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = tf.saved_model.load(str(export_dir / 'saved_model'))
-    image = tf.io.decode_png(open(paths[0], 'rb').read(), channels=3)
+    with open(paths[0], 'rb') as f:
+        image = tf.io.decode_png(f.read(), channels=3)
     out = loaded.signatures['serving_default'](images=tf.cast(image[None], tf.float32))
     assert out['probabilities'].shape == (1, 10)
     assert (export_dir / 'model.tflite').exists()

@@ -151,7 +151,7 @@ def official_tensors(name, num_classes=1000):
     out = [(name + '/stem/conv2d/kernel', [3, 3, 3, stem])]
     out += bn(name + '/stem/tpu_batch_normalization', stem)
     for n, spec in enumerate(specs):
-        out += block_tensors('%s/blocks_%d' % (name, n), spec)
+        out += block_tensors(f'{name}/blocks_{n}', spec)
     out += [(name + '/head/conv2d/kernel', [1, 1, specs[-1][5], head])]
     out += bn(name + '/head/tpu_batch_normalization', head)
     out += [
@@ -218,7 +218,7 @@ def reference_logits(t, name, images):
         norm(name + '/stem/tpu_batch_normalization', conv(name + '/stem/conv2d/kernel', images, 2))
     )
     for n, (kind, _, s, e, c_in, c_out, se) in enumerate(specs):
-        p = '%s/blocks_%d/' % (name, n)
+        p = f'{name}/blocks_{n}/'
         h = x
         if kind == 'mbconv':
             bns = iter(
