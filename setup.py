@@ -43,7 +43,8 @@ setup(
         'scikit-learn>=1.0',  # Only for its bundled 'digits' images (the offline default data).
     ],
     extras_require={
-        'test': ['pytest>=7'],
+        # ruff: the one code style (pyproject.toml), checked by .ci/run before the tests.
+        'test': ['pytest>=7', 'ruff>=0.17,<0.18'],
         'onnx': ['tf2onnx>=1.17', 'onnx>=1.16', 'onnxruntime>=1.18'],
     },
     entry_points={
