@@ -3,11 +3,12 @@
 # active (CI) virtual environment, runs `python <repo>/main.py` without flags (digits, offline;
 # the model directory defaults to runs/efficientnetv2-b0-digits under the working directory),
 # prints the wall time and the final top-1, and fails when top-1 is below DEFAULT_RUN_FLOOR
-# (default 0.95: seeds 0-2 of the current plan gave 97.22-98.89% and a rerun of seed 0 97.50%,
-# so the floor sits 2.2 points, 8 of the 360 eval images, under the lowest).
+# (default 0.94: seeds 0-2 of the current plan gave 97.22-98.89%, a rerun of seed 0 97.50% and
+# an unseeded CI run 96.67%; the floor sits 2.7 points, 10 of the 360 eval images, under the
+# lowest, about 3 times the spread's standard deviation).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-FLOOR="${DEFAULT_RUN_FLOOR:-0.95}"
+FLOOR="${DEFAULT_RUN_FLOOR:-0.94}"
 RUN_DIR="$(mktemp -d)"
 trap 'rm -rf "$RUN_DIR"' EXIT
 cd "$RUN_DIR"
