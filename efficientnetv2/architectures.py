@@ -156,49 +156,15 @@ def _v2b(name, width, depth, train_size, eval_size, dropout, keras_name):
     )
 
 
+# A table, one variant a row: kept out of the formatter.
+# fmt: off
 _VARIANTS = (
-    Variant(
-        'efficientnetv2-s',
-        'v2',
-        V2_S_BLOCKS,
-        1.0,
-        1.0,
-        384,
-        300,
-        0.2,
-        10,
-        0.0,
-        paper_final=(300, 15, 0.0, 0.3),
-        keras_name='EfficientNetV2S',
-    ),
-    Variant(
-        'efficientnetv2-m',
-        'v2',
-        V2_M_BLOCKS,
-        1.0,
-        1.0,
-        480,
-        384,
-        0.3,
-        15,
-        0.2,
-        paper_final=(380, 20, 0.2, 0.4),
-        keras_name='EfficientNetV2M',
-    ),
-    Variant(
-        'efficientnetv2-l',
-        'v2',
-        V2_L_BLOCKS,
-        1.0,
-        1.0,
-        480,
-        384,
-        0.4,
-        20,
-        0.5,
-        paper_final=(380, 25, 0.4, 0.5),
-        keras_name='EfficientNetV2L',
-    ),
+    Variant('efficientnetv2-s', 'v2', V2_S_BLOCKS, 1.0, 1.0, 384, 300, 0.2, 10, 0.0,
+            paper_final=(300, 15, 0.0, 0.3), keras_name='EfficientNetV2S'),
+    Variant('efficientnetv2-m', 'v2', V2_M_BLOCKS, 1.0, 1.0, 480, 384, 0.3, 15, 0.2,
+            paper_final=(380, 20, 0.2, 0.4), keras_name='EfficientNetV2M'),
+    Variant('efficientnetv2-l', 'v2', V2_L_BLOCKS, 1.0, 1.0, 480, 384, 0.4, 20, 0.5,
+            paper_final=(380, 25, 0.4, 0.5), keras_name='EfficientNetV2L'),
     Variant('efficientnetv2-xl', 'v2', V2_XL_BLOCKS, 1.0, 1.0, 512, 384, 0.4, 20, 0.5),
     _v2b('efficientnetv2-b0', 1.0, 1.0, 192, 224, 0.2, 'EfficientNetV2B0'),
     _v2b('efficientnetv2-b1', 1.0, 1.1, 192, 240, 0.2, 'EfficientNetV2B1'),
@@ -215,6 +181,7 @@ _VARIANTS = (
     _v1('efficientnet-b8', 2.2, 3.6, 672, 0.5),
     _v1('efficientnet-l2', 4.3, 5.3, 800, 0.5),
 )
+# fmt: on
 
 VARIANTS = {v.name: v for v in _VARIANTS}
 
