@@ -38,6 +38,7 @@ __all__ = [
     'trainable_counts',
     'replace_head',
     'prepare',
+    'fit_two_phase',
 ]
 
 _BLOCK = re.compile(r'^block(\d+)[a-z]+(_|$)')
@@ -265,3 +266,156 @@ def prepare(model, num_classes, num_stages=2, freeze_bn=True, **kwargs):
     new = replace_head(model, num_classes, **kwargs)
     freeze(new, num_stages=num_stages, freeze_bn=freeze_bn)
     return new
+
+
+def _steps_per_epoch(x, steps_per_epoch, batch_size):
+    """Batches per epoch as `model.fit` will count them, or None when unknown."""
+    import tensorflow as tf
+
+    if steps_per_epoch is not None:
+        return steps_per_epoch
+    if isinstance(x, tf.data.Dataset):
+        steps = int(x.cardinality())
+        return steps if steps > 0 else None
+    if isinstance(x, keras.utils.PyDataset):
+        return len(x)
+    if hasattr(x, 'shape') and len(x.shape) > 0:  # Arrays: fit batches them (default 32).
+        return -(-int(x.shape[0]) // (batch_size or 32))
+    return None
+
+
+def _optimizer(optimizer, learning_rate):
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        raise ValueError(
+            'Argument `optimizer` must be a name (e.g. "adam") or a callable '
+            'learning_rate -> optimizer (e.g. keras.optimizers.AdamW), not an optimizer '
+            'instance: each phase needs a fresh optimizer with its own learning rate.'
+        )
+    if isinstance(optimizer, str):
+        return keras.optimizers.get(
+            {'class_name': optimizer, 'config': {'learning_rate': learning_rate}}
+        )
+    if callable(optimizer):
+        return optimizer(learning_rate=learning_rate)
+    raise ValueError(f'Argument `optimizer` must be a name or a callable; received {optimizer!r}.')
+
+
+def fit_two_phase(
+    model,
+    x,
+    *,
+    epochs,
+    head_epochs,
+    loss,
+    learning_rate,
+    head_learning_rate,
+    optimizer='adam',
+    metrics=None,
+    schedule='cosine',
+    num_stages=None,
+    freeze_bn=False,
+    steps_per_epoch=None,
+    **fit_kwargs,
+):
+    """Fine-tunes in two phases: the new head alone, then the network (LP-FT).
+
+    Phase 1, epochs [0, head_epochs): every layer but the classifier ('head') is frozen and
+    every batch norm is in inference mode, so the pretrained features are left exactly as they
+    are while a new head learns to read them at `head_learning_rate` (high: only a linear layer
+    trains). Phase 2, epochs [head_epochs, epochs): every layer trains (or all but the stem
+    and the first `num_stages` stages), batch norm in training mode unless `freeze_bn`, at
+    `learning_rate`, starting from a head that already fits instead of a random one (Kumar et
+    al. 2022, "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-
+    Distribution"). Each phase compiles the model with a fresh optimizer whose learning rate
+    follows `schedule` over that phase's steps. `head_epochs=0` skips phase 1 (a one-phase
+    fine-tune with the same options).
+
+    Args:
+        model: an EfficientNet-style model with a new head (`replace_head`); this project's
+            models or keras.applications EfficientNet / EfficientNetV2 models.
+        x: training data for `model.fit` (a `tf.data.Dataset`, arrays, a PyDataset ...).
+        epochs: total epochs, both phases together (as `model.fit(epochs=...)`).
+        head_epochs: epochs of phase 1, in [0, epochs].
+        loss: passed to `model.compile`.
+        learning_rate: phase 2's peak learning rate.
+        head_learning_rate: phase 1's peak learning rate.
+        optimizer: a Keras optimizer name ('adam', 'sgd', ...) or a callable
+            `learning_rate -> optimizer` (e.g. `keras.optimizers.AdamW`, a lambda).
+        metrics: passed to `model.compile`.
+        schedule: 'cosine' (cosine decay to 0 over each phase's steps; needs the steps per
+            epoch: `steps_per_epoch`, or data with a known length) or 'constant'.
+        num_stages: phase 2 keeps the stem and stages 1..num_stages frozen (as `freeze`);
+            None trains every layer.
+        freeze_bn: phase 2 runs every batch norm in inference mode (as `freeze`).
+        steps_per_epoch: passed to `model.fit`; also sets the cosine schedule's length.
+        **fit_kwargs: passed to both `model.fit` calls (validation_data, callbacks, verbose,
+            ...). Not `epochs` / `initial_epoch`: the phases set them.
+
+    Returns:
+        A `keras.callbacks.History` of all `epochs` epochs (phase 1 first), with its `phases`
+        attribute listing (first epoch, end epoch, learning rate, trainable variables) per
+        phase that ran. The model is left as phase 2 (or phase 1, if `head_epochs == epochs`)
+        compiled and frozen it.
+    """
+    for name, value in (('epochs', epochs), ('head_epochs', head_epochs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f'Argument `{name}` must be an int >= 0; received {value!r}.')
+    if head_epochs > epochs:
+        raise ValueError(
+            f'Argument `head_epochs` ({head_epochs}) must not exceed `epochs` ({epochs}): '
+            '`epochs` counts both phases.'
+        )
+    if schedule not in ('cosine', 'constant'):
+        raise ValueError(
+            f"Argument `schedule` must be 'cosine' or 'constant'; received {schedule!r}."
+        )
+    for key in ('epochs', 'initial_epoch'):
+        if key in fit_kwargs:
+            raise ValueError(f'Argument `{key}` is set by the phases; use `epochs`/`head_epochs`.')
+    steps = _steps_per_epoch(x, steps_per_epoch, fit_kwargs.get('batch_size'))
+    if schedule == 'cosine' and not steps:
+        raise ValueError(
+            "schedule='cosine' needs the number of steps per epoch: pass `steps_per_epoch` "
+            "(the length of this data is unknown), or use schedule='constant'."
+        )
+    if 'head' not in stage_layers(model):
+        raise ValueError(
+            'The model has no classifier after its top layers (include_top=False?); '
+            'fit_two_phase trains a new head first: give it one with `replace_head`.'
+        )
+    history = keras.callbacks.History()
+    history.epoch, history.history, history.phases = [], {}, []
+    phases = [
+        (0, head_epochs, head_learning_rate, 'head'),
+        (head_epochs, epochs, learning_rate, 'network'),
+    ]
+    for start, end, lr, kind in phases:
+        if end <= start:
+            continue
+        if kind == 'head':
+            freeze(model, num_stages='all', freeze_bn=True)
+        elif num_stages is None:
+            unfreeze(model)
+            if freeze_bn:
+                for norm in _batch_norms(model):
+                    norm.trainable = False
+        else:
+            freeze(model, num_stages=num_stages, freeze_bn=freeze_bn)
+        if schedule == 'cosine':
+            rate = keras.optimizers.schedules.CosineDecay(lr, (end - start) * steps)
+        else:
+            rate = lr
+        model.compile(optimizer=_optimizer(optimizer, rate), loss=loss, metrics=metrics)
+        result = model.fit(
+            x,
+            initial_epoch=start,
+            epochs=end,
+            steps_per_epoch=steps_per_epoch,
+            **fit_kwargs,
+        )
+        history.epoch += list(result.epoch)
+        for key, values in result.history.items():
+            history.history.setdefault(key, []).extend(values)
+        history.phases.append((start, end, lr, len(model.trainable_variables)))
+    history.set_model(model)
+    return history

@@ -1,0 +1,173 @@
+"""finetune.fit_two_phase: phase 1 trains the head only, phase 2 the network, each its own LR."""
+
+import keras
+import numpy as np
+import pytest
+
+from efficientnetv2 import finetune
+from efficientnetv2 import model as model_lib
+
+TINY_BLOCKS = ['r1_k3_s1_e1_i16_o8_c1', 'r1_k3_s2_e4_i8_o16_c1']
+
+
+def tiny_model(num_classes=3):
+    return model_lib.EfficientNet(TINY_BLOCKS, feature_size=16, num_classes=num_classes)
+
+
+def data(n=8, size=16, num_classes=3, seed=0):
+    rng = np.random.RandomState(seed)
+    images = rng.rand(n, size, size, 3).astype('float32')
+    labels = np.eye(num_classes)[np.arange(n) % num_classes].astype('float32')
+    return images, labels
+
+
+def snapshot(model):
+    return {v.path: v.numpy().copy() for v in model.weights}
+
+
+def changed(before, after):
+    return {path for path in before if not np.array_equal(before[path], after[path])}
+
+
+LOSS = keras.losses.CategoricalCrossentropy(from_logits=True)
+
+
+def test_head_phase_moves_only_the_classifier():
+    model = finetune.replace_head(tiny_model(5), 3)
+    images, labels = data()
+    before = snapshot(model)
+    history = finetune.fit_two_phase(
+        model,
+        images,
+        y=labels,
+        batch_size=4,
+        epochs=2,
+        head_epochs=2,
+        loss=LOSS,
+        learning_rate=1e-3,
+        head_learning_rate=0.1,
+        verbose=0,
+    )
+    moved = changed(before, snapshot(model))
+    # Only the new classifier moved: no backbone weight, no batch-norm moving statistic.
+    assert moved == {'predictions/kernel', 'predictions/bias'}
+    assert history.epoch == [0, 1] and len(history.history['loss']) == 2
+    assert history.phases == [(0, 2, 0.1, 2)]
+    # The phase-1 optimizer: Adam, cosine from head_learning_rate over 2 epochs x 2 steps.
+    schedule = model.optimizer._learning_rate
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    assert schedule.initial_learning_rate == pytest.approx(0.1) and schedule.decay_steps == 4
+
+
+def test_network_phase_trains_everything_at_its_own_rate():
+    model = finetune.replace_head(tiny_model(5), 3)
+    images, labels = data()
+    seen = {}
+
+    class AtPhaseTwo(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                seen['weights'] = snapshot(self.model)
+                seen['trainable'] = len(self.model.trainable_variables)
+
+    history = finetune.fit_two_phase(
+        model,
+        images,
+        y=labels,
+        batch_size=4,
+        epochs=3,
+        head_epochs=1,
+        loss=LOSS,
+        learning_rate=1e-2,
+        head_learning_rate=0.1,
+        optimizer=keras.optimizers.SGD,
+        schedule='constant',
+        callbacks=[AtPhaseTwo()],
+        verbose=0,
+    )
+    moved = changed(seen['weights'], snapshot(model))
+    for prefix in ('stem/', 'block1a/', 'block2a/', 'top/', 'predictions/'):
+        assert any(path.startswith(prefix) for path in moved), prefix
+    assert any('moving_mean' in path for path in moved)  # BN in training mode.
+    every = [v for v in model.weights if 'moving_' not in v.path]
+    assert seen['trainable'] == len(model.trainable_variables) == len(every)
+    assert history.epoch == [0, 1, 2]
+    assert [p[:3] for p in history.phases] == [(0, 1, 0.1), (1, 3, 1e-2)]
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-2)
+
+
+def test_network_phase_can_keep_stages_and_batch_norm_frozen():
+    model = finetune.replace_head(tiny_model(5), 3)
+    images, labels = data()
+    before = snapshot(model)
+    history = finetune.fit_two_phase(
+        model,
+        images,
+        y=labels,
+        batch_size=4,
+        epochs=2,
+        head_epochs=0,
+        loss=LOSS,
+        learning_rate=1e-2,
+        head_learning_rate=0.1,
+        num_stages=1,
+        freeze_bn=True,
+        verbose=0,
+    )
+    moved = changed(before, snapshot(model))
+    assert not any(path.startswith(('stem/', 'block1a/')) for path in moved)
+    assert not any('moving_' in path for path in moved)
+    assert any(path.startswith('block2a/') for path in moved)
+    assert len(history.phases) == 1 and history.phases[0][:3] == (0, 2, 1e-2)
+
+
+def test_keras_applications_model():
+    base = keras.applications.EfficientNetV2B0(
+        weights=None, input_shape=(32, 32, 3), classes=4, include_preprocessing=False
+    )
+    model = finetune.replace_head(base, 3)
+    images, labels = data(n=4, size=32)
+    before = snapshot(model)
+    finetune.fit_two_phase(
+        model,
+        images,
+        y=labels,
+        batch_size=4,
+        epochs=1,
+        head_epochs=1,
+        loss=keras.losses.CategoricalCrossentropy(),  # Softmax head.
+        learning_rate=1e-3,
+        head_learning_rate=0.1,
+        verbose=0,
+    )
+    moved = changed(before, snapshot(model))
+    assert moved and all(path.startswith('predictions/') for path in moved)
+
+
+def test_bad_arguments_are_refused():
+    model = finetune.replace_head(tiny_model(5), 3)
+    images, labels = data()
+    common = dict(y=labels, loss=LOSS, learning_rate=1e-3, head_learning_rate=0.1, verbose=0)
+    with pytest.raises(ValueError, match='must not exceed'):
+        finetune.fit_two_phase(model, images, epochs=1, head_epochs=2, **common)
+    with pytest.raises(ValueError, match='fresh optimizer'):
+        finetune.fit_two_phase(
+            model, images, epochs=1, head_epochs=1, optimizer=keras.optimizers.Adam(), **common
+        )
+    with pytest.raises(ValueError, match="'cosine' or 'constant'"):
+        finetune.fit_two_phase(model, images, epochs=1, head_epochs=1, schedule='step', **common)
+
+    def batches():
+        while True:
+            yield images[:4], labels[:4]
+
+    unknown = dict(common, y=None)
+    with pytest.raises(ValueError, match='steps_per_epoch'):
+        finetune.fit_two_phase(model, batches(), epochs=1, head_epochs=1, **unknown)
+    headless = model_lib.EfficientNet(TINY_BLOCKS, feature_size=16, include_top=False)
+    with pytest.raises(ValueError, match='replace_head'):
+        finetune.fit_two_phase(
+            headless, images, epochs=1, head_epochs=1, steps_per_epoch=1, **common
+        )
