@@ -156,6 +156,10 @@ def test_bad_arguments_are_refused():
         finetune.fit_two_phase(
             model, images, epochs=1, head_epochs=1, optimizer=keras.optimizers.Adam(), **common
         )
+    with pytest.raises(ValueError, match='head_learning_rate'):
+        finetune.fit_two_phase(
+            model, images, epochs=2, head_epochs=1, **dict(common, head_learning_rate=None)
+        )
     with pytest.raises(ValueError, match="'cosine' or 'constant'"):
         finetune.fit_two_phase(model, images, epochs=1, head_epochs=1, schedule='step', **common)
 
@@ -171,3 +175,13 @@ def test_bad_arguments_are_refused():
         finetune.fit_two_phase(
             headless, images, epochs=1, head_epochs=1, steps_per_epoch=1, **common
         )
+
+
+def test_prepare_defaults_to_the_measured_recipe():
+    model = finetune.prepare(tiny_model(5), 3)
+    counts = finetune.trainable_counts(model)
+    assert counts['stem'] == 0 and all(counts[name] > 0 for name in counts if name != 'stem')
+    norms = [
+        sub for sub in model._flatten_layers() if isinstance(sub, keras.layers.BatchNormalization)
+    ]
+    assert all(norm.trainable for norm in norms)  # Training mode everywhere.
