@@ -372,8 +372,7 @@ def fit_two_phase(
     Returns:
         A `keras.callbacks.History` of all `epochs` epochs (phase 1 first), with its `phases`
         attribute listing (first epoch, end epoch, learning rate, trainable variables) per
-        phase that ran. The model is left as phase 2 (or phase 1, if `head_epochs == epochs`)
-        compiled and frozen it.
+        phase that ran. The model stays compiled and frozen as its last phase left it.
     """
     for name, value in (('epochs', epochs), ('head_epochs', head_epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
