@@ -363,6 +363,13 @@ def main():
         default=None,
         help='default: 4 for the photo sets, the recipe (3) for digits',
     )
+    parser.add_argument(
+        '--mode',
+        choices=('paper', 'official'),
+        default=None,
+        help="plan mode (default: the model's own: official for V2-B0..B3 and XL, paper for "
+        'V2-S/M/L)',
+    )
     parser.add_argument('--seeds', default='0,1,2', help='comma-separated train seeds')
     parser.add_argument(
         '--image_size',
@@ -415,7 +422,6 @@ def main():
                 'train.lr_warmup_epochs=1',
                 'train.ema_decay=0.999',
                 'train.steps_per_loop=10',
-                'train.progressive=paper',
                 'data.augname=randaug',
                 'data.ram=9',
                 'train.min_ram=5',
@@ -436,6 +442,8 @@ def main():
                 common.append(f'train.min_image_size={args.min_image_size}')
             stages = args.stages or config_lib.build_config(args.model_name, 'digits').train.stages
             dataset = 'digits'
+        if args.mode:
+            common.append(f'train.progressive={args.mode}')
         if args.extra:
             common.append(args.extra)
         hparams = ','.join(common)

@@ -225,14 +225,14 @@ def test_min_image_size_above_the_final_size_is_a_usage_error():
 # -- progressive plans per model ------------------------------------------------------------
 
 
-def test_digits_demo_keeps_paper_mode_24_to_32():
+def test_digits_demo_keeps_paper_mode_24_then_32():
     config = config_lib.build_config('efficientnetv2-b0', 'digits')
     assert config.train.progressive == 'paper'
     assert config.train.lr_sched == 'cosine'
     plan = config_lib.stage_plan(config, 673)
-    assert [s.image_size for s in plan] == [24, 28, 32]  # 24 + 8 i / 2.
-    assert [s.end_step for s in plan] == [224, 448, 673]
-    assert [round(s.dropout_rate, 3) for s in plan] == [0.1, 0.15, 0.2]
+    assert [s.image_size for s in plan] == [24, 32]  # 24 + 8 i / 1.
+    assert [s.end_step for s in plan] == [336, 673]
+    assert [round(s.dropout_rate, 3) for s in plan] == [0.1, 0.2]
 
 
 @pytest.mark.parametrize('model', ['efficientnetv2-s', 'efficientnetv2-m', 'efficientnetv2-l'])
