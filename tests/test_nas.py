@@ -169,6 +169,97 @@ def test_reward_formula():
         search.reward(0.8, 0.0, 5.0)
 
 
+# -- step-time normalisation ----------------------------------------------------------------
+
+
+class LoadedMachine:
+    """A fake clock and steps: a step costs `work * load`; the load moves with every backbone step.
+
+    (A load that changes slowly compared with one round: both steps of a round see the same.)
+    """
+
+    def __init__(self, loads):
+        self.now = 0.0
+        self.loads = loads  # The load from the n-th backbone step on.
+        self.calls = []
+
+    def timer(self):
+        return self.now
+
+    def step(self, name, work):
+        def run():
+            self.calls.append(name)
+            n = self.calls.count('b')
+            self.now += work * self.loads[min(n, len(self.loads) - 1)]
+
+        return run
+
+
+def test_interleaved_timing_cancels_a_changing_load():
+    # The load goes up and down while the steps run. Interleaved, both steps of a round see
+    # the same load, so the ratio of the medians is the true 1.2.
+    loads = [1.0, 1.0, 1.0, 3.0, 3.0, 0.4, 0.4, 0.4, 2.0, 2.0, 2.0, 5.0, 1.0]
+    machine = LoadedMachine(loads)
+    backbone, trial = machine.step('b', 1.0), machine.step('t', 1.2)
+    b, t = search.interleaved_step_times([backbone, trial], steps=9, warmup=2, timer=machine.timer)
+    assert machine.calls == ['b', 'b', 't', 't'] + ['b', 't'] * 9
+    assert t / b == pytest.approx(1.2)
+    # Timed one after the other (the old once-per-process backbone), the load change biases it.
+    machine = LoadedMachine([1.0] * 4 + [0.4] * 20)
+    (b_alone,) = search.interleaved_step_times([machine.step('b', 1.0)], 3, 0, machine.timer)
+    (t_alone,) = search.interleaved_step_times([machine.step('t', 1.2)], 3, 0, machine.timer)
+    assert t_alone / b_alone == pytest.approx(1.2 * 0.4)
+
+
+def test_each_trial_is_normalised_by_its_own_backbone_timing(tmp_path):
+    # A load that grows trial by trial; every trial times the (cached) backbone step again
+    # within its own rounds, and its record keeps that backbone time.
+    machine = LoadedMachine([1.0 + i for i in range(100)])
+    builds = []
+
+    def trial_fn(trial, st, context):
+        context.timer = machine.timer
+        work = 1.0 + 0.1 * trial['trial']
+
+        def build():
+            builds.append(trial['trial'])
+            return machine.step('b', 1.0)
+
+        step, backbone = search.time_against_backbone(
+            context, machine.step('t', work), 'cpu-key', build
+        )
+        return dict(accuracy=0.5, step_time=step, backbone_step_time=backbone, params=10**6)
+
+    s = settings(tmp_path, trials=4, timing_steps=3, timing_warmup=1)
+    records = search.run(s, trial_fn)
+    assert builds == [0]  # The backbone step is built once per process ...
+    assert machine.calls.count('b') == 4 * (1 + 3)  # ... and timed in every trial.
+    backbones = [r['backbone_step_time'] for r in records]
+    assert backbones == sorted(backbones) and backbones[0] < backbones[-1]  # Load grew.
+    for r in records:
+        assert r['step_time_ratio'] == pytest.approx(1.0 + 0.1 * r['trial'])
+        assert r['step_time_ratio'] == r['step_time'] / r['backbone_step_time']
+    table = _read_json(s.output_dir, 'results.json')
+    assert [r['backbone_step_time'] for r in table] == backbones
+    with open(os.path.join(s.output_dir, 'results.csv')) as f:
+        assert 'backbone_step_time' in f.readline()
+
+
+def test_backbone_step_cache_key():
+    context = search.TrialContext(search.Settings(output_dir='unused'), None)
+    built = []
+
+    def build():
+        built.append(1)
+        return object()
+
+    assert context.backbone_step('k', build) is context.backbone_step('k', build)
+    context.backbone_step('other', build)
+    context.backbone_step(None, build)  # TPU: never cached.
+    context.backbone_step(None, build)
+    assert len(built) == 4
+
+
 # -- search hygiene -----------------------------------------------------------------------
 
 
@@ -283,6 +374,10 @@ def test_real_trial_on_digits(tmp_path):
     assert record['status'] == 'ok', record['error']
     assert 0.0 <= record['accuracy'] <= 1.0
     assert record['step_time_ratio'] > 0 and record['params'] > 1000
+    assert record['backbone_step_time'] > 0
+    assert record['step_time_ratio'] == pytest.approx(
+        record['step_time'] / record['backbone_step_time']
+    )
     assert record['reward'] == pytest.approx(
         search.reward(record['accuracy'], record['step_time_ratio'], record['params'] / 1e6)
     )
