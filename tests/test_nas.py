@@ -1,7 +1,7 @@
 """Training-aware NAS and the Fused-MBConv ablation: space, reward, queue, resume, failures.
 
 Queue, resume and failure tests inject a fake trial function (no training); one test trains a
-tiny trial for real on digits at 16 px.
+tiny trial for real on digits at 24 px.
 """
 
 import json
@@ -317,6 +317,12 @@ def test_failing_trial_is_recorded_not_fatal(tmp_path, monkeypatch):
     )
 
 
+def test_image_size_16_or_less_is_refused(tmp_path):
+    # train.image_size <= 16 is a fraction of the eval size: 16 would train at 256 px.
+    with pytest.raises(ValueError, match='image_size must be > 16'):
+        search.run(settings(tmp_path, trials=1, image_size=16), fake_trial)
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     search.run(settings(tmp_path, trials=1), fake_trial)
     with pytest.raises(ValueError, match='seed'):
@@ -364,7 +370,7 @@ def test_real_trial_on_digits(tmp_path):
         tmp_path,
         trials=1,
         epochs=0.05,
-        image_size=16,
+        image_size=24,
         timing_steps=2,
         timing_warmup=1,
         backbone='efficientnetv2-b0',

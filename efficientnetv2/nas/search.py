@@ -115,6 +115,13 @@ class Settings:
                 raise ValueError(f'{name} must be >= 1. Received: {getattr(self, name)!r}')
         if not self.epochs > 0:
             raise ValueError(f'epochs must be > 0. Received: {self.epochs!r}')
+        if self.image_size <= 16:
+            # train.image_size <= 16 means a fraction (in 16ths) of the eval size, so 16 would
+            # train at 16 x image_size px and evaluate at image_size px.
+            raise ValueError(
+                'image_size must be > 16 (a train.image_size <= 16 is read as a fraction of '
+                f'the eval size). Received: {self.image_size!r}'
+            )
         return self
 
     def identity(self):
