@@ -97,6 +97,27 @@ def test_fused_variants_in_config_but_not_listed():
     assert 'efficientnet-b4-fused1-5' not in efficientnetv2.list_models()
 
 
+def test_fused_benchmark_script_runs_interleaved():
+    # The two smallest variants at a tiny size, timed in alternating rounds (the default).
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, 'benchmarks', 'fused_ablation.py'),
+        '--variants=efficientnet-b4,efficientnet-b4-fused1-3',
+        '--image_size=32',
+        '--batch=1',
+        '--steps=2',
+        '--warmup=1',
+        '--no_flops',
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith('efficientnet')]
+    assert [r[0] for r in rows] == ['efficientnet-b4', 'efficientnet-b4-fused1-3']
+    assert all(float(r[5]) > 0 for r in rows)  # imgs/s
+    assert [r[6:] for r in rows] == [['262', '155'], ['362', '216']]  # Paper TPUv3, V100.
+
+
 # -- search space -------------------------------------------------------------------------
 
 
