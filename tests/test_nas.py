@@ -1,7 +1,7 @@
 """Training-aware NAS and the Fused-MBConv ablation: space, reward, queue, resume, failures.
 
 Queue, resume and failure tests inject a fake trial function (no training); one test trains a
-tiny trial for real on digits at 16 px.
+tiny trial for real on digits at 24 px.
 """
 
 import json
@@ -97,6 +97,27 @@ def test_fused_variants_in_config_but_not_listed():
     assert 'efficientnet-b4-fused1-5' not in efficientnetv2.list_models()
 
 
+def test_fused_benchmark_script_runs_interleaved():
+    # The two smallest variants at a tiny size, timed in alternating rounds (the default).
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, 'benchmarks', 'fused_ablation.py'),
+        '--variants=efficientnet-b4,efficientnet-b4-fused1-3',
+        '--image_size=32',
+        '--batch=1',
+        '--steps=2',
+        '--warmup=1',
+        '--no_flops',
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith('efficientnet')]
+    assert [r[0] for r in rows] == ['efficientnet-b4', 'efficientnet-b4-fused1-3']
+    assert all(float(r[5]) > 0 for r in rows)  # imgs/s
+    assert [r[6:] for r in rows] == [['262', '155'], ['362', '216']]  # Paper TPUv3, V100.
+
+
 # -- search space -------------------------------------------------------------------------
 
 
@@ -169,6 +190,97 @@ def test_reward_formula():
         search.reward(0.8, 0.0, 5.0)
 
 
+# -- step-time normalisation ----------------------------------------------------------------
+
+
+class LoadedMachine:
+    """A fake clock and steps: a step costs `work * load`; the load moves with every backbone step.
+
+    (A load that changes slowly compared with one round: both steps of a round see the same.)
+    """
+
+    def __init__(self, loads):
+        self.now = 0.0
+        self.loads = loads  # The load from the n-th backbone step on.
+        self.calls = []
+
+    def timer(self):
+        return self.now
+
+    def step(self, name, work):
+        def run():
+            self.calls.append(name)
+            n = self.calls.count('b')
+            self.now += work * self.loads[min(n, len(self.loads) - 1)]
+
+        return run
+
+
+def test_interleaved_timing_cancels_a_changing_load():
+    # The load goes up and down while the steps run. Interleaved, both steps of a round see
+    # the same load, so the ratio of the medians is the true 1.2.
+    loads = [1.0, 1.0, 1.0, 3.0, 3.0, 0.4, 0.4, 0.4, 2.0, 2.0, 2.0, 5.0, 1.0]
+    machine = LoadedMachine(loads)
+    backbone, trial = machine.step('b', 1.0), machine.step('t', 1.2)
+    b, t = search.interleaved_step_times([backbone, trial], steps=9, warmup=2, timer=machine.timer)
+    assert machine.calls == ['b', 'b', 't', 't'] + ['b', 't'] * 9
+    assert t / b == pytest.approx(1.2)
+    # Timed one after the other (the old once-per-process backbone), the load change biases it.
+    machine = LoadedMachine([1.0] * 4 + [0.4] * 20)
+    (b_alone,) = search.interleaved_step_times([machine.step('b', 1.0)], 3, 0, machine.timer)
+    (t_alone,) = search.interleaved_step_times([machine.step('t', 1.2)], 3, 0, machine.timer)
+    assert t_alone / b_alone == pytest.approx(1.2 * 0.4)
+
+
+def test_each_trial_is_normalised_by_its_own_backbone_timing(tmp_path):
+    # A load that grows trial by trial; every trial times the (cached) backbone step again
+    # within its own rounds, and its record keeps that backbone time.
+    machine = LoadedMachine([1.0 + i for i in range(100)])
+    builds = []
+
+    def trial_fn(trial, st, context):
+        context.timer = machine.timer
+        work = 1.0 + 0.1 * trial['trial']
+
+        def build():
+            builds.append(trial['trial'])
+            return machine.step('b', 1.0)
+
+        step, backbone = search.time_against_backbone(
+            context, machine.step('t', work), 'cpu-key', build
+        )
+        return dict(accuracy=0.5, step_time=step, backbone_step_time=backbone, params=10**6)
+
+    s = settings(tmp_path, trials=4, timing_steps=3, timing_warmup=1)
+    records = search.run(s, trial_fn)
+    assert builds == [0]  # The backbone step is built once per process ...
+    assert machine.calls.count('b') == 4 * (1 + 3)  # ... and timed in every trial.
+    backbones = [r['backbone_step_time'] for r in records]
+    assert backbones == sorted(backbones) and backbones[0] < backbones[-1]  # Load grew.
+    for r in records:
+        assert r['step_time_ratio'] == pytest.approx(1.0 + 0.1 * r['trial'])
+        assert r['step_time_ratio'] == r['step_time'] / r['backbone_step_time']
+    table = _read_json(s.output_dir, 'results.json')
+    assert [r['backbone_step_time'] for r in table] == backbones
+    with open(os.path.join(s.output_dir, 'results.csv')) as f:
+        assert 'backbone_step_time' in f.readline()
+
+
+def test_backbone_step_cache_key():
+    context = search.TrialContext(search.Settings(output_dir='unused'), None)
+    built = []
+
+    def build():
+        built.append(1)
+        return object()
+
+    assert context.backbone_step('k', build) is context.backbone_step('k', build)
+    context.backbone_step('other', build)
+    context.backbone_step(None, build)  # TPU: never cached.
+    context.backbone_step(None, build)
+    assert len(built) == 4
+
+
 # -- search hygiene -----------------------------------------------------------------------
 
 
@@ -226,6 +338,12 @@ def test_failing_trial_is_recorded_not_fatal(tmp_path, monkeypatch):
     )
 
 
+def test_image_size_16_or_less_is_refused(tmp_path):
+    # train.image_size <= 16 is a fraction of the eval size: 16 would train at 256 px.
+    with pytest.raises(ValueError, match='image_size must be > 16'):
+        search.run(settings(tmp_path, trials=1, image_size=16), fake_trial)
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     search.run(settings(tmp_path, trials=1), fake_trial)
     with pytest.raises(ValueError, match='seed'):
@@ -273,7 +391,7 @@ def test_real_trial_on_digits(tmp_path):
         tmp_path,
         trials=1,
         epochs=0.05,
-        image_size=16,
+        image_size=24,
         timing_steps=2,
         timing_warmup=1,
         backbone='efficientnetv2-b0',
@@ -283,6 +401,10 @@ def test_real_trial_on_digits(tmp_path):
     assert record['status'] == 'ok', record['error']
     assert 0.0 <= record['accuracy'] <= 1.0
     assert record['step_time_ratio'] > 0 and record['params'] > 1000
+    assert record['backbone_step_time'] > 0
+    assert record['step_time_ratio'] == pytest.approx(
+        record['step_time'] / record['backbone_step_time']
+    )
     assert record['reward'] == pytest.approx(
         search.reward(record['accuracy'], record['step_time_ratio'], record['params'] / 1e6)
     )

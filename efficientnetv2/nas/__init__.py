@@ -1,6 +1,6 @@
 """Training-aware neural architecture search (EfficientNetV2 paper, section 3.3).
 
-    python -m efficientnetv2.nas --dataset_cfg=digits --trials=4 --epochs=1 --image_size=16
+    python -m efficientnetv2.nas --dataset_cfg=digits --trials=4 --epochs=1 --image_size=24
 
 - `space`: the search space (per stage: MBConv or Fused-MBConv, repeats, kernel 3/5, expansion
   1/4/6; channels and strides reused from the backbone) and its block-string encoding.

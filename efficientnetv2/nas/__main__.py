@@ -1,6 +1,6 @@
 r"""Command line of the training-aware architecture search.
 
-    python -m efficientnetv2.nas --dataset_cfg=digits --trials=4 --epochs=1 --image_size=16 \
+    python -m efficientnetv2.nas --dataset_cfg=digits --trials=4 --epochs=1 --image_size=24 \
         --hparam_str="train.batch_size=32" --output_dir=/tmp/nas
     python -m efficientnetv2.nas --workers=4 ...     # 4 worker processes on this machine
     # Several machines: run the same command on each with the same gs:// --output_dir.

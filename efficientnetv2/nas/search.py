@@ -17,10 +17,17 @@ too, so a deterministic failure does not loop). Claims make trials independent w
 number of processes on any number of machines run `run()` on the same output_dir and each
 trial runs once (see `TrialStore.try_claim` for the race handling).
 
-Reward (paper): `A * S**w * P**v` with top-1 accuracy A (a fraction), S the median train-step
-time of the trial's model divided by the backbone's, both measured in the same process on the
-same device, batch and image size, and P the trainable parameters in millions (a unit change
-multiplies every reward by the same constant, so the ranking does not depend on it).
+Reward (paper): `A * S**w * P**v` with top-1 accuracy A (a fraction), S the normalised
+train-step time and P the trainable parameters in millions (a unit change multiplies every
+reward by the same constant, so the ranking does not depend on it).
+
+Step-time normalisation: S = median train-step time of the trial's model / median train-step
+time of the backbone, both measured in the same trial, on the same device, batch and image size,
+in alternating rounds (backbone step, trial step, backbone step, trial step, ...; each warmed up
+first). Both medians thus cover the same stretch of time and the same machine load, and a load
+that changes between trials (other jobs on a shared host) cancels in S instead of biasing it.
+Each record keeps its own `backbone_step_time`. The backbone's model and compiled step are built
+once per process and reused (not on TPU, whose system each trial re-initialises).
 """
 
 import contextlib
@@ -62,6 +69,7 @@ CSV_COLUMNS = (
     'reward',
     'accuracy',
     'step_time',
+    'backbone_step_time',
     'step_time_ratio',
     'params',
     'seconds',
@@ -107,6 +115,13 @@ class Settings:
                 raise ValueError(f'{name} must be >= 1. Received: {getattr(self, name)!r}')
         if not self.epochs > 0:
             raise ValueError(f'epochs must be > 0. Received: {self.epochs!r}')
+        if self.image_size <= 16:
+            # train.image_size <= 16 means a fraction (in 16ths) of the eval size, so 16 would
+            # train at 16 x image_size px and evaluate at image_size px.
+            raise ValueError(
+                'image_size must be > 16 (a train.image_size <= 16 is read as a fraction of '
+                f'the eval size). Received: {self.image_size!r}'
+            )
         return self
 
     def identity(self):
@@ -126,14 +141,12 @@ def reward(accuracy, step_time_ratio, params_millions, w=-0.07, v=-0.05):
 # -- measuring ----------------------------------------------------------------------------
 
 
-def measure_step_time(
-    model, image_size, batch_size, steps=10, warmup=2, strategy=None, num_classes=None
-):
-    """Median seconds of one training step of `model` (warm: tracing and warm-up excluded).
+def make_train_step(model, image_size, batch_size, strategy=None, num_classes=None):
+    """A callable running one synchronised training step of `model`; returns the loss.
 
     The step is forward in training mode, softmax cross-entropy, gradients and an SGD update,
     run by `strategy` (default: the current one) on one fixed random batch, so the input
-    pipeline is not measured. Each timed step is synchronised by reading its loss.
+    pipeline is not measured. The call returns after the step finished (its loss is read).
     """
     import keras
     import tensorflow as tf
@@ -162,14 +175,41 @@ def measure_step_time(
         x, y = next(it)
         return strategy.reduce('SUM', strategy.run(step_fn, args=(x, y)), axis=None)
 
-    for _ in range(max(1, warmup)):
-        step(iterator).numpy()
-    times = []
+    def run_step():
+        return float(step(iterator).numpy())
+
+    return run_step
+
+
+def interleaved_step_times(step_fns, steps=10, warmup=2, timer=time.perf_counter):
+    """Median seconds per step of each callable in `step_fns`, timed in alternating rounds.
+
+    Every callable first runs `warmup` (at least 1) untimed steps (tracing). Then each of
+    `steps` rounds times one step of every callable in order (A, B, A, B, ...), so all of them
+    see the same machine load over the same stretch of time; a slow-down of the machine moves
+    their medians together and cancels in their ratio.
+    """
+    for fn in step_fns:
+        for _ in range(max(1, warmup)):
+            fn()
+    times = [[] for _ in step_fns]
     for _ in range(steps):
-        start = time.perf_counter()
-        step(iterator).numpy()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, out in zip(step_fns, times):
+            start = timer()
+            fn()
+            out.append(timer() - start)
+    return [statistics.median(t) for t in times]
+
+
+def measure_step_time(
+    model, image_size, batch_size, steps=10, warmup=2, strategy=None, num_classes=None
+):
+    """Median seconds of one training step of `model` (warm: tracing and warm-up excluded).
+
+    See `make_train_step` for what a step is; each timed step is synchronised.
+    """
+    step = make_train_step(model, image_size, batch_size, strategy, num_classes)
+    return interleaved_step_times([step], steps, warmup)[0]
 
 
 def trial_config(settings, block_strings, trial_index):
@@ -197,13 +237,32 @@ def trial_config(settings, block_strings, trial_index):
 
 
 class TrialContext:
-    """Per-process state shared by the trials of one worker: the backbone's step time."""
+    """Per-process state shared by the trials of one worker: the backbone's train step.
 
-    def __init__(self, settings, space):
+    The backbone's model and compiled train step are built once per process and reused
+    (`backbone_step`), but timed again in every trial, interleaved with the trial's model.
+    `timer` is the clock of those timings (tests inject a fake one).
+    """
+
+    def __init__(self, settings, space, timer=time.perf_counter):
         self.settings = settings
         self.space = space
         self.backbone_blocks = list(_backbone_blocks(settings.backbone))
-        self.backbone_step_time = None
+        self.timer = timer
+        self._backbone_steps = {}
+
+    def backbone_step(self, key, build):
+        """The cached train-step callable for `key`, built by `build()` on first use.
+
+        `key` says what the step depends on (strategy devices, batch, size, precision); a key
+        of None (TPU: its system is re-initialised by each trial's strategy, which frees what
+        an earlier step placed there) builds a fresh step every time.
+        """
+        if key is None:
+            return build()
+        if key not in self._backbone_steps:
+            self._backbone_steps[key] = build()
+        return self._backbone_steps[key]
 
 
 def _backbone_blocks(backbone):
@@ -212,13 +271,28 @@ def _backbone_blocks(backbone):
     return list(architectures.get_variant(backbone).blocks)
 
 
+def time_against_backbone(context, trial_step, backbone_key, build_backbone_step):
+    """(trial, backbone) median step seconds, timed in the same alternating rounds."""
+    settings = context.settings
+    backbone_step = context.backbone_step(backbone_key, build_backbone_step)
+    backbone_seconds, trial_seconds = interleaved_step_times(
+        [backbone_step, trial_step], settings.timing_steps, settings.timing_warmup, context.timer
+    )
+    return trial_seconds, backbone_seconds
+
+
 def train_trial(trial, settings, context):
     """The real trial: train + evaluate with this project's trainer, time a step, count params.
+
+    The trial's model and the backbone are timed in the same call, in alternating steps
+    (`interleaved_step_times`), so the ratio of their medians is not biased by a machine load
+    that changes between trials.
 
     Returns a dict with accuracy, step_time, backbone_step_time, params.
     """
     import keras
 
+    from efficientnetv2 import distribute
     from efficientnetv2 import model as model_lib
     from efficientnetv2 import summary
     from efficientnetv2.train import trainer as trainer_lib
@@ -230,38 +304,43 @@ def train_trial(trial, settings, context):
     if result is None:  # Stopped on request (SIGTERM): not a result.
         raise InterruptedError('Training stopped on request; the trial resumes next time.')
     batch = settings.timing_batch or int(config.train.batch_size)
+    strategy = trainer.strategy
 
-    def timed(block_strings):
+    def build(block_strings):
         args = config.model.as_dict()
         args['blocks'] = list(block_strings)
-        with trainer.strategy.scope():
+        with strategy.scope():
             model = model_lib.EfficientNet(**args)
-        seconds = measure_step_time(
-            model,
-            settings.image_size,
-            batch,
-            settings.timing_steps,
-            settings.timing_warmup,
-            trainer.strategy,
-        )
-        return model, seconds
+        return model, make_train_step(model, settings.image_size, batch, strategy)
 
-    if context.backbone_step_time is None:
-        # Measured once per process, after the first trainer set the precision policy.
-        _, context.backbone_step_time = timed(context.backbone_blocks)
-        logging.info(
-            'Backbone %s: %.4f s per train step (batch %d, %d px).',
-            settings.backbone,
-            context.backbone_step_time,
+    model, trial_step = build(trial['blocks'])
+    key = None
+    if not distribute.is_tpu_strategy(strategy):
+        key = (
+            type(strategy).__name__,
+            tuple(strategy.extended.worker_devices),
             batch,
-            settings.image_size,
+            int(settings.image_size),
+            keras.config.dtype_policy().name,
+            repr({k: v for k, v in config.model.as_dict().items() if k != 'blocks'}),
         )
-    model, step_time = timed(trial['blocks'])
+    step_time, backbone_step_time = time_against_backbone(
+        context, trial_step, key, lambda: build(context.backbone_blocks)[1]
+    )
+    logging.info(
+        'Trial %d: %.4f s per train step, backbone %s %.4f s (same rounds; batch %d, %d px).',
+        trial['trial'],
+        step_time,
+        settings.backbone,
+        backbone_step_time,
+        batch,
+        settings.image_size,
+    )
     trainable, _ = summary.count_params(model)
     return dict(
         accuracy=float(result['top_1']),
         step_time=step_time,
-        backbone_step_time=context.backbone_step_time,
+        backbone_step_time=backbone_step_time,
         params=int(trainable),
     )
 
@@ -516,7 +595,7 @@ def _tensorboard_log(settings, record):
 
         writer = tf.summary.create_file_writer(os.path.join(settings.output_dir, 'tensorboard'))
         with writer.as_default(step=record['trial']):
-            for key in ('reward', 'accuracy', 'step_time_ratio', 'step_time'):
+            for key in ('reward', 'accuracy', 'step_time_ratio', 'step_time', 'backbone_step_time'):
                 if record.get(key) is not None:
                     tf.summary.scalar(key, record[key])
             if record.get('params'):
@@ -554,6 +633,7 @@ def run_trial(index, arch, settings, space, store, context, trial_fn):
         reward=None,
         accuracy=None,
         step_time=None,
+        backbone_step_time=None,
         step_time_ratio=None,
         params=None,
         error='',
@@ -563,6 +643,7 @@ def run_trial(index, arch, settings, space, store, context, trial_fn):
     try:
         metrics = trial_fn(trial, settings, context)
         accuracy = float(metrics['accuracy'])
+        # Normalised by the backbone timing of this same trial (same rounds, same load).
         ratio = float(metrics['step_time']) / float(metrics['backbone_step_time'])
         params = int(metrics['params'])
         if not all(math.isfinite(x) for x in (accuracy, ratio)):
@@ -573,6 +654,7 @@ def run_trial(index, arch, settings, space, store, context, trial_fn):
             status='ok',
             accuracy=accuracy,
             step_time=float(metrics['step_time']),
+            backbone_step_time=float(metrics['backbone_step_time']),
             step_time_ratio=ratio,
             params=params,
             reward=reward(accuracy, ratio, params / 1e6, settings.reward_w, settings.reward_v),
