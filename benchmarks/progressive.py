@@ -33,7 +33,8 @@ and reused). The crop origins are drawn inside an 8x8 grid of origin cells; a fi
 the cells hold only eval crops and the rest only train crops, so no eval crop is at a train
 position (their pixels may overlap neighbouring train crops).
 
-    python benchmarks/progressive.py --dataset=photos --seeds=0,1,2     # full: 64 -> 128 px
+    python benchmarks/progressive.py --dataset=photos --seeds=0,1,2   # B0's plan: 80 -> 128 px
+    python benchmarks/progressive.py --dataset=photos --mode=paper    # Algorithm 1: 64 -> 128
     python benchmarks/progressive.py --dataset=photos --epochs=2 --image_size=64 \\
         --min_image_size=32 --stages=2 --per_class=40 --seeds=0          # a quick check
     python benchmarks/progressive.py --dataset=digits --epochs=30         # the demo's plan
