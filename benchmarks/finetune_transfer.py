@@ -406,6 +406,16 @@ def linear_probe(root, pretrained):
 
 def main(_):
     task = TASKS[FLAGS.task]
+    methods = task.methods  # --methods=none: pretraining and the linear probe only.
+    if FLAGS.methods and FLAGS.methods != 'none':
+        keys = {m.key: m for m in methods}
+        unknown = sorted(set(FLAGS.methods.split(',')) - set(keys))
+        if unknown:
+            raise ValueError(
+                f'Unknown --methods {unknown}; valid for --task={FLAGS.task}: {sorted(keys)} '
+                "or 'none'."
+            )
+        methods = [keys[k] for k in FLAGS.methods.split(',')]
     root = FLAGS.work_dir or tempfile.mkdtemp(prefix='finetune_transfer_')
     per_class = setting('per_class')
     counts = task.write(root, per_class)
@@ -420,17 +430,8 @@ def main(_):
         flush=True,
     )
     print(f'linear probe on the pretrained features: top-1 {linear_probe(root, pretrained):.3f}')
-    methods = task.methods
     if FLAGS.methods == 'none':
         return
-    if FLAGS.methods:
-        keys = {m.key: m for m in methods}
-        unknown = sorted(set(FLAGS.methods.split(',')) - set(keys))
-        if unknown:
-            raise ValueError(
-                f'Unknown --methods {unknown}; valid for --task={FLAGS.task}: {sorted(keys)}.'
-            )
-        methods = [keys[k] for k in FLAGS.methods.split(',')]
     rows = []
     for method in methods:
         results = []
