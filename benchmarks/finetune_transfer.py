@@ -16,7 +16,8 @@ Two tasks (`--task`), at the two ends of how close the pretraining data is to th
   network from scratch.
 * `digits`: sklearn's 8x8 digits, pretraining on 0-4 (every image; 3 stages, 12 epochs,
   12 -> 24 px), target 5-9 with `--per_class` (10) train images per class and the rest held
-  out. The pretrained features are far from the target: a linear probe reaches about 80%.
+  out. The pretrained features are far from the target: the linear probe (87.0%) stays under
+  training the whole network from scratch (93.1%).
 
 Steps: 1. write the image folders under `--work_dir`; 2. pretrain with `fit_progressive`
 (2 stages, EMA of weights and BN statistics, the averages kept); 3. a linear probe (logistic
