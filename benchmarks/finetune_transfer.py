@@ -32,7 +32,7 @@ phases together), cosine schedule, Adam and label smoothing for every method of 
    - stem:       as naive, the stem frozen (`num_stages=0`; its BN keeps training mode);
    - lpft:       LP-FT: the new head alone for 1/6 of the epochs at 0.1 (backbone and BN
                  statistics fixed), then every layer at 3e-3;
-   photos only:
+   photos by default (any task with --methods):
    - head:       the new head alone for every epoch at 0.1 (a linear probe trained with the
                  augmented pipeline);
    - naive_low, lpft_low: naive / LP-FT with the network at 1e-3;
@@ -409,13 +409,10 @@ def main(_):
     task = TASKS[FLAGS.task]
     methods = task.methods  # --methods=none: pretraining and the linear probe only.
     if FLAGS.methods and FLAGS.methods != 'none':
-        keys = {m.key: m for m in methods}
+        keys = {m.key: m for m in PHOTO_METHODS}  # Any method on either task.
         unknown = sorted(set(FLAGS.methods.split(',')) - set(keys))
         if unknown:
-            raise ValueError(
-                f'Unknown --methods {unknown}; valid for --task={FLAGS.task}: {sorted(keys)} '
-                "or 'none'."
-            )
+            raise ValueError(f"Unknown --methods {unknown}; valid: {sorted(keys)} or 'none'.")
         methods = [keys[k] for k in FLAGS.methods.split(',')]
     root = FLAGS.work_dir or tempfile.mkdtemp(prefix='finetune_transfer_')
     per_class = setting('per_class')
