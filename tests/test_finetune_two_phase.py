@@ -185,3 +185,85 @@ def test_prepare_defaults_to_the_measured_recipe():
         sub for sub in model._flatten_layers() if isinstance(sub, keras.layers.BatchNormalization)
     ]
     assert all(norm.trainable for norm in norms)  # Training mode everywhere.
+
+
+def test_head_phase_reads_head_x():
+    images, labels = data()
+    head_images, head_labels = data(n=12, seed=1)
+
+    def head_after(**kwargs):
+        keras.utils.set_random_seed(0)
+        model = finetune.replace_head(tiny_model(5), 3)
+        finetune.fit_two_phase(
+            model,
+            images,
+            y=labels,
+            batch_size=4,
+            epochs=3,
+            head_epochs=2,
+            loss=LOSS,
+            learning_rate=0.0,  # Phase 2 moves nothing: the head is phase 1's.
+            head_learning_rate=0.1,
+            schedule='constant',
+            verbose=0,
+            **kwargs,
+        )
+        return model.get_layer('predictions').kernel.numpy()
+
+    plain = head_after()
+    assert np.array_equal(plain, head_after())  # Deterministic: differences come from head_x.
+    assert np.array_equal(plain, head_after(head_x=(images, labels)))
+    assert not np.allclose(plain, head_after(head_x=(images, labels[:, ::-1])))
+
+    # Phase 1 runs one pass over head_x per epoch (12 images / 4 = 3 steps), phase 2 over x.
+    model = finetune.replace_head(tiny_model(5), 3)
+    history = finetune.fit_two_phase(
+        model,
+        images,
+        y=labels,
+        batch_size=4,
+        epochs=3,
+        head_epochs=2,
+        loss=LOSS,
+        learning_rate=1e-3,
+        head_learning_rate=0.1,
+        head_x=(head_images, head_labels),
+        verbose=0,
+    )
+    assert history.epoch == [0, 1, 2]
+    assert model.optimizer._learning_rate.decay_steps == 2  # Phase 2: 1 epoch x 2 steps.
+    steps = []
+
+    class CountSteps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            steps.append(batch)
+
+    model = finetune.replace_head(tiny_model(5), 3)
+    finetune.fit_two_phase(
+        model,
+        images,
+        y=labels,
+        batch_size=4,
+        epochs=2,
+        head_epochs=2,
+        loss=LOSS,
+        learning_rate=1e-3,
+        head_learning_rate=0.1,
+        head_x=(head_images, head_labels),
+        callbacks=[CountSteps()],
+        verbose=0,
+    )
+    assert steps == [0, 1, 2, 0, 1, 2]
+    assert model.optimizer._learning_rate.decay_steps == 6  # Cosine over 2 epochs x 3 steps.
+    with pytest.raises(ValueError, match='tuple'):
+        finetune.fit_two_phase(
+            model,
+            images,
+            y=labels,
+            epochs=1,
+            head_epochs=1,
+            loss=LOSS,
+            learning_rate=1e-3,
+            head_learning_rate=0.1,
+            head_x=head_images,
+        )
