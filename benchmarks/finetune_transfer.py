@@ -37,9 +37,9 @@ phases together), cosine schedule, Adam and label smoothing for every method of 
                  augmented pipeline);
    - naive_low, lpft_low: naive / LP-FT with the network at 1e-3;
    - frozen2(_bn): the stem and stages 1-2 frozen (with their batch norm in inference mode);
-   - lpft_plain_low, lpft_plain_frozen2_bn: LP-FT whose head phase (1/6 of the epochs at 0.1)
+   - lpft_plain, lpft_plain_frozen2_bn: LP-FT whose head phase (1/6 of the epochs at 0.1)
                  reads the train images through the eval pipeline, unaugmented and shuffled
-                 (`head_x`; the probe's data), then every layer at 1e-3 / frozen2_bn at 3e-3.
+                 (`head_x`; the probe's data), then as lpft / frozen2_bn (3e-3).
 
 5. Prints a table: top-1 on the held-out target images (mean and min-max over seeds),
    training seconds and the trainable variables of the last phase; for LP-FT methods also the
@@ -125,10 +125,9 @@ PHOTO_METHODS = METHODS + (
     ),
     Method('frozen2', 'pretrained, stem + stages 1-2 frozen', True, num_stages=2),
     Method(
-        'lpft_plain_low',
-        'LP-FT, head on un-augmented images, then every layer at lr / 3',
+        'lpft_plain',
+        'LP-FT, head on un-augmented images, then every layer',
         True,
-        lr=1e-3,
         head_epochs=1 / 6,
         plain_head=True,
     ),
