@@ -37,9 +37,10 @@ phases together), cosine schedule, Adam and label smoothing for every method of 
                  augmented pipeline);
    - naive_low, lpft_low: naive / LP-FT with the network at 1e-3;
    - frozen2(_bn): the stem and stages 1-2 frozen (with their batch norm in inference mode);
-   - lpft_plain, lpft_plain_frozen2_bn: LP-FT whose head phase (1/6 of the epochs at 0.1)
-                 reads the train images through the eval pipeline, unaugmented and shuffled
-                 (`head_x`; the probe's data), then as lpft / frozen2_bn (3e-3).
+   - lpft_plain_frozen2_bn: LP-FT whose head phase (1/6 of the epochs at 0.1) reads the
+                 train images through the eval pipeline, unaugmented and shuffled (`head_x`;
+                 the probe's data), then as frozen2_bn (3e-3) on the augmented pipeline;
+   - lpft_plain_all: the same, phase 2 on the un-augmented images too.
 
 5. Prints a table: top-1 on the held-out target images (mean and min-max over seeds),
    training seconds and the trainable variables of the last phase; for LP-FT methods also the
@@ -103,6 +104,7 @@ class Method:
     num_stages: int | None = None  # Phase 2: stem + stages 1..num_stages frozen.
     freeze_bn: bool = False
     plain_head: bool = False  # Phase 1 on the un-augmented train images (as the probe).
+    augment: bool = True  # Phase 2 on the augmented pipeline; False: the un-augmented images.
 
 
 SCRATCH = Method('scratch', 'scratch (every layer)', pretrained=False)
@@ -125,11 +127,14 @@ PHOTO_METHODS = METHODS + (
     ),
     Method('frozen2', 'pretrained, stem + stages 1-2 frozen', True, num_stages=2),
     Method(
-        'lpft_plain',
-        'LP-FT, head on un-augmented images, then every layer',
+        'lpft_plain_all',
+        'LP-FT on un-augmented images (both phases), stem + stages 1-2 and BN frozen',
         True,
         head_epochs=1 / 6,
+        num_stages=2,
+        freeze_bn=True,
         plain_head=True,
+        augment=False,
     ),
     Method(
         'lpft_plain_frozen2_bn',
@@ -378,6 +383,8 @@ def finetune_once(root, pretrained, method, seed):
     val = data.build_dataset(info, 'eval', image_size=image_size, batch_size=64)
     head_epochs = int(round(method.head_epochs * epochs))
     head_x = plain_train(root, seed) if method.plain_head else None
+    if not method.augment:
+        train = plain_train(root, seed).repeat()  # `steps` batches per epoch, as `train`.
     after_head = AfterHead(head_epochs, val)
     start = time.time()
     history = finetune.fit_two_phase(
