@@ -443,20 +443,22 @@ def fit_two_phase(
         )
     history = keras.callbacks.History()
     history.epoch, history.history, history.phases = [], {}, []
+    # Per phase: name, first and end epoch, rate, data, fit arguments, steps per epoch (for the
+    # schedule) and the `steps_per_epoch` passed to fit.
     phases = [
-        (0, head_epochs, head_learning_rate, 'head'),
-        (head_epochs, epochs, learning_rate, 'network'),
+        (
+            'head',
+            0,
+            head_epochs,
+            head_learning_rate,
+            head_data,
+            head_kwargs,
+            head_steps,
+            head_fit_steps,
+        ),
+        ('network', head_epochs, epochs, learning_rate, x, fit_kwargs, steps, steps_per_epoch),
     ]
-    for start, end, lr, kind in phases:
-        if kind == 'head':
-            phase_x, phase_kwargs, phase_steps, fit_steps = (
-                head_data,
-                head_kwargs,
-                head_steps,
-                head_fit_steps,
-            )
-        else:
-            phase_x, phase_kwargs, phase_steps, fit_steps = x, fit_kwargs, steps, steps_per_epoch
+    for kind, start, end, lr, phase_x, phase_kwargs, phase_steps, fit_steps in phases:
         if end <= start:
             continue
         if kind == 'head':

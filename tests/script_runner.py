@@ -1,8 +1,9 @@
 """Subprocess helpers for tests that need a fresh interpreter.
 
 `run_script` runs a Python snippet (e.g. to set up logical devices before TF starts) and returns
-the JSON it prints on a line starting with RESULT. `start_training` and `finish` run `main.py
---mode=train` as a child process that a test may signal or kill (resume and preemption tests).
+the JSON it prints on a line starting with RESULT. `run_main` runs `main.py` with the given
+flags to completion, as a user would. `start_training` and `finish` run `main.py --mode=train`
+as a child process that a test may signal or kill (resume and preemption tests).
 """
 
 import json
@@ -29,6 +30,19 @@ def run_script(script, timeout=300):
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = next(text for text in completed.stdout.splitlines() if text.startswith('RESULT'))
     return json.loads(line[len('RESULT') :])
+
+
+def run_main(*args, cwd=None, timeout=600):
+    """Runs `python main.py *args` to the end; returns the CompletedProcess (text output)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, 'main.py')] + list(args),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or REPO_ROOT,
+        timeout=timeout,
+    )
 
 
 def start_training(model_dir, hparam_str):

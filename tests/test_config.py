@@ -2,11 +2,10 @@
 
 import glob
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+import script_runner
 import yaml
 
 from efficientnetv2 import config as config_lib
@@ -271,18 +270,6 @@ def test_models_without_table_6_follow_the_official_plan(model):
 # -- through main.py ------------------------------------------------------------------------
 
 
-def _main(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'main.py')] + list(args),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=600,
-    )
-
-
 def _image_folder(root, size=48, per_class=10):
     import tensorflow as tf
 
@@ -298,7 +285,7 @@ def _image_folder(root, size=48, per_class=10):
 
 def test_main_bad_value_is_a_usage_error_that_writes_nothing(tmp_path):
     model_dir = tmp_path / 'run'
-    done = _main(f'--model_dir={model_dir}', '--hparam_str=train.batch_size=abc')
+    done = script_runner.run_main(f'--model_dir={model_dir}', '--hparam_str=train.batch_size=abc')
     assert done.returncode == 2, done.stderr[-3000:]
     assert "train.batch_size must be an integer > 0; received 'abc' (str)" in done.stderr
     assert 'Traceback' not in done.stderr
@@ -310,7 +297,7 @@ def test_main_trains_a_small_image_folder_with_derived_first_stage(tmp_path):
     # a fixed 128 used to fail; eval runs at B0's 224 px, larger than the images.
     data_dir = _image_folder(str(tmp_path / 'images'))
     model_dir = tmp_path / 'run'
-    done = _main(
+    done = script_runner.run_main(
         '--mode=train',
         '--strategy=cpu',
         '--dataset_cfg=folder',

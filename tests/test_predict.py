@@ -3,14 +3,12 @@
 import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+import script_runner
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = (
     "model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
     "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32"
@@ -20,18 +18,6 @@ RUN = (
     TINY + ',train.epochs=1,train.stages=0,train.image_size=24,train.min_image_size=24,'
     'eval.image_size=40,train.batch_size=128,train.steps_per_loop=4'
 )
-
-
-def _main(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'main.py')] + list(args),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=600,
-    )
 
 
 def _printed(stdout, prefix):
@@ -47,7 +33,7 @@ def _printed(stdout, prefix):
 @pytest.fixture(scope='module')
 def digits_run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp('digits') / 'run'
-    done = _main('--mode=train', f'--model_dir={model_dir}', f'--hparam_str={RUN}')
+    done = script_runner.run_main('--mode=train', f'--model_dir={model_dir}', f'--hparam_str={RUN}')
     assert done.returncode == 0, done.stderr[-3000:]
     return model_dir
 
@@ -71,7 +57,9 @@ def digit_files(tmp_path_factory):
 def test_export_and_infer_take_the_run_config(digits_run, digit_files, tmp_path):
     # Only --model_dir: the run's 40 px, v2 scaling and no crop (digits), not the flag defaults.
     export_dir = tmp_path / 'export'
-    done = _main('--mode=export', f'--model_dir={digits_run}', f'--export_dir={export_dir}')
+    done = script_runner.run_main(
+        '--mode=export', f'--model_dir={digits_run}', f'--export_dir={export_dir}'
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'config.yaml' in done.stderr and 'overridden on the command line: none' in done.stderr
     loaded = tf.saved_model.load(str(export_dir / 'saved_model'))
@@ -95,7 +83,7 @@ def test_export_and_infer_take_the_run_config(digits_run, digit_files, tmp_path)
     assert 'Export parity against the Keras model' in done.stderr
     assert not os.path.exists(export_dir / 'model.onnx')  # ONNX only when asked for.
 
-    done = _main(
+    done = script_runner.run_main(
         '--mode=infer', f'--model_dir={digits_run}', '--images={}'.format(','.join(digit_files))
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -130,7 +118,7 @@ def _table(stdout):
 
 
 def test_export_formats_flag(digits_run, tmp_path):
-    done = _main(
+    done = script_runner.run_main(
         '--mode=export',
         f'--model_dir={digits_run}',
         '--export_formats=keras,onnyx',
@@ -139,7 +127,7 @@ def test_export_formats_flag(digits_run, tmp_path):
     assert done.returncode != 0 and 'Traceback' not in done.stderr
     assert 'must be among saved_model, feature_vector, tflite' in done.stderr
     assert 'Received: onnyx' in done.stderr
-    done = _main(
+    done = script_runner.run_main(
         '--mode=export',
         f'--model_dir={digits_run}',
         '--export_formats=keras,onnx',
@@ -158,7 +146,7 @@ def test_export_formats_flag(digits_run, tmp_path):
 
 
 def test_explicit_overrides_are_applied_and_logged(digits_run, digit_files):
-    done = _main(
+    done = script_runner.run_main(
         '--mode=infer',
         f'--model_dir={digits_run}',
         '--hparam_str=eval.image_size=36',
@@ -167,7 +155,7 @@ def test_explicit_overrides_are_applied_and_logged(digits_run, digit_files):
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'overridden on the command line: eval.image_size=36' in done.stderr
     # A flag that contradicts the run is refused, naming the run's value.
-    done = _main(
+    done = script_runner.run_main(
         '--mode=infer',
         f'--model_dir={digits_run}',
         '--model_name=efficientnetv2-s',
@@ -179,7 +167,9 @@ def test_explicit_overrides_are_applied_and_logged(digits_run, digit_files):
 
 def test_eval_mode_builds_the_trainer_from_the_run_config(digits_run):
     # The flag defaults (default blocks) would be refused by the model directory check.
-    done = _main('--mode=eval', f'--model_dir={digits_run}', '--hparam_str=eval.timeout=5')
+    done = script_runner.run_main(
+        '--mode=eval', f'--model_dir={digits_run}', '--hparam_str=eval.timeout=5'
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'Eval at step' in done.stderr
 
@@ -187,7 +177,7 @@ def test_eval_mode_builds_the_trainer_from_the_run_config(digits_run):
 @pytest.mark.parametrize('mode', ['export', 'infer', 'eval'])
 def test_missing_run_config_is_a_clear_error(mode, tmp_path):
     # --mode=eval first waits eval.timeout seconds for a trainer to write the config.
-    done = _main(
+    done = script_runner.run_main(
         f'--mode={mode}', f'--model_dir={tmp_path}', '--images=x.png', '--hparam_str=eval.timeout=2'
     )
     assert done.returncode != 0
@@ -205,7 +195,7 @@ def test_infer_prints_the_folder_class_names(tmp_path):
                 tf.io.encode_png(image.astype(np.uint8)).numpy()
             )
     model_dir = tmp_path / 'run'
-    done = _main(
+    done = script_runner.run_main(
         '--mode=train',
         '--dataset_cfg=folder',
         f'--data_dir={root}',
@@ -215,7 +205,7 @@ def test_infer_prints_the_folder_class_names(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     image = str(root / 'dog' / '0.png')
-    done = _main('--mode=infer', f'--model_dir={model_dir}', f'--images={image}')
+    done = script_runner.run_main('--mode=infer', f'--model_dir={model_dir}', f'--images={image}')
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = _printed(done.stdout, image).values()
     assert sorted(name for name, _ in row) == ['cat', 'dog']  # Two classes: top-2.

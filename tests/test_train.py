@@ -1,17 +1,15 @@
 """The training engine on the digits set with a tiny model: stages, resume, faults, CLI."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+import script_runner
 import tensorflow as tf
 
 from efficientnetv2 import config as config_lib
 from efficientnetv2.train import trainer as trainer_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = (
     "model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1',"
     "'r1_k3_s2_e4_i16_o24_se0.25'],model.feature_size=32"
@@ -141,21 +139,9 @@ def test_eval_mode_evaluates_the_final_checkpoint(tmp_path):
     assert again['top_1'] == pytest.approx(result['top_1'])
 
 
-def _main(*args, cwd=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'main.py')] + list(args),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd or ROOT,
-        timeout=600,
-    )
-
-
 def test_default_main_path_runs_end_to_end(tmp_path):
     # The flag-free path (digits, traineval, progressive), cut down: tiny blocks, 1 epoch.
-    done = _main(
+    done = script_runner.run_main(
         f'--model_dir={tmp_path}',
         f'--hparam_str={TINY},train.epochs=1,train.stages=2,train.steps_per_loop=11',
     )
@@ -178,7 +164,7 @@ def test_default_main_path_runs_end_to_end(tmp_path):
 )
 def test_bad_flags_fail_clearly_and_write_nothing(tmp_path, args, message):
     model_dir = tmp_path / 'run'
-    done = _main(f'--model_dir={model_dir}', *args)
+    done = script_runner.run_main(f'--model_dir={model_dir}', *args)
     assert done.returncode != 0
     assert message in done.stderr
     assert not model_dir.exists()
@@ -227,7 +213,7 @@ def test_export_and_infer_modes(tmp_path):
         f'--hparam_str={TINY},train.epochs=3,train.stages=0,train.image_size=16,'
         'eval.image_size=16,train.lr_base=0.05'
     )
-    done = _main('--mode=train', f'--model_dir={model_dir}', hparams)
+    done = script_runner.run_main('--mode=train', f'--model_dir={model_dir}', hparams)
     assert done.returncode == 0, done.stderr[-2000:]
     digits = sk_datasets.load_digits()
     paths = []
@@ -237,7 +223,7 @@ def test_export_and_infer_modes(tmp_path):
         path = tmp_path / f'digit{digits.target[index]}.png'
         path.write_bytes(png)
         paths.append(str(path))
-    done = _main(
+    done = script_runner.run_main(
         '--mode=infer', f'--model_dir={model_dir}', hparams, '--images={}'.format(','.join(paths))
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -245,13 +231,15 @@ def test_export_and_infer_modes(tmp_path):
     assert len(lines) == 2
     for line in lines:
         assert line.count('(') == 5  # Top-5 names with probabilities.
-    missing = _main(
+    missing = script_runner.run_main(
         '--mode=infer', f'--model_dir={model_dir}', hparams, '--images=%s' % (tmp_path / 'nope.png')
     )
     assert missing.returncode != 0 and 'nope.png' in missing.stderr
 
     export_dir = tmp_path / 'export'
-    done = _main('--mode=export', f'--model_dir={model_dir}', hparams, f'--export_dir={export_dir}')
+    done = script_runner.run_main(
+        '--mode=export', f'--model_dir={model_dir}', hparams, f'--export_dir={export_dir}'
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = tf.saved_model.load(str(export_dir / 'saved_model'))
     with open(paths[0], 'rb') as f:
