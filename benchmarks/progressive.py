@@ -41,6 +41,7 @@ position (their pixels may overlap neighbouring train crops).
 """
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -215,16 +216,17 @@ def run(args, seed, hparams, model_dir, dataset, data_dir):
         for stage in trainer.plan
     }
     start = time.time()
-    trainer.train()
+    result = trainer.train(evaluate_each_stage=True)  # As traineval: every stage end evaluated.
     train_seconds = time.time() - start
-    result = trainer.evaluate()
-    times = split_times(trainer, train_seconds)
+    eval_seconds = sum(r['eval_seconds'] for r in trainer.stage_results)
+    times = split_times(trainer, train_seconds - eval_seconds)
     input_seconds = sum(
         stage.num_steps * trainer.global_batch / input_rates[stage.index] for stage in trainer.plan
     )
     return dict(
-        train_seconds=train_seconds,
-        eval_seconds=result['seconds'],
+        train_seconds=train_seconds,  # The whole train(), stage-end evaluations included.
+        eval_seconds=eval_seconds,
+        stage_results=trainer.stage_results,
         top_1=result['top_1'],
         top_5=result['top_5'],
         batch=trainer.global_batch,
@@ -280,8 +282,8 @@ def print_report(args, dataset, runs):
         'top-5',
     )
     print(
-        '\nSeconds (train = trace + compile + steps + other; input* = the pipeline alone, '
-        'overlapping the steps):'
+        '\nSeconds (train = trace + compile + steps + other + eval, the whole train() with its '
+        'stage-end evaluations; input* = the pipeline alone, overlapping the steps):'
     )
     print('%-12s %4s %7s %7s %8s %7s %8s %6s %7s %7s %7s' % header)  # noqa: UP031 (a table)
     for r in runs:
@@ -314,6 +316,7 @@ def print_report(args, dataset, runs):
                 ', '.join(str(size) for size in unsteady)
             )
         )
+    # Whole train() wall times, stage-end evaluations included.
     speedups = np.array(
         [r['fixed']['train_seconds'] / r['progressive']['train_seconds'] for r in runs]
     )
@@ -343,6 +346,23 @@ def print_report(args, dataset, runs):
             ', '.join(f'{d:+.2f}' for d in deltas),
         )
     )
+    return dict(
+        seeds=[r['seed'] for r in runs],
+        top_1=dict(progressive=tops['progressive'].tolist(), fixed=tops['fixed'].tolist()),
+        train_seconds=dict(
+            progressive=[r['progressive']['train_seconds'] for r in runs],
+            fixed=[r['fixed']['train_seconds'] for r in runs],
+        ),
+        speedups=speedups.tolist(),
+        ceilings=ceilings.tolist(),
+        stage_ends=[
+            [
+                dict(stage=e['stage'], ema=e['top_1'], raw=e.get('raw', {}).get('top_1'))
+                for e in r['progressive']['stage_results']
+            ]
+            for r in runs
+        ],
+    )
 
 
 def main():
@@ -366,10 +386,10 @@ def main():
     )
     parser.add_argument(
         '--mode',
-        choices=('paper', 'official'),
         default=None,
-        help="plan mode (default: paper for the photo sets, Algorithm 1; the model's own for "
-        'digits)',
+        help='plan mode, paper or official, or both (paper,official: one fixed twin per seed '
+        "serves both); default: paper for the photo sets (Algorithm 1), the model's own for "
+        'digits',
     )
     parser.add_argument('--seeds', default='0,1,2', help='comma-separated train seeds')
     parser.add_argument(
@@ -397,6 +417,7 @@ def main():
         help='batches timed per stage for the pipeline-alone rate',
     )
     parser.add_argument('--extra', default='', help='more hparam overrides for both runs')
+    parser.add_argument('--json', default=None, help='also write the figures to this JSON file')
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
     photos = args.dataset != 'digits'
@@ -418,9 +439,6 @@ def main():
                 f'train.min_image_size={args.min_image_size or size // 2}',
                 'train.batch_size=32',
                 'eval.batch_size=64',
-                # 0.001 at batch 32. At 0.016 (the ImageNet recipe's rate) progressive runs
-                # collapsed in some seeds (51-75%, fixed 78-79%); at 0.008 none did.
-                'train.lr_base=0.008',
                 'train.lr_sched=cosine',
                 'train.lr_warmup_epochs=1',
                 'train.ema_decay=0.999',
@@ -446,32 +464,71 @@ def main():
                 common.append(f'train.min_image_size={args.min_image_size}')
             stages = args.stages or config_lib.build_config(args.model_name, 'digits').train.stages
             dataset = 'digits'
-        if args.mode:
-            common.append(f'train.progressive={args.mode}')
+        modes = args.mode.split(',') if args.mode else [None]
+        for mode in modes:
+            if mode not in (None, 'paper', 'official'):
+                parser.error(f'--mode takes paper, official or both; received {args.mode!r}.')
         if args.extra:
             common.append(args.extra)
         hparams = ','.join(common)
-        runs = []
+        fixed, progressive = {}, {mode: {} for mode in modes}
         for seed in [int(s) for s in args.seeds.split(',')]:
-            entry = dict(seed=seed)
-            for name, plan in (
-                ('progressive', f'train.stages={stages}'),
-                ('fixed', 'train.stages=0'),
-            ):
-                entry[name] = run(
+            fixed[seed] = run(
+                args,
+                seed,
+                hparams + ',train.stages=0',
+                os.path.join(tmp, f'fixed-{seed}'),
+                dataset,
+                data_dir,
+            )
+            for mode in modes:
+                plan = f'train.stages={stages}' + (f',train.progressive={mode}' if mode else '')
+                progressive[mode][seed] = run(
                     args,
                     seed,
                     hparams + ',' + plan,
-                    os.path.join(tmp, f'{name}-{seed}'),
+                    os.path.join(tmp, f'progressive-{mode}-{seed}'),
                     dataset,
                     data_dir,
                 )
-            runs.append(entry)
-        runs[0]['eval_size'] = config_lib.build_config(
+                print_stage_ends(seed, mode, progressive[mode][seed], fixed[seed])
+        eval_size = config_lib.build_config(
             args.model_name, dataset, data_dir=data_dir, hparam_str=hparams
         ).eval.image_size
     label = args.dataset + (f' ({data_dir})' if data_dir else '')
-    print_report(args, label, runs)
+    summary = {}
+    for mode in modes:
+        runs = [
+            dict(seed=seed, progressive=progressive[mode][seed], fixed=fixed[seed])
+            for seed in fixed
+        ]
+        runs[0]['eval_size'] = eval_size
+        summary[mode or 'default'] = print_report(args, label, runs)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(command=' '.join(sys.argv), hparams=hparams, modes=summary), f, indent=1)
+
+
+def print_stage_ends(seed, mode, progressive, fixed):
+    """One line per stage end of a progressive run: top-1 of the EMA and raw weights."""
+    print(
+        f'\nseed {seed}, {mode or "default"} plan: stage ends (top-1 at the final size, EMA / raw)'
+    )
+    for r in progressive['stage_results']:
+        stats = r['stage_stats']
+        print(
+            '  stage {} ({} px): {:.4f} / {:.4f}; loss {:.3f}, grad norm {:.3g} '
+            '(max {:.3g})'.format(
+                r['stage'] + 1,
+                progressive['plan'][r['stage']].image_size,
+                r['top_1'],
+                r['raw']['top_1'] if 'raw' in r else float('nan'),
+                stats['loss'],
+                stats['grad_norm'],
+                stats['grad_norm_max'],
+            )
+        )
+    print(f'  fixed twin: {fixed["top_1"]:.4f}', flush=True)
 
 
 if __name__ == '__main__':

@@ -46,6 +46,7 @@ import tensorflow as tf
 from efficientnetv2 import variables as variables_lib
 from efficientnetv2.train import ema as ema_lib
 from efficientnetv2.train import progressive
+from efficientnetv2.train import schedules
 
 __all__ = [
     'fit_progressive',
@@ -381,6 +382,88 @@ class ProgressiveHistory:
             self.history.setdefault(key, []).extend(values)
 
 
+# fit_progressive's default `resize_warmup`: the share of each stage that starts at a larger
+# image size during which the learning rate ramps up again (see schedules.ResizeWarmup).
+RESIZE_WARMUP = 0.2
+
+
+class _ResizeWarmupControl(keras.callbacks.Callback):
+    """Applies `resize_warmup` to the compiled model's own optimizer.
+
+    A learning-rate schedule is wrapped in a `schedules.ResizeWarmup` (the train function is
+    retraced once per ramp, and the schedule is given back at the end); a plain (variable)
+    rate is scaled before each batch of a ramp and set back after it. Ramps start at the
+    optimizer step where a stage with a larger image size begins.
+    """
+
+    def __init__(self, model, fraction):
+        super().__init__()
+        self.fraction = float(fraction)
+        self.optimizer = model.optimizer
+        self.original = self.optimizer._learning_rate
+        base = self.original
+        if isinstance(base, schedules.ResizeWarmup):  # From a resumed .keras checkpoint.
+            base = base.base
+        self.base = base
+        self.is_schedule = isinstance(base, keras.optimizers.schedules.LearningRateSchedule)
+        self.ramps = []
+        self._rate = None  # The unscaled rate while a plain rate is ramped.
+
+    def stage_start(self, model, stage, previous, first, start, end, steps_per_epoch):
+        """Adds the ramp of a stage that starts at a larger size than `previous`."""
+        if previous is None or stage.image_size <= previous.image_size or not self.fraction:
+            return
+        if not steps_per_epoch:
+            logging.warning(
+                'resize_warmup: the number of steps per epoch is unknown (pass '
+                'steps_per_epoch); stage %d starts without a learning-rate ramp.',
+                stage.index + 1,
+            )
+            return
+        begin = int(self.optimizer.iterations) - (start - first) * steps_per_epoch
+        length = int(round(self.fraction * (end - first) * steps_per_epoch))
+        if not length or begin + length <= int(self.optimizer.iterations):
+            return
+        self.ramps.append((begin, length))
+        logging.info(
+            'Stage %d: the learning rate ramps up over steps %d-%d (resize_warmup %.2f).',
+            stage.index + 1,
+            begin,
+            begin + length,
+            self.fraction,
+        )
+        if self.is_schedule:
+            self.optimizer.learning_rate = schedules.ResizeWarmup(self.base, self.ramps)
+            model.make_train_function(force=True)
+
+    def _factor(self, step):
+        for begin, length in self.ramps:
+            if begin <= step < begin + length:
+                return (step - begin + 1) / length
+        return 1.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.is_schedule or not self.ramps:
+            return
+        factor = self._factor(int(self.optimizer.iterations))
+        if factor < 1.0:
+            if self._rate is None:
+                self._rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+            self.optimizer.learning_rate = self._rate * factor
+        elif self._rate is not None:
+            self.optimizer.learning_rate = self._rate
+            self._rate = None
+
+    def restore(self, model):
+        """Gives the optimizer its own rate back."""
+        if self.is_schedule and self.ramps:
+            self.optimizer.learning_rate = self.original
+            model.make_train_function(force=True)
+        elif self._rate is not None:
+            self.optimizer.learning_rate = self._rate
+            self._rate = None
+
+
 def _check_input_size(model, size):
     for tensor in getattr(model, 'inputs', None) or []:
         shape = tuple(tensor.shape)
@@ -426,6 +509,7 @@ def fit_progressive(
     initial_epoch=0,
     resume_from=None,
     verbose='auto',
+    resize_warmup=RESIZE_WARMUP,
     **fit_kwargs,
 ):
     """Trains a compiled Keras model with progressive learning, one `model.fit` per stage.
@@ -454,6 +538,12 @@ def fit_progressive(
             stage that contains it. When `ema` has a `filepath` that exists, the averages are
             read back too; otherwise they restart from the loaded weights.
         verbose: passed to `fit`.
+        resize_warmup: share (0-1) of each stage that starts at a larger image size during
+            which the optimizer's learning rate ramps up linearly again from near 0; 0: off.
+            At a new size the gradients of the early layers are many times larger than at
+            the size just trained, and a step near the peak rate can wreck the run (see
+            `efficientnetv2.train.schedules.ResizeWarmup`). Needs the steps per epoch
+            (`steps_per_epoch` or a dataset of known length).
         **fit_kwargs: other `fit` arguments (class_weight, ...); not `epochs`, `x`, `y`.
 
     Returns:
@@ -509,9 +599,71 @@ def fit_progressive(
             ema_callback.restore()
             logging.info('EMA averages read back from %s.', ema_callback.filepath)
 
+    if not (
+        isinstance(resize_warmup, (int, float))
+        and not isinstance(resize_warmup, bool)
+        and 0 <= resize_warmup <= 1
+    ):
+        raise ValueError(
+            f'Argument `resize_warmup` must be a number in [0, 1]; received {resize_warmup!r}.'
+        )
+    ramp = _ResizeWarmupControl(model, resize_warmup) if resize_warmup else None
     result = ProgressiveHistory(plan, ema_callback)
     todo = [entry for entry in schedule if entry[2] > initial_epoch]
     user = _OneRun(callbacks or [])
+    try:
+        _run_stages(
+            model,
+            dataset_fn,
+            plan,
+            todo,
+            initial_epoch,
+            steps_per_epoch,
+            validation_data,
+            validation_steps,
+            validation_freq,
+            verbose,
+            fit_kwargs,
+            ema_callback,
+            user,
+            ramp,
+            result,
+        )
+    finally:
+        if ramp is not None:
+            ramp.restore(model)
+    return result
+
+
+def _steps_in(dataset):
+    """The number of batches of a finite dataset of known length, else None."""
+    if isinstance(dataset, tf.data.Dataset):
+        count = int(dataset.cardinality())
+        return count if count > 0 else None
+    try:
+        return len(dataset) or None
+    except TypeError:
+        return None
+
+
+def _run_stages(
+    model,
+    dataset_fn,
+    plan,
+    todo,
+    initial_epoch,
+    steps_per_epoch,
+    validation_data,
+    validation_steps,
+    validation_freq,
+    verbose,
+    fit_kwargs,
+    ema_callback,
+    user,
+    ramp,
+    result,
+):
+    """fit_progressive's loop over the stages still to train."""
     for position, (stage, first, end) in enumerate(todo):
         start = max(first, initial_epoch)
         _check_input_size(model, stage.image_size)
@@ -553,6 +705,12 @@ def fit_progressive(
             stage_kwargs.setdefault('shuffle', False)  # A dataset shuffles itself.
         user.last = position == len(todo) - 1
         stage_callbacks = [user] if ema_callback is None else [ema_callback, user]
+        if ramp is not None:
+            previous = plan[stage.index - 1] if stage.index else None
+            ramp.stage_start(
+                model, stage, previous, first, start, end, steps_per_epoch or _steps_in(dataset)
+            )
+            stage_callbacks.insert(0, ramp)
         history = model.fit(
             dataset,
             epochs=end,
@@ -574,7 +732,6 @@ def fit_progressive(
                 (history.epoch or [start])[-1] + 1,
             )
             break
-    return result
 
 
 def stages_per_epoch(plan, epochs=None):

@@ -41,11 +41,19 @@ flags.DEFINE_float('final_ram', 10.0, 'Last-stage RandAugment magnitude (from 5)
 flags.DEFINE_float('final_mixup', 0.0, 'Last-stage mixup alpha (from 0).')
 flags.DEFINE_float('final_dropout', 0.3, 'Last-stage dropout (from 0.1).')
 flags.DEFINE_integer('resume_epoch', 0, 'Resume from <model_dir>/ckpt-<resume_epoch>.keras.')
+flags.DEFINE_integer('seed', None, 'Seed of the weights, the data order and augmentation.')
+flags.DEFINE_float(
+    'resize_warmup',
+    efficientnetv2.keras_workflow.RESIZE_WARMUP,
+    'Share of each stage at a larger size during which the learning rate ramps up again.',
+)
 FLAGS = flags.FLAGS
 
 
 def main(_):
     os.makedirs(FLAGS.model_dir, exist_ok=True)
+    if FLAGS.seed is not None:
+        keras.utils.set_random_seed(FLAGS.seed)
     info = data.folder_dataset_info(FLAGS.data_dir)
     steps_per_epoch = max(1, info.get_split('train').num_images // FLAGS.batch_size)
     plan = efficientnetv2.progressive_plan(
@@ -105,6 +113,7 @@ def main(_):
         ema=ema,
         initial_epoch=FLAGS.resume_epoch,
         resume_from=resume,
+        resize_warmup=FLAGS.resize_warmup,
     )
     if ema is not None:
         ema.copy_to_model()

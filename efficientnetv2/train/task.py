@@ -116,8 +116,12 @@ class ClassificationTask:
             loss += losses.l2_loss(model.trainable_variables, config.weight_decay) / num_replicas
         return loss
 
-    def train_step(self, images, labels, model, optimizer, num_replicas=1):
+    def train_step(self, images, labels, model, optimizer, num_replicas=1, grad_norm=False):
         """One optimizer step on a (per-replica) batch; returns the unscaled loss.
+
+        With `grad_norm=True` returns `(loss, norm)`, the global norm of this replica's
+        gradients (after clipping, unscaled) times `num_replicas`: on one replica the norm of
+        the step's gradient, on several an estimate of it (each replica holds its share).
 
         With a `LossScaleOptimizer` the gradients are unscaled before `train.gclip` clips
         them and scaled back afterwards (the loss scale is a power of two: exact), so the
@@ -132,8 +136,16 @@ class ClassificationTask:
             scaled_loss = optimizer.scale_loss(loss) if scaled else loss
         gradients = tape.gradient(scaled_loss, variables)
         gradients = self.clip_gradients(gradients, optimizer)
+        norm = None
+        if grad_norm:
+            norm = tf.linalg.global_norm(
+                [tf.cast(g, tf.float32) for g in gradients if g is not None]
+            )
+            if scaled:
+                norm /= tf.cast(tf.convert_to_tensor(optimizer.dynamic_scale), tf.float32)
+            norm *= num_replicas
         optimizer.apply(gradients, variables)
-        return loss
+        return loss if not grad_norm else (loss, norm)
 
     def clip_gradients(self, gradients, optimizer):
         """`train.gclip` on the true gradients, also under loss scaling (see `train_step`)."""

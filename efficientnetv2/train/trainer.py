@@ -144,7 +144,7 @@ class Trainer:
             self.model = self.task.build_model(
                 sync_bn=config.model.sync_bn or distribute.is_tpu_strategy(self.strategy)
             )
-            self.schedule = schedules.WarmupDecaySchedule(
+            schedule = schedules.WarmupDecaySchedule(
                 lr_base=config.train.lr_base,
                 global_batch_size=self.global_batch,
                 steps_per_epoch=self.steps_per_epoch,
@@ -155,6 +155,9 @@ class Trainer:
                 decay_rate=config.train.lr_decay_factor,
                 decay_epochs=config.train.lr_decay_epochs,
             )
+            # After each size increase the rate ramps up again (train.resize_warmup).
+            ramps = schedules.ramps_for_plan(self.plan, config.train.resize_warmup)
+            self.schedule = schedules.ResizeWarmup(schedule, ramps) if ramps else schedule
             optimizer = optimizers.build_optimizer(config.train.optimizer, self.schedule)
             if self.precision == 'mixed_float16':
                 optimizer = distribute.loss_scale_optimizer(optimizer)
@@ -176,6 +179,19 @@ class Trainer:
                 0.0,
                 trainable=False,
                 name='loss_sum',
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            # Gradient norm over a compiled call: sum and max (train/grad_norm*).
+            self._grad_norm_sum = tf.Variable(
+                0.0,
+                trainable=False,
+                name='grad_norm_sum',
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            self._grad_norm_max = tf.Variable(
+                0.0,
+                trainable=False,
+                name='grad_norm_max',
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
             self._bad_step = tf.Variable(
@@ -202,12 +218,14 @@ class Trainer:
         )
         self._summary = {}  # Summary writers by sub-directory name.
         self._eval_step = None
+        self._update_norm_fn = None
         self._train_loop = None  # The run-wide train loop (no XLA: one trace for all stages).
         self._stop_requested = False
         self.history = []  # One entry per compiled call: step, stage, loss, lr, throughput.
         # Python-side trace counters: incremented while tracing, never while running.
         self.trace_counts = dict(train=0, eval=0)
         self.stage_timings = []  # Per stage run: stage, image_size, trace/first-call seconds.
+        self.stage_results = []  # Per stage end evaluated (traineval): see _evaluate_stage_end.
 
     # -- set-up helpers -------------------------------------------------------------------
 
@@ -276,12 +294,17 @@ class Trainer:
     # -- the compiled steps ---------------------------------------------------------------
 
     def _step_fn(self, images, labels):
-        loss = self.task.train_step(
-            images, labels, self.model, self.optimizer, num_replicas=self.num_replicas
+        loss, grad_norm = self.task.train_step(
+            images,
+            labels,
+            self.model,
+            self.optimizer,
+            num_replicas=self.num_replicas,
+            grad_norm=True,
         )
         if self.ema is not None:
             self.ema.apply(self.global_step + 1)
-        return loss
+        return loss, grad_norm
 
     def _make_train_loop(self):
         """A multi-step train function; with XLA, its step is compiled (one per stage).
@@ -299,10 +322,13 @@ class Trainer:
             self.trace_counts['train'] += 1  # Runs only while tracing.
             for _ in tf.range(num_steps):
                 images, labels = next(iterator)
-                per_replica = strategy.run(step_fn, args=(images, labels))
-                loss = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+                per_replica_loss, per_replica_norm = strategy.run(step_fn, args=(images, labels))
+                loss = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_loss, axis=None)
+                norm = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica_norm, axis=None)
                 self.global_step.assign_add(1)
                 self._loss_sum.assign_add(loss)
+                self._grad_norm_sum.assign_add(norm)
+                self._grad_norm_max.assign(tf.maximum(self._grad_norm_max, norm))
                 if tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), self._bad_step < 0):
                     self._bad_step.assign(self.global_step)
 
@@ -421,17 +447,76 @@ class Trainer:
         return result
 
     def _evaluate_stage_end(self, stage):
-        """Evaluates at the stage's own train size and at the final eval size.
+        """Evaluates at the final eval size and at the stage's own train size, with the EMA
+        and (when an EMA is kept) the raw weights, and logs one line that shows a collapse.
 
         Early stages train on small images and score low at the (large) final size: the
         train-test resolution gap. The number at their own size shows how well they learned.
+        Raw weights far below the EMA, a gradient-norm maximum far above its mean, or a top-1
+        that falls from one stage end to the next are the signs of an unstable run.
+
+        Returns the EMA (else raw) result at the final size, with `at_train_size` and, when an
+        EMA is kept, `raw` (itself with `at_train_size`) attached.
         """
-        at_train_size = None
-        if stage.image_size != int(self.config.eval.image_size):
-            at_train_size = self.evaluate(image_size=stage.image_size)
-        result = self.evaluate()
-        if at_train_size is not None:
-            result['at_train_size'] = at_train_size
+        sizes = [int(self.config.eval.image_size)]
+        if stage.image_size != sizes[0]:
+            sizes.append(stage.image_size)
+        weights = [True, False] if self.ema is not None else [False]
+        results = {}
+        for use_ema in reversed(weights):  # The reported (EMA) result last: eval_results.json.
+            for size in reversed(sizes):
+                results[use_ema, size] = self.evaluate(use_ema=use_ema, image_size=size)
+        result = results[weights[0], sizes[0]]
+        if len(sizes) > 1:
+            result['at_train_size'] = results[weights[0], sizes[1]]
+        if self.ema is not None:
+            result['raw'] = dict(results[False, sizes[0]])
+            if len(sizes) > 1:
+                result['raw']['at_train_size'] = results[False, sizes[1]]
+        entries = [h for h in self.history if h['stage'] == stage.index]
+        stats = dict(
+            loss=float(np.mean([h['loss'] for h in entries])) if entries else float('nan'),
+            grad_norm=float(np.mean([h['grad_norm'] for h in entries])) if entries else 0.0,
+            grad_norm_max=max((h['grad_norm_max'] for h in entries), default=0.0),
+        )
+        updates = [h['update_norm'] for h in entries if h.get('update_norm') is not None]
+        stats['update_norm'] = float(np.mean(updates)) if updates else None
+        result['stage_stats'] = stats
+        result['stage'] = stage.index
+        result['eval_seconds'] = sum(r['seconds'] for r in results.values())
+        self.stage_results.append(result)
+        top1 = ', '.join(
+            '{} {:.4f} at {} px'.format(
+                'EMA' if use_ema else 'raw', results[use_ema, size]['top_1'], size
+            )
+            for use_ema in weights
+            for size in sizes
+        )
+        logging.info(
+            'Stage %d/%d ended at step %d (%d px): top-1 %s; train loss %.4f, gradient norm '
+            '%.3g (max %.3g)%s.',
+            stage.index + 1,
+            len(self.plan.stages),
+            int(self.global_step.numpy()),
+            stage.image_size,
+            top1,
+            stats['loss'],
+            stats['grad_norm'],
+            stats['grad_norm_max'],
+            ''
+            if stats['update_norm'] is None
+            else ', relative update per step {:.3g}'.format(stats['update_norm']),
+        )
+        with self._summary_writer('stage_end').as_default(step=int(self.global_step.numpy())):
+            for (use_ema, size), r in results.items():
+                name = '{}_{}'.format(
+                    'ema' if use_ema else 'raw', 'final_size' if size == sizes[0] else 'stage_size'
+                )
+                tf.summary.scalar('top_1_' + name, r['top_1'])
+            for key, value in stats.items():
+                if value is not None:
+                    tf.summary.scalar(key, value)
+        self._summary_writer('stage_end').flush()
         return result
 
     @staticmethod
@@ -471,9 +556,14 @@ class Trainer:
         while step < stage.end_step and not self._stop_agreed():
             num = min(config.steps_per_loop, stage.end_step - step)
             self._loss_sum.assign(0.0)
+            self._grad_norm_sum.assign(0.0)
+            self._grad_norm_max.assign(0.0)
             start = time.time()
             train_loop(iterator, tf.constant(num, tf.int32))
             loss = float(self._loss_sum.numpy()) / num
+            grad_norm = float(self._grad_norm_sum.numpy()) / num
+            grad_norm_max = float(self._grad_norm_max.numpy())
+            update_norm = self._relative_update_norm()
             elapsed = time.time() - start
             if first_call:
                 first_call = False
@@ -494,6 +584,9 @@ class Trainer:
                     stage=stage.index,
                     loss=loss,
                     lr=lr,
+                    grad_norm=grad_norm,
+                    grad_norm_max=grad_norm_max,
+                    update_norm=update_norm,
                     image_size=stage.image_size,
                     images_per_sec=images_per_sec,
                     seconds=elapsed,
@@ -511,6 +604,10 @@ class Trainer:
             with writer.as_default(step=step):
                 tf.summary.scalar('loss', loss)
                 tf.summary.scalar('learning_rate', lr)
+                tf.summary.scalar('grad_norm', grad_norm)
+                tf.summary.scalar('grad_norm_max', grad_norm_max)
+                if update_norm is not None:
+                    tf.summary.scalar('update_norm', update_norm)
                 tf.summary.scalar('images_per_second', images_per_sec)
                 tf.summary.scalar('image_size', stage.image_size)
                 tf.summary.scalar('stage', stage.index)
@@ -532,6 +629,28 @@ class Trainer:
                 stage.index + 1,
                 time.time() - start,
             )
+
+    def _relative_update_norm(self):
+        """`||last step's update|| / ||weights||` over all trainable weights, or None.
+
+        Read from the momentum slots of the recipe's `RMSPropTF1` (its update is `w -= mom`),
+        so it costs no copy of the weights; None for other optimizers.
+        """
+        optimizer = getattr(self.optimizer, 'inner_optimizer', self.optimizer)
+        if not isinstance(optimizer, optimizers.RMSPropTF1):
+            return None
+        if self._update_norm_fn is None:
+            weights = list(self.model.trainable_variables)
+            slots = list(optimizer._mom_slots)
+
+            @tf.function
+            def update_norm():
+                moved = tf.linalg.global_norm([tf.convert_to_tensor(m) for m in slots])
+                size = tf.linalg.global_norm([tf.convert_to_tensor(w) for w in weights])
+                return moved / tf.maximum(size, 1e-12)
+
+            self._update_norm_fn = update_norm
+        return float(self._update_norm_fn().numpy())
 
     def _trace(self, train_loop, iterator, num_steps):
         """Traces `train_loop` for this stage's iterator (a cache hit when nothing changed).
@@ -650,14 +769,16 @@ class Trainer:
             result['top_5'],
             result['seconds'],
         )
-        suffix = '' if at_final else '_at_train_size'
+        suffix = ('' if at_final else '_at_train_size') + (
+            '_raw' if (self.ema is not None and not use_ema) else ''
+        )
         with self._summary_writer('eval').as_default(step=step):
             tf.summary.scalar('top_1' + suffix, result['top_1'])
             tf.summary.scalar('top_5' + suffix, result['top_5'])
             if not at_final:
                 tf.summary.scalar('image_size' + suffix, image_size)
         self._summary_writer('eval').flush()
-        if self.is_chief and at_final:
+        if self.is_chief and at_final and result['ema'] == (self.ema is not None):
             with tf.io.gfile.GFile(os.path.join(self.model_dir, 'eval_results.json'), 'w') as f:
                 json.dump(result, f, indent=2)
         return result

@@ -1,0 +1,150 @@
+"""The learning-rate ramp after each image-size increase (train.resize_warmup, fit_progressive).
+
+At a new image size the early layers' gradients are many times those at the size just
+trained, and a step at the full rate there made progressive runs collapse (README, progressive
+learning). These tests pin the ramp: where it starts, how long it is, what rate each step gets,
+in the schedule, in the CLI trainer and in fit_progressive, and that it is off where the plan
+does not grow (fixed size, released ImageNet recipe).
+"""
+
+import keras
+import numpy as np
+import pytest
+from test_keras_workflow import STEPS
+from test_keras_workflow import digits_fn
+from test_keras_workflow import tiny_model
+from test_train import tiny_config
+
+import efficientnetv2
+from efficientnetv2 import config as config_lib
+from efficientnetv2.train import progressive
+from efficientnetv2.train import schedules
+from efficientnetv2.train import trainer as trainer_lib
+
+
+def _plan(sizes, total=400):
+    stages = len(sizes)
+    return progressive.StagePlan(
+        [
+            progressive.Stage(i, i * total // stages, (i + 1) * total // stages, size, 5, 0, 0, 0.1)
+            for i, size in enumerate(sizes)
+        ]
+    )
+
+
+def test_ramps_start_where_the_size_grows_and_last_a_share_of_the_stage():
+    assert schedules.ramps_for_plan(_plan([64, 85, 107, 128]), 0.2) == [
+        (100, 20),
+        (200, 20),
+        (300, 20),
+    ]
+    # No ramp where the size stays (stage switches alone) and none with fraction 0.
+    assert schedules.ramps_for_plan(_plan([128, 128, 128]), 0.2) == []
+    assert schedules.ramps_for_plan(_plan([64, 64, 128]), 0.5) == [(266, 67)]
+    assert schedules.ramps_for_plan(_plan([64, 128]), 0.0) == []
+    # A plan counted in epochs, with the steps per epoch.
+    assert schedules.ramps_for_plan(_plan([32, 48], total=10), 0.2, steps_per_unit=50) == [
+        (250, 50)
+    ]
+    for bad in (-0.1, 1.5, 'x', True):
+        with pytest.raises(ValueError, match='fraction'):
+            schedules.ramps_for_plan(_plan([64, 128]), bad)
+
+
+def test_schedule_scales_the_base_rate_inside_each_ramp_only():
+    base = schedules.WarmupDecaySchedule(0.016, 32, 50, 500, 'cosine', warmup_epochs=1.0)
+    ramped = schedules.ResizeWarmup(base, [(125, 25), (250, 25)])
+    for step, factor in ((49, 1.0), (124, 1.0), (125, 1 / 25), (126, 2 / 25), (149, 1.0)):
+        np.testing.assert_allclose(float(ramped(step)), float(base(step)) * factor, rtol=1e-6)
+    np.testing.assert_allclose(float(ramped(250)), float(base(250)) / 25, rtol=1e-6)
+    np.testing.assert_allclose(float(ramped(275)), float(base(275)), rtol=1e-6)
+    # A constant base rate, and a round trip through the Keras serialization.
+    np.testing.assert_allclose(float(schedules.ResizeWarmup(0.5, [(10, 4)])(11)), 0.25)
+    copy = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(ramped))
+    assert copy.ramps == ((125, 25), (250, 25))
+    np.testing.assert_allclose(float(copy(126)), float(ramped(126)), rtol=1e-6)
+    with pytest.raises(ValueError, match='base'):
+        schedules.ResizeWarmup('fast', [])
+    with pytest.raises(ValueError, match='ramps'):
+        schedules.ResizeWarmup(0.1, [(10,)])
+
+
+def test_trainer_ramps_after_the_size_change(tmp_path):
+    config = tiny_config('train.epochs=1,train.stages=2,train.resize_warmup=0.5')
+    trainer = trainer_lib.Trainer(config, str(tmp_path))
+    second = trainer.plan[1]
+    assert trainer.plan[0].image_size < second.image_size
+    length = round(0.5 * second.num_steps)
+    assert trainer.schedule.ramps == ((second.start_step, length),)
+    base = trainer.schedule.base
+    np.testing.assert_allclose(
+        float(trainer.schedule(second.start_step)),
+        float(base(second.start_step)) / length,
+        rtol=1e-6,
+    )
+    # The optimizer steps with the ramped rate.
+    assert trainer.optimizer._learning_rate is trainer.schedule
+
+
+def test_ramp_is_off_for_fixed_size_and_the_released_imagenet_recipe(tmp_path):
+    fixed = trainer_lib.Trainer(
+        tiny_config('train.epochs=1,train.stages=0,train.resize_warmup=0.5'), str(tmp_path / 'a')
+    )
+    assert isinstance(fixed.schedule, schedules.WarmupDecaySchedule)
+    assert config_lib.build_config('efficientnetv2-s', 'imagenet').train.resize_warmup == 0.0
+    assert config_lib.build_config('efficientnetv2-b0', 'digits').train.resize_warmup == 0.2
+
+
+class _Rates(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        optimizer = self.model.optimizer
+        self.rates.append(
+            (
+                int(optimizer.iterations),
+                float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+            )
+        )
+
+
+@pytest.mark.parametrize('kind', ['schedule', 'constant'])
+def test_fit_progressive_ramps_the_optimizers_own_rate(kind):
+    model = tiny_model()
+    rate = keras.optimizers.schedules.CosineDecay(1e-3, 40) if kind == 'schedule' else 1e-3
+    model.compile(
+        keras.optimizers.Adam(rate), keras.losses.CategoricalCrossentropy(from_logits=True)
+    )
+    original = model.optimizer._learning_rate
+    plan = efficientnetv2.progressive_plan(epochs=4, image_size=24, num_stages=2)
+    rates = _Rates()
+    calls = []
+    efficientnetv2.fit_progressive(
+        model,
+        digits_fn(calls),
+        plan,
+        steps_per_epoch=STEPS,
+        callbacks=[rates],
+        resize_warmup=0.5,
+        verbose=0,
+    )
+    # Stage 2 (24 px) starts at step 4 and ramps over half its 4 steps: 1/2, then full.
+    by_step = dict(rates.rates)
+    expected = (lambda t: float(original(t))) if kind == 'schedule' else (lambda t: 1e-3)
+    np.testing.assert_allclose(by_step[3], expected(3), rtol=1e-5)
+    np.testing.assert_allclose(by_step[4], expected(4) * 0.5, rtol=1e-5)
+    np.testing.assert_allclose(by_step[5], expected(5), rtol=1e-5)
+    # The optimizer gets its own rate back.
+    if kind == 'schedule':
+        assert model.optimizer._learning_rate is original
+    else:
+        np.testing.assert_allclose(float(model.optimizer.learning_rate), 1e-3, rtol=1e-6)
+
+
+def test_fit_progressive_rejects_a_bad_fraction():
+    model = tiny_model()
+    plan = efficientnetv2.progressive_plan(epochs=2, image_size=24, num_stages=2)
+    with pytest.raises(ValueError, match='resize_warmup'):
+        efficientnetv2.fit_progressive(model, digits_fn([]), plan, resize_warmup=2.0)
