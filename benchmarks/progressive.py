@@ -1,15 +1,20 @@
 """Progressive learning vs fixed-size training: wall time, where it goes, and top-1.
 
-For each seed the same model is trained twice for the same number of epochs with the same
-final regularization: once with the progressive plan (`--stages` stages from
+For each seed the same model is trained with the progressive plan (`--stages` stages from
 `--min_image_size` to `--image_size`: image size, RandAugment magnitude and dropout grow
-together) and once at the final size throughout (`train.stages=0`). Both are evaluated once,
-with the EMA weights, at the final size. Printed per run and as a seed mean:
+together), in one or both plan modes (`--mode=paper,official`), and once at the final size
+throughout (`train.stages=0`, one fixed twin serving both modes), for the same number of
+epochs, with the same final regularization and the folder recipe's own learning rate
+(`train.lr_base` 0.016; its `train.resize_warmup` ramp after each size increase, see
+docs/progressive.md). Every stage end is evaluated as `--mode=traineval` does (EMA and raw
+weights, at the final size and at the stage's size); the reported top-1 is the EMA's at the
+final size after the last stage. Printed per run and as a seed mean:
 
-* the wall time of `Trainer.train()` split into tracing (`trainer.stage_timings`), compilation
-  / warm-up (what each stage's first compiled call took beyond its steady per-step time),
-  train steps (`trainer.history`, first-call excess removed), other (pipeline rebuilds,
-  checkpoints, summaries: the rest of the wall time), and the final evaluation;
+* the wall time of `Trainer.train()` (stage-end evaluations included) split into tracing
+  (`trainer.stage_timings`), compilation / warm-up (what each stage's first compiled call
+  took beyond its steady per-step time),
+  train steps (`trainer.history`, first-call excess removed), evaluation (every stage end),
+  and other (pipeline rebuilds, checkpoints, summaries: the rest of the wall time);
 * the input pipeline alone: each stage's pipeline timed without training (it overlaps the
   steps through prefetching, so it is an estimate of its CPU cost, not an extra term);
 * the compute-only ceiling of the speed-up: fixed-run steps / final-size throughput divided
@@ -35,6 +40,7 @@ position (their pixels may overlap neighbouring train crops).
 
     python benchmarks/progressive.py --dataset=photos --seeds=0,1,2   # Algorithm 1: 64 -> 128 px
     python benchmarks/progressive.py --dataset=photos --mode=official # B0's code: 80 -> 128
+    python benchmarks/progressive.py --dataset=photos --mode=paper,official --json out.json
     python benchmarks/progressive.py --dataset=photos --epochs=2 --image_size=64 \\
         --min_image_size=32 --stages=2 --per_class=40 --seeds=0          # a quick check
     python benchmarks/progressive.py --dataset=digits --epochs=30         # the demo's plan

@@ -65,6 +65,7 @@ KEY_SPECS = {
     'train.min_cutmix': _S('float', low=0.0),
     'train.min_dropout': _S('float', low=0.0, high=1.0, high_open=True),
     'train.resize_warmup': _S('float', low=0.0, high=1.0),
+    'train.resize_lr_power': _S('float', low=0.0),
     'train.steps_per_loop': _S('int', low=0, low_open=True),
     'train.ckpt_interval': _S('int', low=0, low_open=True),
     'train.keep_ckpt_max': _S('int', low=0, low_open=True),
@@ -130,10 +131,14 @@ def _default_values():
             min_mixup=0.0,
             min_cutmix=0.0,
             min_dropout=0.1,  # Stage-0 dropout (paper mode only).
-            # Share of each stage that starts at a larger image size during which the learning
-            # rate ramps up again from 0 (schedules.ResizeWarmup). 0 is the released code; the
-            # ImageNet recipes keep it (they meet their size changes at 3-33% of the peak
-            # rate), every other dataset ramps (a short run meets them near the peak).
+            # The learning rate of each progressive stage fits its image size
+            # (schedules.ResizeWarmup, docs/progressive.md): times (size / final size) **
+            # resize_lr_power, and ramped up again from 0 over the first resize_warmup share of
+            # each stage that starts at a larger size. 0 and 0 are the released code, which the
+            # ImageNet recipes keep (batch 4096; their size changes come at 3-33% of the peak
+            # rate); every other dataset uses 1 and 0.2 (a short run at a small batch meets
+            # the first, smallest stage and its size changes near the peak rate).
+            resize_lr_power=1.0,
             resize_warmup=0.2,
             steps_per_loop=100,  # Train steps per compiled call.
             ckpt_interval=1000,  # Steps between checkpoints (also at every stage end).
@@ -252,8 +257,8 @@ _DIGITS = dict(
     model=dict(dropout_rate=0.2),
 )
 
-# The released ImageNet runs: no learning-rate ramp after a size change.
-_RELEASED = dict(train=dict(resize_warmup=0.0))
+# The released ImageNet runs: the learning rate does not depend on the stage's image size.
+_RELEASED = dict(train=dict(resize_warmup=0.0, resize_lr_power=0.0))
 
 DATASET_RECIPES = {
     'imagenet': _RELEASED,

@@ -382,22 +382,24 @@ class ProgressiveHistory:
             self.history.setdefault(key, []).extend(values)
 
 
-# fit_progressive's default `resize_warmup`: the share of each stage that starts at a larger
-# image size during which the learning rate ramps up again (see schedules.ResizeWarmup).
+# fit_progressive's defaults for the stage learning rate (see schedules.ResizeWarmup): each
+# stage's rate times (size / final size) ** RESIZE_LR_POWER, and ramped up again over the first
+# RESIZE_WARMUP share of each stage that starts at a larger image size.
+RESIZE_LR_POWER = 1.0
 RESIZE_WARMUP = 0.2
 
 
-class _ResizeWarmupControl(keras.callbacks.Callback):
-    """Applies `resize_warmup` to the compiled model's own optimizer.
+class _StageRate(keras.callbacks.Callback):
+    """Fits the compiled model's own learning rate to each stage's image size.
 
     A learning-rate schedule is wrapped in a `schedules.ResizeWarmup` (the train function is
-    retraced once per ramp, and the schedule is given back at the end); a plain (variable)
-    rate is scaled before each batch of a ramp and set back after it. Ramps start at the
-    optimizer step where a stage with a larger image size begins.
+    retraced when a stage changes the wrapper, and the schedule is given back at the end); a
+    plain (variable) rate is scaled before each batch and set back after the run.
     """
 
-    def __init__(self, model, fraction):
+    def __init__(self, model, power, fraction):
         super().__init__()
+        self.power = float(power)
         self.fraction = float(fraction)
         self.optimizer = model.optimizer
         self.original = self.optimizer._learning_rate
@@ -407,46 +409,62 @@ class _ResizeWarmupControl(keras.callbacks.Callback):
         self.base = base
         self.is_schedule = isinstance(base, keras.optimizers.schedules.LearningRateSchedule)
         self.ramps = []
-        self._rate = None  # The unscaled rate while a plain rate is ramped.
+        self.scales = []
+        self.scale = 1.0  # The current stage's.
+        self._rate = None  # The unscaled plain rate while it is scaled.
 
-    def stage_start(self, model, stage, previous, first, start, end, steps_per_epoch):
-        """Adds the ramp of a stage that starts at a larger size than `previous`."""
-        if previous is None or stage.image_size <= previous.image_size or not self.fraction:
-            return
-        if not steps_per_epoch:
-            logging.warning(
-                'resize_warmup: the number of steps per epoch is unknown (pass '
-                'steps_per_epoch); stage %d starts without a learning-rate ramp.',
-                stage.index + 1,
+    def stage_start(self, model, plan, stage, first, start, end, steps_per_epoch):
+        """Sets the rate of `stage` (epochs `first`-`end`, trained from epoch `start`)."""
+        step = int(self.optimizer.iterations)
+        changed = False
+        scale = (stage.image_size / plan.stages[-1].image_size) ** self.power
+        if scale != self.scale or (self.scales and self.scales[-1][1] != scale):
+            self.scales.append((step, scale))
+            changed = True
+        self.scale = scale
+        previous = plan[stage.index - 1] if stage.index else None
+        grows = previous is not None and stage.image_size > previous.image_size
+        if grows and self.fraction:
+            if steps_per_epoch:
+                begin = step - (start - first) * steps_per_epoch
+                length = int(round(self.fraction * (end - first) * steps_per_epoch))
+                if length and begin + length > step:
+                    self.ramps.append((begin, length))
+                    changed = True
+                    logging.info(
+                        'Stage %d: the learning rate ramps up over steps %d-%d.',
+                        stage.index + 1,
+                        begin,
+                        begin + length,
+                    )
+            else:
+                logging.warning(
+                    'resize_warmup: the number of steps per epoch is unknown (pass '
+                    'steps_per_epoch); stage %d starts without a learning-rate ramp.',
+                    stage.index + 1,
+                )
+        if scale != 1:
+            logging.info(
+                'Stage %d: learning rate x %.3f for its image size.', stage.index + 1, scale
             )
-            return
-        begin = int(self.optimizer.iterations) - (start - first) * steps_per_epoch
-        length = int(round(self.fraction * (end - first) * steps_per_epoch))
-        if not length or begin + length <= int(self.optimizer.iterations):
-            return
-        self.ramps.append((begin, length))
-        logging.info(
-            'Stage %d: the learning rate ramps up over steps %d-%d (resize_warmup %.2f).',
-            stage.index + 1,
-            begin,
-            begin + length,
-            self.fraction,
-        )
-        if self.is_schedule:
-            self.optimizer.learning_rate = schedules.ResizeWarmup(self.base, self.ramps)
+        if changed and self.is_schedule:
+            self.optimizer.learning_rate = schedules.ResizeWarmup(
+                self.base, self.ramps, self.scales
+            )
             model.make_train_function(force=True)
 
     def _factor(self, step):
+        factor = self.scale
         for begin, length in self.ramps:
             if begin <= step < begin + length:
-                return (step - begin + 1) / length
-        return 1.0
+                factor *= (step - begin + 1) / length
+        return factor
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.is_schedule or not self.ramps:
+        if self.is_schedule:
             return
         factor = self._factor(int(self.optimizer.iterations))
-        if factor < 1.0:
+        if factor != 1.0:
             if self._rate is None:
                 self._rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
             self.optimizer.learning_rate = self._rate * factor
@@ -456,7 +474,7 @@ class _ResizeWarmupControl(keras.callbacks.Callback):
 
     def restore(self, model):
         """Gives the optimizer its own rate back."""
-        if self.is_schedule and self.ramps:
+        if self.is_schedule and (self.ramps or self.scales):
             self.optimizer.learning_rate = self.original
             model.make_train_function(force=True)
         elif self._rate is not None:
@@ -509,6 +527,7 @@ def fit_progressive(
     initial_epoch=0,
     resume_from=None,
     verbose='auto',
+    resize_lr_power=RESIZE_LR_POWER,
     resize_warmup=RESIZE_WARMUP,
     **fit_kwargs,
 ):
@@ -538,12 +557,14 @@ def fit_progressive(
             stage that contains it. When `ema` has a `filepath` that exists, the averages are
             read back too; otherwise they restart from the loaded weights.
         verbose: passed to `fit`.
+        resize_lr_power: each stage trains at the optimizer's rate times
+            `(stage size / final size) ** resize_lr_power`; 0: the same rate at every size.
+            Smaller images give larger gradients, and the first, smallest stage at the full
+            rate can wreck the run (see `efficientnetv2.train.schedules.ResizeWarmup`).
         resize_warmup: share (0-1) of each stage that starts at a larger image size during
-            which the optimizer's learning rate ramps up linearly again from near 0; 0: off.
-            At a new size the gradients of the early layers are many times larger than at
-            the size just trained, and a step near the peak rate can wreck the run (see
-            `efficientnetv2.train.schedules.ResizeWarmup`). Needs the steps per epoch
-            (`steps_per_epoch` or a dataset of known length).
+            which the rate ramps up linearly again from near 0; 0: off. At a new size the
+            early layers' gradients are many times larger than at the size just trained.
+            Needs the steps per epoch (`steps_per_epoch` or a dataset of known length).
         **fit_kwargs: other `fit` arguments (class_weight, ...); not `epochs`, `x`, `y`.
 
     Returns:
@@ -599,15 +620,18 @@ def fit_progressive(
             ema_callback.restore()
             logging.info('EMA averages read back from %s.', ema_callback.filepath)
 
-    if not (
-        isinstance(resize_warmup, (int, float))
-        and not isinstance(resize_warmup, bool)
-        and 0 <= resize_warmup <= 1
+    for name, value, high in (
+        ('resize_warmup', resize_warmup, 1.0),
+        ('resize_lr_power', resize_lr_power, float('inf')),
     ):
-        raise ValueError(
-            f'Argument `resize_warmup` must be a number in [0, 1]; received {resize_warmup!r}.'
-        )
-    ramp = _ResizeWarmupControl(model, resize_warmup) if resize_warmup else None
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not (
+            0 <= value <= high
+        ):
+            bound = 'in [0, 1]' if high == 1.0 else '>= 0'
+            raise ValueError(f'Argument `{name}` must be a number {bound}; received {value!r}.')
+    ramp = None
+    if resize_warmup or resize_lr_power:
+        ramp = _StageRate(model, resize_lr_power, resize_warmup)
     result = ProgressiveHistory(plan, ema_callback)
     todo = [entry for entry in schedule if entry[2] > initial_epoch]
     user = _OneRun(callbacks or [])
@@ -706,9 +730,8 @@ def _run_stages(
         user.last = position == len(todo) - 1
         stage_callbacks = [user] if ema_callback is None else [ema_callback, user]
         if ramp is not None:
-            previous = plan[stage.index - 1] if stage.index else None
             ramp.stage_start(
-                model, stage, previous, first, start, end, steps_per_epoch or _steps_in(dataset)
+                model, plan, stage, first, start, end, steps_per_epoch or _steps_in(dataset)
             )
             stage_callbacks.insert(0, ramp)
         history = model.fit(

@@ -43,6 +43,11 @@ flags.DEFINE_float('final_dropout', 0.3, 'Last-stage dropout (from 0.1).')
 flags.DEFINE_integer('resume_epoch', 0, 'Resume from <model_dir>/ckpt-<resume_epoch>.keras.')
 flags.DEFINE_integer('seed', None, 'Seed of the weights, the data order and augmentation.')
 flags.DEFINE_float(
+    'resize_lr_power',
+    efficientnetv2.keras_workflow.RESIZE_LR_POWER,
+    "Each stage's learning rate times (size / final size) ** this.",
+)
+flags.DEFINE_float(
     'resize_warmup',
     efficientnetv2.keras_workflow.RESIZE_WARMUP,
     'Share of each stage at a larger size during which the learning rate ramps up again.',
@@ -113,6 +118,7 @@ def main(_):
         ema=ema,
         initial_epoch=FLAGS.resume_epoch,
         resume_from=resume,
+        resize_lr_power=FLAGS.resize_lr_power,
         resize_warmup=FLAGS.resize_warmup,
     )
     if ema is not None:

@@ -51,6 +51,29 @@ def test_ramps_start_where_the_size_grows_and_last_a_share_of_the_stage():
             schedules.ramps_for_plan(_plan([64, 128]), bad)
 
 
+def test_stage_rates_follow_the_image_size():
+    assert schedules.scales_for_plan(_plan([64, 85, 107, 128]), 1.0) == [
+        (0, 0.5),
+        (100, 85 / 128),
+        (200, 107 / 128),
+        (300, 1.0),
+    ]
+    assert schedules.scales_for_plan(_plan([64, 128]), 0.0) == []
+    assert schedules.scales_for_plan(_plan([128, 128]), 1.0) == []
+    assert schedules.scales_for_plan(_plan([32, 64], total=4), 2.0, steps_per_unit=10) == [
+        (0, 0.25),
+        (20, 1.0),
+    ]
+    with pytest.raises(ValueError, match='power'):
+        schedules.scales_for_plan(_plan([64, 128]), -1)
+    rate = schedules.ResizeWarmup(0.1, ramps=[(100, 10)], scales=[(0, 0.5), (100, 1.0)])
+    np.testing.assert_allclose(
+        [float(rate(t)) for t in (0, 99, 100, 104, 110)], [0.05, 0.05, 0.01, 0.05, 0.1], rtol=1e-6
+    )
+    with pytest.raises(ValueError, match='scales'):
+        schedules.ResizeWarmup(0.1, scales=[(0, 0.0)])
+
+
 def test_schedule_scales_the_base_rate_inside_each_ramp_only():
     base = schedules.WarmupDecaySchedule(0.016, 32, 50, 500, 'cosine', warmup_epochs=1.0)
     ramped = schedules.ResizeWarmup(base, [(125, 25), (250, 25)])
@@ -72,11 +95,14 @@ def test_schedule_scales_the_base_rate_inside_each_ramp_only():
 def test_trainer_ramps_after_the_size_change(tmp_path):
     config = tiny_config('train.epochs=1,train.stages=2,train.resize_warmup=0.5')
     trainer = trainer_lib.Trainer(config, str(tmp_path))
-    second = trainer.plan[1]
-    assert trainer.plan[0].image_size < second.image_size
+    first, second = trainer.plan
+    assert (first.image_size, second.image_size) == (12, 24)
     length = round(0.5 * second.num_steps)
     assert trainer.schedule.ramps == ((second.start_step, length),)
+    # Stage 1 at 12 px trains at half the rate of the final 24 px (resize_lr_power 1).
+    assert trainer.schedule.scales == ((0, 0.5), (second.start_step, 1.0))
     base = trainer.schedule.base
+    np.testing.assert_allclose(float(trainer.schedule(3)), float(base(3)) * 0.5, rtol=1e-6)
     np.testing.assert_allclose(
         float(trainer.schedule(second.start_step)),
         float(base(second.start_step)) / length,
@@ -91,8 +117,10 @@ def test_ramp_is_off_for_fixed_size_and_the_released_imagenet_recipe(tmp_path):
         tiny_config('train.epochs=1,train.stages=0,train.resize_warmup=0.5'), str(tmp_path / 'a')
     )
     assert isinstance(fixed.schedule, schedules.WarmupDecaySchedule)
-    assert config_lib.build_config('efficientnetv2-s', 'imagenet').train.resize_warmup == 0.0
-    assert config_lib.build_config('efficientnetv2-b0', 'digits').train.resize_warmup == 0.2
+    imagenet = config_lib.build_config('efficientnetv2-s', 'imagenet').train
+    assert (imagenet.resize_warmup, imagenet.resize_lr_power) == (0.0, 0.0)
+    digits = config_lib.build_config('efficientnetv2-b0', 'digits').train
+    assert (digits.resize_warmup, digits.resize_lr_power) == (0.2, 1.0)
 
 
 class _Rates(keras.callbacks.Callback):
@@ -133,7 +161,8 @@ def test_fit_progressive_ramps_the_optimizers_own_rate(kind):
     # Stage 2 (24 px) starts at step 4 and ramps over half its 4 steps: 1/2, then full.
     by_step = dict(rates.rates)
     expected = (lambda t: float(original(t))) if kind == 'schedule' else (lambda t: 1e-3)
-    np.testing.assert_allclose(by_step[3], expected(3), rtol=1e-5)
+    # Stage 1 (12 px) at half the rate of the final 24 px.
+    np.testing.assert_allclose(by_step[3], expected(3) * 0.5, rtol=1e-5)
     np.testing.assert_allclose(by_step[4], expected(4) * 0.5, rtol=1e-5)
     np.testing.assert_allclose(by_step[5], expected(5), rtol=1e-5)
     # The optimizer gets its own rate back.
@@ -148,3 +177,42 @@ def test_fit_progressive_rejects_a_bad_fraction():
     plan = efficientnetv2.progressive_plan(epochs=2, image_size=24, num_stages=2)
     with pytest.raises(ValueError, match='resize_warmup'):
         efficientnetv2.fit_progressive(model, digits_fn([]), plan, resize_warmup=2.0)
+
+
+def test_stage_ends_show_raw_and_ema_top1_with_gradient_and_update_norms(tmp_path):
+    from test_trainer_stages import _scalars
+
+    config = tiny_config('train.epochs=1,train.stages=2,train.ema_decay=0.9')
+    trainer = trainer_lib.Trainer(config, str(tmp_path))
+    trainer.train(evaluate_each_stage=True)
+    assert [r['stage'] for r in trainer.stage_results] == [0, 1]
+    first, last = trainer.stage_results
+    # Stage 1 ends at its own size (12 px) and the final size (32 px), with both weights.
+    assert first['ema'] and not first['raw']['ema']
+    assert first['image_size'] == first['raw']['image_size'] == 32
+    assert first['at_train_size']['image_size'] == first['raw']['at_train_size']['image_size']
+    assert first['at_train_size']['image_size'] == trainer.plan[0].image_size
+    stats = first['stage_stats']
+    assert stats['grad_norm'] > 0 and stats['grad_norm_max'] >= stats['grad_norm']
+    assert 0 < stats['update_norm'] < 1  # RMSPropTF1: read from its momentum slots.
+    assert np.isfinite(stats['loss'])
+    # The reported result (eval_results.json) is the EMA one at the final size.
+    import json
+
+    with open(tmp_path / 'eval_results.json') as f:
+        assert json.load(f)['ema'] is True
+    assert last['top_1'] == trainer.stage_results[-1]['top_1']
+    scalars = _scalars(str(tmp_path / 'stage_end'))
+    for tag in (
+        'top_1_ema_final_size',
+        'top_1_raw_final_size',
+        'top_1_ema_stage_size',
+        'top_1_raw_stage_size',
+        'grad_norm',
+        'grad_norm_max',
+        'update_norm',
+        'loss',
+    ):
+        assert len(scalars[tag]) == 2, tag  # Train sizes 12 and 24 px, eval 32 px.
+    train = _scalars(str(tmp_path / 'train'))
+    assert train['grad_norm'] and train['update_norm']

@@ -155,9 +155,13 @@ class Trainer:
                 decay_rate=config.train.lr_decay_factor,
                 decay_epochs=config.train.lr_decay_epochs,
             )
-            # After each size increase the rate ramps up again (train.resize_warmup).
+            # Each stage's rate fits its image size (train.resize_lr_power), and it ramps up
+            # again after each size increase (train.resize_warmup).
             ramps = schedules.ramps_for_plan(self.plan, config.train.resize_warmup)
-            self.schedule = schedules.ResizeWarmup(schedule, ramps) if ramps else schedule
+            scales = schedules.scales_for_plan(self.plan, config.train.resize_lr_power)
+            self.schedule = schedule
+            if ramps or scales:
+                self.schedule = schedules.ResizeWarmup(schedule, ramps, scales)
             optimizer = optimizers.build_optimizer(config.train.optimizer, self.schedule)
             if self.precision == 'mixed_float16':
                 optimizer = distribute.loss_scale_optimizer(optimizer)
