@@ -169,6 +169,32 @@ def build_photo_folder(dataset, data_dir, per_class, crop_size):
     return data_dir
 
 
+def photo_overrides(size, min_image_size):
+    """The photo sets' hparam overrides (the folder recipe's rate and stage-rate settings).
+
+    The same final regularisation for the progressive and the fixed runs; the plan starts from
+    the min_* values.
+    """
+    return [
+        f'train.image_size={size}',
+        f'eval.image_size={size}',
+        f'train.min_image_size={min_image_size}',
+        'train.batch_size=32',
+        'eval.batch_size=64',
+        'train.lr_sched=cosine',
+        'train.lr_warmup_epochs=1',
+        'train.ema_decay=0.999',
+        'train.steps_per_loop=10',
+        'data.augname=randaug',
+        'data.ram=9',
+        'train.min_ram=5',
+        'data.mixup_alpha=0',
+        'data.cutmix_alpha=0',
+        'model.dropout_rate=0.2',
+        'train.min_dropout=0.1',
+    ]
+
+
 # -- timing ---------------------------------------------------------------------------------
 
 
@@ -438,25 +464,7 @@ def main():
             )
             build_photo_folder(args.dataset, data_dir, args.per_class, args.crop_size)
             size = args.image_size or 128
-            # The same final regularisation for both runs; the plan starts from the min_*.
-            common += [
-                f'train.image_size={size}',
-                f'eval.image_size={size}',
-                f'train.min_image_size={args.min_image_size or size // 2}',
-                'train.batch_size=32',
-                'eval.batch_size=64',
-                'train.lr_sched=cosine',
-                'train.lr_warmup_epochs=1',
-                'train.ema_decay=0.999',
-                'train.steps_per_loop=10',
-                'data.augname=randaug',
-                'data.ram=9',
-                'train.min_ram=5',
-                'data.mixup_alpha=0',
-                'data.cutmix_alpha=0',
-                'model.dropout_rate=0.2',
-                'train.min_dropout=0.1',
-            ]
+            common += photo_overrides(size, args.min_image_size or size // 2)
             stages = args.stages or 4
             args.mode = args.mode or 'paper'
             dataset = 'folder'
