@@ -189,7 +189,12 @@ class ModelEMA(keras.callbacks.Callback):
         evaluate_with_ema: validation inside `fit` (and `model.evaluate(callbacks=[ema])`) runs
             with the averaged weights; the raw weights are back afterwards.
         filepath: when set, the averaged weights are saved there (a `.weights.h5` path) at the
-            end of every epoch, and `fit_progressive` reads them back when it resumes.
+            end of every epoch, and `fit_progressive` reads them back when it resumes. The file
+            holds the model's averaged variables only (no optimizer state: that belongs to the
+            checkpoint), records the epochs done and the optimizer step it was saved at, and is
+            replaced atomically; the one it replaces is kept as `<name>.previous.weights.h5`.
+            So whenever the process is killed, the averages saved at the checkpoint's epoch are
+            on disk (the EMA file is written just before the checkpoint of the same epoch).
 
     After training: `copy_to_model()` keeps the averages, or `with ema.average_weights(): ...`
     uses them temporarily (save, export, evaluate). The shadows start as a copy of the weights
@@ -262,8 +267,38 @@ class ModelEMA(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.filepath and self.ema is not None:
-            with self.average_weights():
-                self.model.save_weights(self.filepath, overwrite=True)
+            self.save(epoch=epoch + 1)
+
+    @property
+    def previous_filepath(self):
+        """Where the averages saved before the latest ones are kept (None without `filepath`)."""
+        if self.filepath is None:
+            return None
+        return self.filepath[: -len('.weights.h5')] + '.previous.weights.h5'
+
+    def save(self, filepath=None, epoch=None):
+        """Writes the averages to `filepath` (default: `self.filepath`) with the model's layout.
+
+        Only the model's variables are written (the optimizer's state belongs to the
+        checkpoint), with the epochs done (`epoch`) and the optimizer step recorded in the
+        file. The file is written under a temporary name and renamed into place, the file it
+        replaces becoming `<name>.previous.weights.h5`: a kill at any moment leaves complete
+        files, the latest or the one before it matching the newest checkpoint.
+        """
+        import h5py
+
+        self._require()
+        filepath = str(filepath or self.filepath)
+        base = filepath[: -len('.weights.h5')]
+        partial = base + '.partial.weights.h5'
+        with self.average_weights():
+            _save_model_weights(self.model, partial)
+        with h5py.File(partial, 'a') as store:
+            store.attrs[_EMA_EPOCH_ATTR] = -1 if epoch is None else int(epoch)
+            store.attrs[_EMA_STEP_ATTR] = _optimizer_step(self.model)
+        if os.path.exists(filepath):
+            os.replace(filepath, base + '.previous.weights.h5')
+        os.replace(partial, filepath)
 
     def average_weights(self):
         """Context manager: the model holds the averages inside, its own weights after."""
@@ -280,15 +315,83 @@ class ModelEMA(keras.callbacks.Callback):
         self._require()
         self.ema.reset_from_model()
 
-    def restore(self, filepath=None):
-        """Reads averaged weights saved by `on_epoch_end` into the shadows (model unchanged).
+    def restore(self, filepath=None, epoch=None):
+        """Reads averaged weights saved by `save` into the shadows (model unchanged).
 
-        Non-averaged variables (none in this project's models) take the file's values.
+        The optimizer is never touched: its state comes from the checkpoint alone. Non-averaged
+        variables (none in this project's models) take the file's values.
+
+        Args:
+            filepath: the file to read; default `self.filepath`.
+            epoch: when given (resuming after `epoch` epochs), only averages saved at the end
+                of that epoch are read, from `filepath` or the file it replaced
+                (`previous_filepath`), and only if the step they record is the optimizer's
+                (when the optimizer has one); others are ignored, with a warning.
+
+        Returns:
+            The path read, or None when `epoch` was given and no saved averages match it.
         """
-        filepath = filepath or self.filepath
+        filepath = str(filepath or self.filepath)
         self.build()
+        if epoch is not None:
+            step = _optimizer_step(self.model)
+            found = []
+            base = filepath[: -len('.weights.h5')]
+            for path in (filepath, base + '.previous.weights.h5'):
+                saved = _ema_file_record(path)
+                if saved is None:
+                    continue
+                found.append(f'{path} (epoch {saved[0]}, step {saved[1]})')
+                if saved[0] == int(epoch) and (not step or saved[1] == step):
+                    filepath = path
+                    break
+            else:
+                logging.warning(
+                    'No saved EMA averages match the resumed state (epoch %d, optimizer step '
+                    '%d); found: %s. The averages restart from the restored weights.',
+                    int(epoch),
+                    step,
+                    '; '.join(found) or 'none',
+                )
+                return None
+        skip = [self.model.optimizer] if getattr(self.model, 'optimizer', None) else []
         with self.average_weights():
-            self.model.load_weights(filepath)
+            self.model.load_weights(filepath, objects_to_skip=skip)
+        return filepath
+
+
+_EMA_EPOCH_ATTR = 'efficientnetv2_ema_epoch'
+_EMA_STEP_ATTR = 'efficientnetv2_ema_step'
+
+
+def _optimizer_step(model):
+    optimizer = getattr(model, 'optimizer', None)
+    return int(optimizer.iterations) if optimizer is not None else 0
+
+
+def _save_model_weights(model, filepath):
+    """`model.save_weights(filepath)` without the optimizer's variables."""
+    from keras.src.saving import saving_lib
+
+    optimizer = getattr(model, 'optimizer', None)
+    saving_lib.save_weights_only(
+        model, filepath, objects_to_skip=[optimizer] if optimizer is not None else None
+    )
+
+
+def _ema_file_record(path):
+    """(epochs done, optimizer step) recorded in an EMA file; None if missing or unrecorded."""
+    import h5py
+
+    if not os.path.exists(path):
+        return None
+    try:
+        with h5py.File(path, 'r') as store:
+            if _EMA_EPOCH_ATTR not in store.attrs:
+                return None
+            return int(store.attrs[_EMA_EPOCH_ATTR]), int(store.attrs[_EMA_STEP_ATTR])
+    except OSError:  # Not a readable HDF5 file.
+        return None
 
 
 class _OneRun(keras.callbacks.Callback):
@@ -451,8 +554,11 @@ def fit_progressive(
         initial_epoch: the epoch to start from (resuming: the number of epochs done).
         resume_from: a `.keras` or `.weights.h5` checkpoint loaded before training (a `.keras`
             file also restores the optimizer); training continues at `initial_epoch`, in the
-            stage that contains it. When `ema` has a `filepath` that exists, the averages are
-            read back too; otherwise they restart from the loaded weights.
+            stage that contains it. The weights and the optimizer's state (step counter,
+            moments) come from this checkpoint alone. When `ema` has a `filepath`, the
+            averages saved at the end of epoch `initial_epoch` at the checkpoint's optimizer
+            step are read back (see `ModelEMA`); if none were saved, or only at other epochs,
+            they restart from the loaded weights, with a warning.
         verbose: passed to `fit`.
         **fit_kwargs: other `fit` arguments (class_weight, ...); not `epochs`, `x`, `y`.
 
@@ -505,9 +611,11 @@ def fit_progressive(
     if ema_callback is not None:
         ema_callback.set_model(model)
         ema_callback.build(model)
-        if initial_epoch and ema_callback.filepath and os.path.exists(ema_callback.filepath):
-            ema_callback.restore()
-            logging.info('EMA averages read back from %s.', ema_callback.filepath)
+        if initial_epoch and ema_callback.filepath:
+            # Only averages saved at the end of the resumed epoch, never the optimizer state.
+            path = ema_callback.restore(epoch=initial_epoch)
+            if path:
+                logging.info('EMA averages of epoch %d read back from %s.', initial_epoch, path)
 
     result = ProgressiveHistory(plan, ema_callback)
     todo = [entry for entry in schedule if entry[2] > initial_epoch]

@@ -272,3 +272,110 @@ def test_ema_file_is_saved_and_read_back_on_resume(tmp_path):
             np.testing.assert_allclose(variable.numpy(), want, rtol=1e-6)
     bn_means = [v for v in ema2.variables if v.path.endswith('moving_mean')]
     assert bn_means
+
+
+class _Kill(keras.callbacks.Callback):
+    """Raises at the end of epoch `epoch` (0-based): after the EMA file, before the checkpoint.
+
+    Put before the ModelCheckpoint: fit_progressive runs the EMA callback before the user's
+    callbacks, so this is a kill between the two writes of that epoch.
+    """
+
+    def __init__(self, epoch, ema):
+        super().__init__()
+        self.epoch, self.ema, self.averages = epoch, ema, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self.ema.average_weights():
+            self.averages[epoch + 1] = [v.numpy() for v in self.ema.variables]
+        if epoch == self.epoch:
+            raise KeyboardInterrupt('killed between the EMA write and the checkpoint write')
+
+
+class _AtStart(keras.callbacks.Callback):
+    """Records the state fit_progressive resumed with (optimizer step and slots, averages)."""
+
+    def __init__(self, ema):
+        super().__init__()
+        self.ema, self.state = ema, None
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        with self.ema.average_weights():
+            averages = [v.numpy() for v in self.ema.variables]
+        self.state = dict(
+            step=int(optimizer.iterations),
+            slots=[v.numpy() for v in optimizer.variables],
+            averages=averages,
+            weights=[v.numpy() for v in self.ema.variables],
+        )
+
+
+def _optimizer_state(path):
+    optimizer = keras.models.load_model(path).optimizer
+    return int(optimizer.iterations), [v.numpy() for v in optimizer.variables]
+
+
+def test_resume_takes_the_optimizer_from_the_checkpoint_after_a_kill_between_the_writes(
+    tmp_path,
+):
+    plan = efficientnetv2.progressive_plan(epochs=3, image_size=16, num_stages=1)
+    path = str(tmp_path / 'ema.weights.h5')
+    ema = efficientnetv2.ModelEMA(decay=0.9, filepath=path)
+    kill = _Kill(1, ema)  # Epoch 2's EMA file is written, ckpt-2 is not.
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / 'ckpt-{epoch}.keras'))
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_model(), plan, [], ema=ema, callbacks=[kill, checkpoint])
+    assert (tmp_path / 'ckpt-1.keras').exists() and not (tmp_path / 'ckpt-2.keras').exists()
+
+    # The user resumes from the newest checkpoint, ckpt-1.
+    model = tiny_model()
+    ema = efficientnetv2.ModelEMA(decay=0.9, filepath=path)
+    start = _AtStart(ema)
+    _fit(
+        model,
+        plan,
+        [],
+        ema=ema,
+        initial_epoch=1,
+        resume_from=str(tmp_path / 'ckpt-1.keras'),
+        callbacks=[start],
+    )
+    step, slots = _optimizer_state(str(tmp_path / 'ckpt-1.keras'))
+    assert step == STEPS
+    # Step counter and moments from the checkpoint alone (the EMA file of epoch 2 is newer).
+    assert start.state['step'] == step
+    assert len(start.state['slots']) == len(slots) > 2
+    for got, want in zip(start.state['slots'], slots):
+        np.testing.assert_array_equal(got, want)
+    # The averages of epoch 1 (the file the epoch-2 one replaced), not those of epoch 2.
+    for got, want in zip(start.state['averages'], kill.averages[1]):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert int(model.optimizer.iterations) == 3 * STEPS
+
+
+def test_resume_at_an_earlier_epoch_ignores_later_averages(tmp_path):
+    # The issue's run: finish 2 epochs, then rerun with --resume_epoch=1.
+    plan = efficientnetv2.progressive_plan(epochs=3, image_size=16, num_stages=1)
+    path = str(tmp_path / 'ema.weights.h5')
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / 'ckpt-{epoch}.keras'))
+    ema = efficientnetv2.ModelEMA(decay=0.9, filepath=path)
+    _fit(tiny_model(), plan, [], ema=ema, callbacks=[checkpoint])  # EMA files: epochs 3 and 2.
+
+    model = tiny_model()
+    ema = efficientnetv2.ModelEMA(decay=0.9, filepath=path)
+    start = _AtStart(ema)
+    _fit(
+        model,
+        plan,
+        [],
+        ema=ema,
+        initial_epoch=1,
+        resume_from=str(tmp_path / 'ckpt-1.keras'),
+        callbacks=[start],
+    )
+    assert start.state['step'] == STEPS
+    # No averages of epoch 1 on disk: they restart from the checkpoint's weights.
+    for got, want in zip(start.state['averages'], start.state['weights']):
+        np.testing.assert_array_equal(got, want)
+    assert int(model.optimizer.iterations) == 3 * STEPS
