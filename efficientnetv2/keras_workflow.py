@@ -41,6 +41,7 @@ import os
 
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 
 from efficientnetv2 import variables as variables_lib
@@ -497,6 +498,147 @@ def _check_input_size(model, size):
                 )
 
 
+_SPARSE_LOSSES = ('sparse_categorical_crossentropy', 'SparseCategoricalCrossentropy')
+_ONE_HOT_LOSSES = (
+    'categorical_crossentropy',
+    'CategoricalCrossentropy',
+    'categorical_focal_crossentropy',
+    'CategoricalFocalCrossentropy',
+)
+
+
+def _loss_name(model):
+    loss = getattr(model, 'loss', None)
+    if isinstance(loss, str):
+        return loss
+    if isinstance(loss, keras.losses.Loss):
+        return type(loss).__name__
+    return getattr(loss, '__name__', None)
+
+
+def _num_classes(model):
+    """The width of the model's single output, or None when it cannot be read cheaply."""
+    outputs = getattr(model, 'outputs', None) or []  # Functional models.
+    if len(outputs) == 1 and len(outputs[0].shape) == 2:
+        return outputs[0].shape[-1]
+    if getattr(model, 'include_top', False) and isinstance(getattr(model, 'num_classes', 0), int):
+        return model.num_classes  # This project's models.
+    return None
+
+
+def _input_channels(model):
+    """Channels of the model's image input: 3 unless its inputs say otherwise; None: no image."""
+    inputs = getattr(model, 'inputs', None) or []  # Functional models.
+    if len(inputs) != 1:
+        return 3
+    shape = tuple(inputs[0].shape)
+    if len(shape) != 4:
+        return None
+    return shape[-1] or 3
+
+
+def _check_stage_data(model, dataset, stage, steps_per_epoch):
+    """Checks what `dataset_fn(stage)` returned, from its length and its first batch.
+
+    One batch is read (`take(1)` of a dataset, item 0 of a PyDataset); Python generators are
+    not read, since that would consume them. Raises a ValueError naming `dataset_fn`, the
+    stage and what it asked for, instead of an error deep inside Keras or a stage silently
+    trained at another size.
+    """
+    size = stage.image_size
+    asked = f'dataset_fn(stage) for stage {stage.index} (image size {size})'
+    channels = _input_channels(model)
+    expected = f'[batch, {size}, {size}, {channels}]'
+    if dataset is None:
+        raise ValueError(
+            f'{asked} returned None; it must return a tf.data.Dataset (or a '
+            'keras.utils.PyDataset) of (images, labels) batches.'
+        )
+    if isinstance(dataset, tf.data.Dataset):
+        length = int(dataset.cardinality())
+        if steps_per_epoch is None and length == tf.data.INFINITE_CARDINALITY:
+            raise ValueError(
+                f'{asked} returned a dataset that repeats forever, so model.fit would never end '
+                'its first epoch: pass steps_per_epoch (e.g. the number of training images // '
+                'batch size).'
+            )
+        if steps_per_epoch is None and length == tf.data.UNKNOWN_CARDINALITY:
+            logging.warning(
+                'The length of the dataset %s returned is unknown: if it repeats, its first '
+                'epoch never ends. Pass steps_per_epoch.',
+                asked,
+            )
+        batch = next(iter(dataset.take(1)), None)
+        if batch is None:
+            raise ValueError(f'{asked} returned an empty dataset.')
+    elif isinstance(dataset, keras.utils.PyDataset):
+        batch = dataset[0]
+    elif isinstance(dataset, (tuple, list, dict)) or hasattr(dataset, 'shape'):
+        raise ValueError(
+            f'{asked} returned a {type(dataset).__name__}; it must return a tf.data.Dataset '
+            '(or a keras.utils.PyDataset) of (images, labels) batches, e.g. '
+            'tf.data.Dataset.from_tensor_slices((images, labels)).batch(32).'
+        )
+    else:
+        return
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        kind = type(batch).__name__
+        if len(getattr(batch, 'shape', ())) == 4:
+            kind = f'images alone (shape {tuple(batch.shape)}) without labels'
+        raise ValueError(
+            f'{asked} yields {kind}; it must yield (images, labels) batches '
+            '(or (images, labels, sample_weights)).'
+        )
+    images, labels = batch[0], batch[1]
+    shape = tuple(getattr(images, 'shape', ()))
+    if channels is not None and (len(shape) != 4 or shape[-1] != channels):
+        raise ValueError(
+            f'{asked} yields images of shape {shape}; expected {expected} (channels last).'
+        )
+    if channels is not None and shape[1:3] != (size, size):
+        raise ValueError(
+            f'{asked} yields images of {shape[1]}x{shape[2]} px; this stage trains at '
+            f'{size}x{size} px ({expected}): build its data at stage.image_size.'
+        )
+    if labels is None or not hasattr(labels, 'shape'):
+        raise ValueError(f'{asked} yields no labels ({labels!r}); it must yield (images, labels).')
+    labels = np.asarray(labels)
+    num_classes = _num_classes(model)
+    loss = _loss_name(model)
+    wanted = (
+        f'[batch, {num_classes}] one-hot or [batch] class indices'
+        if num_classes
+        else '[batch, num_classes] one-hot or [batch] class indices'
+    )
+    if labels.ndim not in (1, 2) or (shape and labels.shape[0] != shape[0]):
+        raise ValueError(
+            f'{asked} yields labels of shape {labels.shape} with images of shape {shape}; '
+            f'expected labels {wanted}.'
+        )
+    indices = labels.ndim == 1 or labels.shape[1] == 1
+    if num_classes and not indices and labels.shape[1] != num_classes:
+        raise ValueError(
+            f'{asked} yields labels for {labels.shape[1]} classes (shape {labels.shape}); the '
+            f"model's head has {num_classes} classes."
+        )
+    if indices and loss in _ONE_HOT_LOSSES:
+        raise ValueError(
+            f'{asked} yields class indices (labels of shape {labels.shape}) but the loss '
+            f'{loss} takes one-hot labels of shape [batch, {num_classes or "num_classes"}].'
+        )
+    if not indices and loss in _SPARSE_LOSSES:
+        raise ValueError(
+            f'{asked} yields one-hot labels of shape {labels.shape} but the loss {loss} takes '
+            'class indices of shape [batch].'
+        )
+    integers = indices and labels.size and np.issubdtype(labels.dtype, np.integer)
+    if integers and num_classes and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f'{asked} yields class indices from {labels.min()} to {labels.max()}; the '
+            f"model's head has {num_classes} classes (0 to {num_classes - 1})."
+        )
+
+
 def _restore(model, path):
     """Loads a `.keras` or `.weights.h5` checkpoint into the compiled model (optimizer too)."""
     path = str(path)
@@ -539,12 +681,14 @@ def fit_progressive(
         dataset_fn: `dataset_fn(stage) -> tf.data.Dataset` of `(images, labels)` at
             `stage.image_size`, with RandAugment `stage.ram` and mixup/CutMix
             `stage.mixup_alpha`/`stage.cutmix_alpha` (e.g. `efficientnetv2.data.build_dataset`).
-            Called once per stage, when the stage starts.
+            Called once per stage, when the stage starts; its first batch is checked (image
+            size and channels, label shape and classes against the model's head and loss).
         plan: a `progressive.StagePlan` (`progressive_plan(...)`, `config.stage_plan(...)` or
             `progressive.build_stage_plan(...)`), counted in epochs or in steps (see
             `stage_epochs`).
         epochs: total epochs; default `plan.total_steps` (a plan counted in epochs).
-        steps_per_epoch: batches per epoch; needed for an infinite (repeated) dataset.
+        steps_per_epoch: batches per epoch; needed for an infinite (repeated) dataset, as
+            `data.build_dataset` makes for training: without it that is refused at once.
         validation_data: a dataset, or `fn(stage) -> dataset`, passed to `fit`.
         validation_steps, validation_freq: passed to `fit`.
         callbacks: Keras callbacks (ModelCheckpoint, TensorBoard, EarlyStopping, ...); they see
@@ -647,14 +791,7 @@ def fit_progressive(
                 stage.dropout_rate,
             )
         dataset = dataset_fn(stage)
-        if (
-            steps_per_epoch is None
-            and isinstance(dataset, tf.data.Dataset)
-            and dataset.cardinality() == tf.data.INFINITE_CARDINALITY
-        ):
-            raise ValueError(
-                'dataset_fn returned an infinite (repeated) dataset: pass steps_per_epoch.'
-            )
+        _check_stage_data(model, dataset, stage, steps_per_epoch)
         validation = validation_data(stage) if callable(validation_data) else validation_data
         stage_kwargs = dict(fit_kwargs)
         if isinstance(dataset, tf.data.Dataset):

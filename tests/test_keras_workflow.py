@@ -3,6 +3,8 @@
 Tiny models (3 blocks, 12-24 px, 2 steps per epoch) on the digits set.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -379,3 +381,112 @@ def test_resume_at_an_earlier_epoch_ignores_later_averages(tmp_path):
     for got, want in zip(start.state['averages'], start.state['weights']):
         np.testing.assert_array_equal(got, want)
     assert int(model.optimizer.iterations) == 3 * STEPS
+
+
+def _photo_folder(root, num_classes=2, per_class=6, size=20):
+    rng = np.random.RandomState(0)
+    for label in range(num_classes):
+        for split, count in (('train', per_class), ('val', 3)):
+            directory = root / split / f'c{label}'
+            directory.mkdir(parents=True)
+            for index in range(count):
+                image = rng.randint(0, 256, (size, size, 3)).astype(np.uint8)
+                (directory / f'{index}.png').write_bytes(tf.io.encode_png(image).numpy())
+    return data.folder_dataset_info(str(root))
+
+
+class _Hung(keras.callbacks.Callback):
+    """Stands in for a watchdog: an epoch past 50 batches of a 12-image folder never ends."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch >= 50:
+            raise RuntimeError('the first epoch does not end')
+
+
+def test_folder_dataset_without_steps_per_epoch_fails_at_once_and_finite_ones_run(tmp_path):
+    info = _photo_folder(tmp_path)
+    plan = efficientnetv2.progressive_plan(epochs=1, image_size=16, num_stages=1)
+
+    def dataset_fn(stage, **kwargs):
+        return data.build_dataset(
+            info, 'train', image_size=stage.image_size, batch_size=4, **kwargs
+        )
+
+    # The training pipeline repeats: its length is known to be infinite.
+    with pytest.raises(ValueError, match='steps_per_epoch'):
+        efficientnetv2.fit_progressive(
+            tiny_model(2), dataset_fn, plan, callbacks=[_Hung()], verbose=0
+        )
+    # A finite folder pipeline has the length of its listing: no "ran out of data" warnings.
+    validation = data.build_dataset(info, 'eval', image_size=16, batch_size=4)
+    assert int(validation.cardinality()) == 2  # 6 images.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        result = efficientnetv2.fit_progressive(
+            tiny_model(2),
+            lambda stage: dataset_fn(stage, repeat=False),
+            plan,
+            validation_data=validation,
+            verbose=0,
+        )
+    assert not [w for w in caught if 'ran out of data' in str(w.message)]
+    assert len(result.history['val_loss']) == 1
+
+
+def _bad_fn(kind):
+    def dataset_fn(stage):
+        size = stage.image_size
+        images = np.zeros((4, size, size, 3), 'float32')
+        labels = np.eye(10, dtype='float32')[np.arange(4)]
+        if kind == 'none':
+            return None
+        if kind == 'fixed size':
+            images = np.zeros((4, 24, 24, 3), 'float32')
+        if kind == 'no labels':
+            return tf.data.Dataset.from_tensor_slices(images).batch(4)
+        if kind == 'one channel':
+            images = images[..., :1]
+        if kind == 'indices':
+            labels = np.arange(4)
+        if kind == 'label rank':
+            labels = np.zeros((4, 1, 10), 'float32')
+        if kind == '20 classes':
+            labels = np.eye(20, dtype='float32')[np.arange(4)]
+        if kind == 'arrays':
+            return images, labels
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+
+    return dataset_fn
+
+
+@pytest.mark.parametrize(
+    'kind, message',
+    [
+        ('none', 'returned None'),
+        ('fixed size', r'yields images of 24x24 px; this stage trains at 16x16'),
+        ('no labels', 'images alone'),
+        ('one channel', r'images of shape \(4, 16, 16, 1\); expected \[batch, 16, 16, 3\]'),
+        ('indices', 'class indices .* CategoricalCrossentropy takes one-hot'),
+        ('label rank', r'labels of shape \(4, 1, 10\)'),
+        ('20 classes', 'labels for 20 classes .* head has 10 classes'),
+        ('arrays', 'returned a tuple'),
+    ],
+)
+def test_bad_dataset_fn_results_name_dataset_fn_and_the_stage(kind, message):
+    plan = efficientnetv2.progressive_plan(epochs=2, image_size=24, num_stages=2, min_image_size=16)
+    with pytest.raises(ValueError, match=message) as raised:
+        efficientnetv2.fit_progressive(tiny_model(), _bad_fn(kind), plan, verbose=0)
+    assert r'dataset_fn(stage) for stage 0 (image size 16)' in str(raised.value)
+
+
+def test_dataset_fn_is_checked_at_every_stage():
+    # Right at 16 px (stage 0), then the same 16 px again: stage 1 asked for 24.
+    plan = efficientnetv2.progressive_plan(epochs=2, image_size=24, num_stages=2, min_image_size=16)
+
+    def dataset_fn(stage):
+        return data.build_dataset('digits', 'train', image_size=16, batch_size=16, seed=1)
+
+    with pytest.raises(ValueError, match=r'stage 1 \(image size 24\) yields images of 16x16'):
+        efficientnetv2.fit_progressive(
+            tiny_model(), dataset_fn, plan, steps_per_epoch=STEPS, verbose=0
+        )
