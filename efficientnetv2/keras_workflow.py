@@ -273,9 +273,7 @@ class ModelEMA(keras.callbacks.Callback):
     @property
     def previous_filepath(self):
         """Where the averages saved before the latest ones are kept (None without `filepath`)."""
-        if self.filepath is None:
-            return None
-        return self.filepath[: -len('.weights.h5')] + '.previous.weights.h5'
+        return None if self.filepath is None else _previous_path(self.filepath)
 
     def save(self, filepath=None, epoch=None):
         """Writes the averages to `filepath` (default: `self.filepath`) with the model's layout.
@@ -290,15 +288,14 @@ class ModelEMA(keras.callbacks.Callback):
 
         self._require()
         filepath = str(filepath or self.filepath)
-        base = filepath[: -len('.weights.h5')]
-        partial = base + '.partial.weights.h5'
+        partial = filepath[: -len('.weights.h5')] + '.partial.weights.h5'
         with self.average_weights():
             _save_model_weights(self.model, partial)
         with h5py.File(partial, 'a') as store:
             store.attrs[_EMA_EPOCH_ATTR] = -1 if epoch is None else int(epoch)
             store.attrs[_EMA_STEP_ATTR] = _optimizer_step(self.model)
         if os.path.exists(filepath):
-            os.replace(filepath, base + '.previous.weights.h5')
+            os.replace(filepath, _previous_path(filepath))
         os.replace(partial, filepath)
 
     def average_weights(self):
@@ -337,8 +334,7 @@ class ModelEMA(keras.callbacks.Callback):
         if epoch is not None:
             step = _optimizer_step(self.model)
             found = []
-            base = filepath[: -len('.weights.h5')]
-            for path in (filepath, base + '.previous.weights.h5'):
+            for path in (filepath, _previous_path(filepath)):
                 saved = _ema_file_record(path)
                 if saved is None:
                     continue
@@ -363,6 +359,10 @@ class ModelEMA(keras.callbacks.Callback):
 
 _EMA_EPOCH_ATTR = 'efficientnetv2_ema_epoch'
 _EMA_STEP_ATTR = 'efficientnetv2_ema_step'
+
+
+def _previous_path(filepath):
+    return filepath[: -len('.weights.h5')] + '.previous.weights.h5'
 
 
 def _optimizer_step(model):
