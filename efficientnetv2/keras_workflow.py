@@ -537,13 +537,26 @@ def _input_channels(model):
     return shape[-1] or 3
 
 
+def _static_spec(spec):
+    """Whether a dataset's `element_spec` shows all that `_check_stage_data` checks."""
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        return False
+    if not all(isinstance(part, tf.TensorSpec) for part in spec[:2]):
+        return False
+    images, labels = spec[0].shape, spec[1].shape
+    if images.rank is None or labels.rank is None or spec[1].dtype.is_integer:
+        return False  # Class indices: their values are checked too.
+    return None not in images[1:] and None not in labels[1:]
+
+
 def _check_stage_data(model, dataset, stage, steps_per_epoch):
     """Checks what `dataset_fn(stage)` returned, from its length and its first batch.
 
-    One batch is read (`take(1)` of a dataset, item 0 of a PyDataset); Python generators are
-    not read, since that would consume them. Raises a ValueError naming `dataset_fn`, the
-    stage and what it asked for, instead of an error deep inside Keras or a stage silently
-    trained at another size.
+    A dataset whose `element_spec` gives every size but the batch's (as `data.build_dataset`
+    does) is checked from it; otherwise one batch is read (`take(1)` of a dataset, item 0 of a
+    PyDataset). Python generators are not read, since that would consume them. Raises a
+    ValueError naming `dataset_fn`, the stage and what it asked for, instead of an error deep
+    inside Keras or a stage silently trained at another size.
     """
     size = stage.image_size
     asked = f'dataset_fn(stage) for stage {stage.index} (image size {size})'
@@ -568,9 +581,11 @@ def _check_stage_data(model, dataset, stage, steps_per_epoch):
                 'epoch never ends. Pass steps_per_epoch.',
                 asked,
             )
-        batch = next(iter(dataset.take(1)), None)
-        if batch is None:
-            raise ValueError(f'{asked} returned an empty dataset.')
+        batch = dataset.element_spec
+        if not _static_spec(batch):
+            batch = next(iter(dataset.take(1)), None)
+            if batch is None:
+                raise ValueError(f'{asked} returned an empty dataset.')
     elif isinstance(dataset, keras.utils.PyDataset):
         batch = dataset[0]
     elif isinstance(dataset, (tuple, list, dict)) or hasattr(dataset, 'shape'):
@@ -602,7 +617,9 @@ def _check_stage_data(model, dataset, stage, steps_per_epoch):
         )
     if labels is None or not hasattr(labels, 'shape'):
         raise ValueError(f'{asked} yields no labels ({labels!r}); it must yield (images, labels).')
-    labels = np.asarray(labels)
+    if not isinstance(labels, tf.TensorSpec):
+        labels = np.asarray(labels)
+    label_shape = tuple(labels.shape)
     num_classes = _num_classes(model)
     loss = _loss_name(model)
     wanted = (
@@ -610,28 +627,31 @@ def _check_stage_data(model, dataset, stage, steps_per_epoch):
         if num_classes
         else '[batch, num_classes] one-hot or [batch] class indices'
     )
-    if labels.ndim not in (1, 2) or (shape and labels.shape[0] != shape[0]):
+    rank_ok = len(label_shape) in (1, 2)
+    sizes = (shape[0] if shape else None, label_shape[0] if rank_ok else None)
+    if not rank_ok or (None not in sizes and sizes[0] != sizes[1]):
         raise ValueError(
-            f'{asked} yields labels of shape {labels.shape} with images of shape {shape}; '
+            f'{asked} yields labels of shape {label_shape} with images of shape {shape}; '
             f'expected labels {wanted}.'
         )
-    indices = labels.ndim == 1 or labels.shape[1] == 1
-    if num_classes and not indices and labels.shape[1] != num_classes:
+    indices = len(label_shape) == 1 or label_shape[1] == 1
+    if num_classes and not indices and label_shape[1] != num_classes:
         raise ValueError(
-            f'{asked} yields labels for {labels.shape[1]} classes (shape {labels.shape}); the '
+            f'{asked} yields labels for {label_shape[1]} classes (shape {label_shape}); the '
             f"model's head has {num_classes} classes."
         )
     if indices and loss in _ONE_HOT_LOSSES:
         raise ValueError(
-            f'{asked} yields class indices (labels of shape {labels.shape}) but the loss '
+            f'{asked} yields class indices (labels of shape {label_shape}) but the loss '
             f'{loss} takes one-hot labels of shape [batch, {num_classes or "num_classes"}].'
         )
     if not indices and loss in _SPARSE_LOSSES:
         raise ValueError(
-            f'{asked} yields one-hot labels of shape {labels.shape} but the loss {loss} takes '
+            f'{asked} yields one-hot labels of shape {label_shape} but the loss {loss} takes '
             'class indices of shape [batch].'
         )
-    integers = indices and labels.size and np.issubdtype(labels.dtype, np.integer)
+    values = isinstance(labels, np.ndarray) and indices and labels.size
+    integers = values and np.issubdtype(labels.dtype, np.integer)
     if integers and num_classes and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(
             f'{asked} yields class indices from {labels.min()} to {labels.max()}; the '
