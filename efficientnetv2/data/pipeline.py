@@ -471,6 +471,12 @@ def _batch_stage(dataset, plan: Plan, first_batch: int = 0):
     return dataset.map(_plain(finalize), num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _static_cardinality(dataset):
+    """`dataset.cardinality()` as an int, or None when it is not a constant (graph mode)."""
+    value = tf.get_static_value(dataset.cardinality())
+    return None if value is None else int(value)
+
+
 def _declare_length(dataset, plan: Plan, num_images):
     """Gives tf.data the batched pipeline's length where its filters hide it.
 
@@ -482,8 +488,8 @@ def _declare_length(dataset, plan: Plan, num_images):
     listed in its source (`num_images`; None: not known, left unknown); the
     decode stage raises a clear error if undecodable images shorten it.
     """
-    if dataset.cardinality() != tf.data.UNKNOWN_CARDINALITY:
-        return dataset
+    if _static_cardinality(dataset) != tf.data.UNKNOWN_CARDINALITY:
+        return dataset  # Known, or not knowable here (graph mode).
     if plan.order.repeat:
         length = tf.data.INFINITE_CARDINALITY
     elif num_images is not None:
@@ -647,8 +653,8 @@ def build_dataset(
         data = data.shuffle(
             plan.order.shuffle_buffer, seed=plan.order.seeds[0], reshuffle_each_iteration=True
         )
-    listed = int(data.cardinality())
-    listed = listed if listed >= 0 else None
+    listed = _static_cardinality(data)
+    listed = listed if listed is not None and listed >= 0 else None
     data = _decode_stage(data, source.kind, plan, num_images=listed)
     data = data.map(
         _plain(functools.partial(_finish_element, plan)),
