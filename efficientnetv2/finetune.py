@@ -307,6 +307,19 @@ def _steps_per_epoch(x, steps_per_epoch, batch_size):
     return None
 
 
+def _dataset_length(x):
+    """'infinite' or 'unknown' for a tf.data.Dataset of that cardinality, else None."""
+    import tensorflow as tf
+
+    if isinstance(x, tf.data.Dataset):
+        cardinality = int(x.cardinality())
+        if cardinality == tf.data.INFINITE_CARDINALITY:
+            return 'infinite'
+        if cardinality == tf.data.UNKNOWN_CARDINALITY:
+            return 'unknown'
+    return None
+
+
 def _optimizer(optimizer, learning_rate):
     if isinstance(optimizer, keras.optimizers.Optimizer):
         raise ValueError(
@@ -431,10 +444,24 @@ def fit_two_phase(
         else:
             head_data = head_x
         head_steps = _steps_per_epoch(head_data, None, fit_kwargs.get('batch_size'))
-        if schedule == 'cosine' and head_epochs and not head_steps:
+        length = _dataset_length(head_data)
+        if head_epochs and length == 'infinite':
             raise ValueError(
-                "schedule='cosine' needs the length of `head_x` (unknown here): give it a "
-                "known length (e.g. a finite dataset), or use schedule='constant'."
+                '`head_x` repeats forever, but phase 1 runs one pass over it per epoch: '
+                'give a finite dataset (without .repeat()).'
+            )
+        if schedule == 'cosine' and head_epochs and not head_steps:
+            if length == 'unknown':
+                hint = (
+                    'tf.data cannot count this dataset (a filter or ignore_errors hides its '
+                    'length): declare it with head_x.apply(tf.data.experimental.'
+                    'assert_cardinality(number_of_batches))'
+                )
+            else:
+                hint = 'give it a known length'
+            raise ValueError(
+                f"schedule='cosine' needs the length of `head_x`: {hint}, or use "
+                "schedule='constant'."
             )
     if 'head' not in stage_layers(model):
         raise ValueError(

@@ -41,6 +41,7 @@ import os
 
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 
 from efficientnetv2 import variables as variables_lib
@@ -190,7 +191,12 @@ class ModelEMA(keras.callbacks.Callback):
         evaluate_with_ema: validation inside `fit` (and `model.evaluate(callbacks=[ema])`) runs
             with the averaged weights; the raw weights are back afterwards.
         filepath: when set, the averaged weights are saved there (a `.weights.h5` path) at the
-            end of every epoch, and `fit_progressive` reads them back when it resumes.
+            end of every epoch, and `fit_progressive` reads them back when it resumes. The file
+            holds the model's averaged variables only (no optimizer state: that belongs to the
+            checkpoint), records the epochs done and the optimizer step it was saved at, and is
+            replaced atomically; the one it replaces is kept as `<name>.previous.weights.h5`.
+            So whenever the process is killed, the averages saved at the checkpoint's epoch are
+            on disk (the EMA file is written just before the checkpoint of the same epoch).
 
     After training: `copy_to_model()` keeps the averages, or `with ema.average_weights(): ...`
     uses them temporarily (save, export, evaluate). The shadows start as a copy of the weights
@@ -263,8 +269,35 @@ class ModelEMA(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.filepath and self.ema is not None:
-            with self.average_weights():
-                self.model.save_weights(self.filepath, overwrite=True)
+            self.save(epoch=epoch + 1)
+
+    @property
+    def previous_filepath(self):
+        """Where the averages saved before the latest ones are kept (None without `filepath`)."""
+        return None if self.filepath is None else _previous_path(self.filepath)
+
+    def save(self, filepath=None, epoch=None):
+        """Writes the averages to `filepath` (default: `self.filepath`) with the model's layout.
+
+        Only the model's variables are written (the optimizer's state belongs to the
+        checkpoint), with the epochs done (`epoch`) and the optimizer step recorded in the
+        file. The file is written under a temporary name and renamed into place, the file it
+        replaces becoming `<name>.previous.weights.h5`: a kill at any moment leaves complete
+        files, the latest or the one before it matching the newest checkpoint.
+        """
+        import h5py
+
+        self._require()
+        filepath = str(filepath or self.filepath)
+        partial = filepath[: -len('.weights.h5')] + '.partial.weights.h5'
+        with self.average_weights():
+            _save_model_weights(self.model, partial)
+        with h5py.File(partial, 'a') as store:
+            store.attrs[_EMA_EPOCH_ATTR] = -1 if epoch is None else int(epoch)
+            store.attrs[_EMA_STEP_ATTR] = _optimizer_step(self.model)
+        if os.path.exists(filepath):
+            os.replace(filepath, _previous_path(filepath))
+        os.replace(partial, filepath)
 
     def average_weights(self):
         """Context manager: the model holds the averages inside, its own weights after."""
@@ -281,15 +314,86 @@ class ModelEMA(keras.callbacks.Callback):
         self._require()
         self.ema.reset_from_model()
 
-    def restore(self, filepath=None):
-        """Reads averaged weights saved by `on_epoch_end` into the shadows (model unchanged).
+    def restore(self, filepath=None, epoch=None):
+        """Reads averaged weights saved by `save` into the shadows (model unchanged).
 
-        Non-averaged variables (none in this project's models) take the file's values.
+        The optimizer is never touched: its state comes from the checkpoint alone. Non-averaged
+        variables (none in this project's models) take the file's values.
+
+        Args:
+            filepath: the file to read; default `self.filepath`.
+            epoch: when given (resuming after `epoch` epochs), only averages saved at the end
+                of that epoch are read, from `filepath` or the file it replaced
+                (`previous_filepath`), and only if the step they record is the optimizer's
+                (when the optimizer has one); others are ignored, with a warning.
+
+        Returns:
+            The path read, or None when `epoch` was given and no saved averages match it.
         """
-        filepath = filepath or self.filepath
+        filepath = str(filepath or self.filepath)
         self.build()
+        if epoch is not None:
+            step = _optimizer_step(self.model)
+            found = []
+            for path in (filepath, _previous_path(filepath)):
+                saved = _ema_file_record(path)
+                if saved is None:
+                    continue
+                found.append(f'{path} (epoch {saved[0]}, step {saved[1]})')
+                if saved[0] == int(epoch) and (not step or saved[1] == step):
+                    filepath = path
+                    break
+            else:
+                logging.warning(
+                    'No saved EMA averages match the resumed state (epoch %d, optimizer step '
+                    '%d); found: %s. The averages restart from the restored weights.',
+                    int(epoch),
+                    step,
+                    '; '.join(found) or 'none',
+                )
+                return None
+        skip = [self.model.optimizer] if getattr(self.model, 'optimizer', None) else []
         with self.average_weights():
-            self.model.load_weights(filepath)
+            self.model.load_weights(filepath, objects_to_skip=skip)
+        return filepath
+
+
+_EMA_EPOCH_ATTR = 'efficientnetv2_ema_epoch'
+_EMA_STEP_ATTR = 'efficientnetv2_ema_step'
+
+
+def _previous_path(filepath):
+    return filepath[: -len('.weights.h5')] + '.previous.weights.h5'
+
+
+def _optimizer_step(model):
+    optimizer = getattr(model, 'optimizer', None)
+    return int(optimizer.iterations) if optimizer is not None else 0
+
+
+def _save_model_weights(model, filepath):
+    """`model.save_weights(filepath)` without the optimizer's variables."""
+    from keras.src.saving import saving_lib
+
+    optimizer = getattr(model, 'optimizer', None)
+    saving_lib.save_weights_only(
+        model, filepath, objects_to_skip=[optimizer] if optimizer is not None else None
+    )
+
+
+def _ema_file_record(path):
+    """(epochs done, optimizer step) recorded in an EMA file; None if missing or unrecorded."""
+    import h5py
+
+    if not os.path.exists(path):
+        return None
+    try:
+        with h5py.File(path, 'r') as store:
+            if _EMA_EPOCH_ATTR not in store.attrs:
+                return None
+            return int(store.attrs[_EMA_EPOCH_ATTR]), int(store.attrs[_EMA_STEP_ATTR])
+    except OSError:  # Not a readable HDF5 file.
+        return None
 
 
 class _OneRun(keras.callbacks.Callback):
@@ -495,6 +599,167 @@ def _check_input_size(model, size):
                 )
 
 
+_SPARSE_LOSSES = ('sparse_categorical_crossentropy', 'SparseCategoricalCrossentropy')
+_ONE_HOT_LOSSES = (
+    'categorical_crossentropy',
+    'CategoricalCrossentropy',
+    'categorical_focal_crossentropy',
+    'CategoricalFocalCrossentropy',
+)
+
+
+def _loss_name(model):
+    loss = getattr(model, 'loss', None)
+    if isinstance(loss, str):
+        return loss
+    if isinstance(loss, keras.losses.Loss):
+        return type(loss).__name__
+    return getattr(loss, '__name__', None)
+
+
+def _num_classes(model):
+    """The width of the model's single output, or None when it cannot be read cheaply."""
+    outputs = getattr(model, 'outputs', None) or []  # Functional models.
+    if len(outputs) == 1 and len(outputs[0].shape) == 2:
+        return outputs[0].shape[-1]
+    if getattr(model, 'include_top', False) and isinstance(getattr(model, 'num_classes', 0), int):
+        return model.num_classes  # This project's models.
+    return None
+
+
+def _input_channels(model):
+    """Channels of the model's image input: 3 unless its inputs say otherwise; None: no image."""
+    inputs = getattr(model, 'inputs', None) or []  # Functional models.
+    if len(inputs) != 1:
+        return 3
+    shape = tuple(inputs[0].shape)
+    if len(shape) != 4:
+        return None
+    return shape[-1] or 3
+
+
+def _static_spec(spec):
+    """Whether a dataset's `element_spec` shows all that `_check_stage_data` checks."""
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        return False
+    if not all(isinstance(part, tf.TensorSpec) for part in spec[:2]):
+        return False
+    images, labels = spec[0].shape, spec[1].shape
+    if images.rank is None or labels.rank is None or spec[1].dtype.is_integer:
+        return False  # Class indices: their values are checked too.
+    return None not in images[1:] and None not in labels[1:]
+
+
+def _check_stage_data(model, dataset, stage, steps_per_epoch):
+    """Checks what `dataset_fn(stage)` returned, from its length and its first batch.
+
+    A dataset whose `element_spec` gives every size but the batch's (as `data.build_dataset`
+    does) is checked from it; otherwise one batch is read (`take(1)` of a dataset, item 0 of a
+    PyDataset). Python generators are not read, since that would consume them. Raises a
+    ValueError naming `dataset_fn`, the stage and what it asked for, instead of an error deep
+    inside Keras or a stage silently trained at another size.
+    """
+    size = stage.image_size
+    asked = f'dataset_fn(stage) for stage {stage.index} (image size {size})'
+    channels = _input_channels(model)
+    expected = f'[batch, {size}, {size}, {channels}]'
+    if dataset is None:
+        raise ValueError(
+            f'{asked} returned None; it must return a tf.data.Dataset (or a '
+            'keras.utils.PyDataset) of (images, labels) batches.'
+        )
+    if isinstance(dataset, tf.data.Dataset):
+        length = int(dataset.cardinality())
+        if steps_per_epoch is None and length == tf.data.INFINITE_CARDINALITY:
+            raise ValueError(
+                f'{asked} returned a dataset that repeats forever, so model.fit would never end '
+                'its first epoch: pass steps_per_epoch (e.g. the number of training images // '
+                'batch size).'
+            )
+        if steps_per_epoch is None and length == tf.data.UNKNOWN_CARDINALITY:
+            logging.warning(
+                'The length of the dataset %s returned is unknown: if it repeats, its first '
+                'epoch never ends. Pass steps_per_epoch.',
+                asked,
+            )
+        batch = dataset.element_spec
+        if not _static_spec(batch):
+            batch = next(iter(dataset.take(1)), None)
+            if batch is None:
+                raise ValueError(f'{asked} returned an empty dataset.')
+    elif isinstance(dataset, keras.utils.PyDataset):
+        batch = dataset[0]
+    elif isinstance(dataset, (tuple, list, dict)) or hasattr(dataset, 'shape'):
+        raise ValueError(
+            f'{asked} returned a {type(dataset).__name__}; it must return a tf.data.Dataset '
+            '(or a keras.utils.PyDataset) of (images, labels) batches, e.g. '
+            'tf.data.Dataset.from_tensor_slices((images, labels)).batch(32).'
+        )
+    else:
+        return
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        kind = type(batch).__name__
+        if len(getattr(batch, 'shape', ())) == 4:
+            kind = f'images alone (shape {tuple(batch.shape)}) without labels'
+        raise ValueError(
+            f'{asked} yields {kind}; it must yield (images, labels) batches '
+            '(or (images, labels, sample_weights)).'
+        )
+    images, labels = batch[0], batch[1]
+    shape = tuple(getattr(images, 'shape', ()))
+    if channels is not None and (len(shape) != 4 or shape[-1] != channels):
+        raise ValueError(
+            f'{asked} yields images of shape {shape}; expected {expected} (channels last).'
+        )
+    if channels is not None and shape[1:3] != (size, size):
+        raise ValueError(
+            f'{asked} yields images of {shape[1]}x{shape[2]} px; this stage trains at '
+            f'{size}x{size} px ({expected}): build its data at stage.image_size.'
+        )
+    if labels is None or not hasattr(labels, 'shape'):
+        raise ValueError(f'{asked} yields no labels ({labels!r}); it must yield (images, labels).')
+    if not isinstance(labels, tf.TensorSpec):
+        labels = np.asarray(labels)
+    label_shape = tuple(labels.shape)
+    num_classes = _num_classes(model)
+    loss = _loss_name(model)
+    wanted = (
+        f'[batch, {num_classes}] one-hot or [batch] class indices'
+        if num_classes
+        else '[batch, num_classes] one-hot or [batch] class indices'
+    )
+    rank_ok = len(label_shape) in (1, 2)
+    sizes = (shape[0] if shape else None, label_shape[0] if rank_ok else None)
+    if not rank_ok or (None not in sizes and sizes[0] != sizes[1]):
+        raise ValueError(
+            f'{asked} yields labels of shape {label_shape} with images of shape {shape}; '
+            f'expected labels {wanted}.'
+        )
+    indices = len(label_shape) == 1 or label_shape[1] == 1
+    if num_classes and not indices and label_shape[1] != num_classes:
+        raise ValueError(
+            f'{asked} yields labels for {label_shape[1]} classes (shape {label_shape}); the '
+            f"model's head has {num_classes} classes."
+        )
+    if indices and loss in _ONE_HOT_LOSSES:
+        raise ValueError(
+            f'{asked} yields class indices (labels of shape {label_shape}) but the loss '
+            f'{loss} takes one-hot labels of shape [batch, {num_classes or "num_classes"}].'
+        )
+    if not indices and loss in _SPARSE_LOSSES:
+        raise ValueError(
+            f'{asked} yields one-hot labels of shape {label_shape} but the loss {loss} takes '
+            'class indices of shape [batch].'
+        )
+    values = isinstance(labels, np.ndarray) and indices and labels.size
+    integers = values and np.issubdtype(labels.dtype, np.integer)
+    if integers and num_classes and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f'{asked} yields class indices from {labels.min()} to {labels.max()}; the '
+            f"model's head has {num_classes} classes (0 to {num_classes - 1})."
+        )
+
+
 def _restore(model, path):
     """Loads a `.keras` or `.weights.h5` checkpoint into the compiled model (optimizer too)."""
     path = str(path)
@@ -539,12 +804,14 @@ def fit_progressive(
         dataset_fn: `dataset_fn(stage) -> tf.data.Dataset` of `(images, labels)` at
             `stage.image_size`, with RandAugment `stage.ram` and mixup/CutMix
             `stage.mixup_alpha`/`stage.cutmix_alpha` (e.g. `efficientnetv2.data.build_dataset`).
-            Called once per stage, when the stage starts.
+            Called once per stage, when the stage starts; its first batch is checked (image
+            size and channels, label shape and classes against the model's head and loss).
         plan: a `progressive.StagePlan` (`progressive_plan(...)`, `config.stage_plan(...)` or
             `progressive.build_stage_plan(...)`), counted in epochs or in steps (see
             `stage_epochs`).
         epochs: total epochs; default `plan.total_steps` (a plan counted in epochs).
-        steps_per_epoch: batches per epoch; needed for an infinite (repeated) dataset.
+        steps_per_epoch: batches per epoch; needed for an infinite (repeated) dataset, as
+            `data.build_dataset` makes for training: without it that is refused at once.
         validation_data: a dataset, or `fn(stage) -> dataset`, passed to `fit`.
         validation_steps, validation_freq: passed to `fit`.
         callbacks: Keras callbacks (ModelCheckpoint, TensorBoard, EarlyStopping, ...); they see
@@ -554,8 +821,11 @@ def fit_progressive(
         initial_epoch: the epoch to start from (resuming: the number of epochs done).
         resume_from: a `.keras` or `.weights.h5` checkpoint loaded before training (a `.keras`
             file also restores the optimizer); training continues at `initial_epoch`, in the
-            stage that contains it. When `ema` has a `filepath` that exists, the averages are
-            read back too; otherwise they restart from the loaded weights.
+            stage that contains it. The weights and the optimizer's state (step counter,
+            moments) come from this checkpoint alone. When `ema` has a `filepath`, the
+            averages saved at the end of epoch `initial_epoch` at the checkpoint's optimizer
+            step are read back (see `ModelEMA`); if none were saved, or only at other epochs,
+            they restart from the loaded weights, with a warning.
         verbose: passed to `fit`.
         resize_lr_power: each stage trains at the optimizer's rate times
             `(stage size / final size) ** resize_lr_power`; 0: the same rate at every size.
@@ -616,9 +886,11 @@ def fit_progressive(
     if ema_callback is not None:
         ema_callback.set_model(model)
         ema_callback.build(model)
-        if initial_epoch and ema_callback.filepath and os.path.exists(ema_callback.filepath):
-            ema_callback.restore()
-            logging.info('EMA averages read back from %s.', ema_callback.filepath)
+        if initial_epoch and ema_callback.filepath:
+            # Only averages saved at the end of the resumed epoch, never the optimizer state.
+            path = ema_callback.restore(epoch=initial_epoch)
+            if path:
+                logging.info('EMA averages of epoch %d read back from %s.', initial_epoch, path)
 
     for name, value, high in (
         ('resize_warmup', resize_warmup, 1.0),
@@ -715,14 +987,7 @@ def _run_stages(
                 stage.dropout_rate,
             )
         dataset = dataset_fn(stage)
-        if (
-            steps_per_epoch is None
-            and isinstance(dataset, tf.data.Dataset)
-            and dataset.cardinality() == tf.data.INFINITE_CARDINALITY
-        ):
-            raise ValueError(
-                'dataset_fn returned an infinite (repeated) dataset: pass steps_per_epoch.'
-            )
+        _check_stage_data(model, dataset, stage, steps_per_epoch)
         validation = validation_data(stage) if callable(validation_data) else validation_data
         stage_kwargs = dict(fit_kwargs)
         if isinstance(dataset, tf.data.Dataset):

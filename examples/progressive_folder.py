@@ -9,7 +9,8 @@ Resume after an interruption from the last checkpoint (the epoch it ends is in i
 
 The folder is split as `efficientnetv2.data.folder_dataset_info` says (a `train/` + `val/`
 layout, or 20% of each class held out). Checkpoints: `<model_dir>/ckpt-<epoch>.keras` (model
-and optimizer), the EMA averages in `<model_dir>/ema.weights.h5`, TensorBoard logs in
+and optimizer), the EMA averages in `<model_dir>/ema.weights.h5` (the previous epoch's in
+`ema.previous.weights.h5`, so a resume finds those of its checkpoint), TensorBoard logs in
 `<model_dir>/logs`, the final averaged model in `<model_dir>/final.keras`.
 """
 

@@ -267,3 +267,45 @@ def test_head_phase_reads_head_x():
             head_learning_rate=0.1,
             head_x=head_images,
         )
+
+
+def test_head_x_from_a_finite_image_folder(tmp_path):
+    import tensorflow as tf
+
+    from efficientnetv2 import data as data_lib
+
+    rng = np.random.RandomState(0)
+    for label in range(3):
+        directory = tmp_path / f'c{label}'
+        directory.mkdir()
+        for index in range(4):
+            image = rng.randint(0, 256, (20, 20, 3)).astype(np.uint8)
+            (directory / f'{index}.png').write_bytes(tf.io.encode_png(image).numpy())
+    info = data_lib.folder_dataset_info(str(tmp_path))  # 12 images: 9 train, 3 eval.
+    train = data_lib.build_dataset(info, 'train', image_size=16, batch_size=4, seed=0)
+    plain = data_lib.build_dataset(info, 'train', image_size=16, batch_size=4, is_training=False)
+    common = dict(
+        epochs=2,
+        head_epochs=1,
+        loss=LOSS,
+        learning_rate=1e-3,
+        head_learning_rate=0.1,
+        steps_per_epoch=2,
+        verbose=0,
+    )
+    seen = {}
+
+    class AtPhaseTwo(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen[epoch] = self.model.optimizer._learning_rate.decay_steps
+
+    # The un-augmented folder pipeline has the length of its listing (3 batches of 9 images).
+    model = finetune.replace_head(tiny_model(5), 3)
+    finetune.fit_two_phase(model, train, head_x=plain, callbacks=[AtPhaseTwo()], **common)
+    assert seen == {0: 3, 1: 2}
+    # Lengths tf.data cannot count, or endless data, get advice that fits them.
+    hidden = plain.filter(lambda images, labels: True)
+    with pytest.raises(ValueError, match='assert_cardinality'):
+        finetune.fit_two_phase(model, train, head_x=hidden, **common)
+    with pytest.raises(ValueError, match='repeats forever'):
+        finetune.fit_two_phase(model, train, head_x=plain.repeat(), **common)

@@ -3,6 +3,8 @@
 Tiny models (3 blocks, 12-24 px, 2 steps per epoch) on the digits set.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -272,3 +274,235 @@ def test_ema_file_is_saved_and_read_back_on_resume(tmp_path):
             np.testing.assert_allclose(variable.numpy(), want, rtol=1e-6)
     bn_means = [v for v in ema2.variables if v.path.endswith('moving_mean')]
     assert bn_means
+
+
+class _Kill(keras.callbacks.Callback):
+    """Raises at the end of epoch `epoch` (0-based): after the EMA file, before the checkpoint.
+
+    Put before the ModelCheckpoint: fit_progressive runs the EMA callback before the user's
+    callbacks, so this is a kill between the two writes of that epoch.
+    """
+
+    def __init__(self, epoch, ema):
+        super().__init__()
+        self.epoch, self.ema, self.averages = epoch, ema, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self.ema.average_weights():
+            self.averages[epoch + 1] = [v.numpy() for v in self.ema.variables]
+        if epoch == self.epoch:
+            raise KeyboardInterrupt('killed between the EMA write and the checkpoint write')
+
+
+class _AtStart(keras.callbacks.Callback):
+    """Records the state fit_progressive resumed with (optimizer step and slots, averages)."""
+
+    def __init__(self, ema):
+        super().__init__()
+        self.ema, self.state = ema, None
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        with self.ema.average_weights():
+            averages = [v.numpy() for v in self.ema.variables]
+        self.state = dict(
+            step=int(optimizer.iterations),
+            slots=[v.numpy() for v in optimizer.variables],
+            averages=averages,
+            weights=[v.numpy() for v in self.ema.variables],
+        )
+
+
+def _optimizer_state(path):
+    optimizer = keras.models.load_model(path).optimizer
+    return int(optimizer.iterations), [v.numpy() for v in optimizer.variables]
+
+
+def test_resume_takes_the_optimizer_from_the_checkpoint_after_a_kill_between_the_writes(
+    tmp_path,
+):
+    plan = efficientnetv2.progressive_plan(epochs=3, image_size=16, num_stages=1)
+    path = str(tmp_path / 'ema.weights.h5')
+    ema = efficientnetv2.ModelEMA(decay=0.9, filepath=path)
+    kill = _Kill(1, ema)  # Epoch 2's EMA file is written, ckpt-2 is not.
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / 'ckpt-{epoch}.keras'))
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_model(), plan, [], ema=ema, callbacks=[kill, checkpoint])
+    assert (tmp_path / 'ckpt-1.keras').exists() and not (tmp_path / 'ckpt-2.keras').exists()
+
+    # The user resumes from the newest checkpoint, ckpt-1.
+    model = tiny_model()
+    ema = efficientnetv2.ModelEMA(decay=0.9, filepath=path)
+    start = _AtStart(ema)
+    _fit(
+        model,
+        plan,
+        [],
+        ema=ema,
+        initial_epoch=1,
+        resume_from=str(tmp_path / 'ckpt-1.keras'),
+        callbacks=[start],
+    )
+    step, slots = _optimizer_state(str(tmp_path / 'ckpt-1.keras'))
+    assert step == STEPS
+    # Step counter and moments from the checkpoint alone (the EMA file of epoch 2 is newer).
+    assert start.state['step'] == step
+    assert len(start.state['slots']) == len(slots) > 2
+    for got, want in zip(start.state['slots'], slots):
+        np.testing.assert_array_equal(got, want)
+    # The averages of epoch 1 (the file the epoch-2 one replaced), not those of epoch 2.
+    for got, want in zip(start.state['averages'], kill.averages[1]):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert int(model.optimizer.iterations) == 3 * STEPS
+
+
+def test_resume_at_an_earlier_epoch_ignores_later_averages(tmp_path):
+    # The issue's run: finish 2 epochs, then rerun with --resume_epoch=1.
+    plan = efficientnetv2.progressive_plan(epochs=3, image_size=16, num_stages=1)
+    path = str(tmp_path / 'ema.weights.h5')
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / 'ckpt-{epoch}.keras'))
+    ema = efficientnetv2.ModelEMA(decay=0.9, filepath=path)
+    _fit(tiny_model(), plan, [], ema=ema, callbacks=[checkpoint])  # EMA files: epochs 3 and 2.
+
+    model = tiny_model()
+    ema = efficientnetv2.ModelEMA(decay=0.9, filepath=path)
+    start = _AtStart(ema)
+    _fit(
+        model,
+        plan,
+        [],
+        ema=ema,
+        initial_epoch=1,
+        resume_from=str(tmp_path / 'ckpt-1.keras'),
+        callbacks=[start],
+    )
+    assert start.state['step'] == STEPS
+    # No averages of epoch 1 on disk: they restart from the checkpoint's weights.
+    for got, want in zip(start.state['averages'], start.state['weights']):
+        np.testing.assert_array_equal(got, want)
+    assert int(model.optimizer.iterations) == 3 * STEPS
+
+
+def _photo_folder(root, num_classes=2, per_class=6, size=20):
+    rng = np.random.RandomState(0)
+    for label in range(num_classes):
+        for split, count in (('train', per_class), ('val', 3)):
+            directory = root / split / f'c{label}'
+            directory.mkdir(parents=True)
+            for index in range(count):
+                image = rng.randint(0, 256, (size, size, 3)).astype(np.uint8)
+                (directory / f'{index}.png').write_bytes(tf.io.encode_png(image).numpy())
+    return data.folder_dataset_info(str(root))
+
+
+class _Hung(keras.callbacks.Callback):
+    """Stands in for a watchdog: an epoch past 50 batches of a 12-image folder never ends."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch >= 50:
+            raise RuntimeError('the first epoch does not end')
+
+
+def test_folder_dataset_without_steps_per_epoch_fails_at_once_and_finite_ones_run(tmp_path):
+    info = _photo_folder(tmp_path)
+    plan = efficientnetv2.progressive_plan(epochs=1, image_size=16, num_stages=1)
+
+    def dataset_fn(stage, **kwargs):
+        return data.build_dataset(
+            info, 'train', image_size=stage.image_size, batch_size=4, **kwargs
+        )
+
+    # The training pipeline repeats: its length is known to be infinite.
+    with pytest.raises(ValueError, match='steps_per_epoch'):
+        efficientnetv2.fit_progressive(
+            tiny_model(2), dataset_fn, plan, callbacks=[_Hung()], verbose=0
+        )
+    # A finite folder pipeline has the length of its listing: no "ran out of data" warnings.
+    validation = data.build_dataset(info, 'eval', image_size=16, batch_size=4)
+    assert int(validation.cardinality()) == 2  # 6 images.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        result = efficientnetv2.fit_progressive(
+            tiny_model(2),
+            lambda stage: dataset_fn(stage, repeat=False),
+            plan,
+            validation_data=validation,
+            verbose=0,
+        )
+    assert not [w for w in caught if 'ran out of data' in str(w.message)]
+    assert len(result.history['val_loss']) == 1
+
+
+def _bad_fn(kind):
+    def dataset_fn(stage):
+        size = stage.image_size
+        images = np.zeros((4, size, size, 3), 'float32')
+        labels = np.eye(10, dtype='float32')[np.arange(4)]
+        if kind == 'none':
+            return None
+        if kind == 'fixed size':
+            images = np.zeros((4, 24, 24, 3), 'float32')
+        if kind == 'no labels':
+            return tf.data.Dataset.from_tensor_slices(images).batch(4)
+        if kind == 'one channel':
+            images = images[..., :1]
+        if kind == 'indices':
+            labels = np.arange(4)
+        if kind == 'label rank':
+            labels = np.zeros((4, 1, 10), 'float32')
+        if kind == '20 classes':
+            labels = np.eye(20, dtype='float32')[np.arange(4)]
+        if kind == 'arrays':
+            return images, labels
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+
+    return dataset_fn
+
+
+@pytest.mark.parametrize(
+    'kind, message',
+    [
+        ('none', 'returned None'),
+        ('fixed size', r'yields images of 24x24 px; this stage trains at 16x16'),
+        ('no labels', 'images alone'),
+        ('one channel', r'images of shape \(\w+, 16, 16, 1\); expected \[batch, 16, 16, 3\]'),
+        ('indices', 'class indices .* CategoricalCrossentropy takes one-hot'),
+        ('label rank', r'labels of shape \(\w+, 1, 10\)'),
+        ('20 classes', 'labels for 20 classes .* head has 10 classes'),
+        ('arrays', 'returned a tuple'),
+    ],
+)
+def test_bad_dataset_fn_results_name_dataset_fn_and_the_stage(kind, message):
+    plan = efficientnetv2.progressive_plan(epochs=2, image_size=24, num_stages=2, min_image_size=16)
+    with pytest.raises(ValueError, match=message) as raised:
+        efficientnetv2.fit_progressive(tiny_model(), _bad_fn(kind), plan, verbose=0)
+    assert r'dataset_fn(stage) for stage 0 (image size 16)' in str(raised.value)
+
+
+def test_dataset_fn_is_checked_at_every_stage():
+    # Right at 16 px (stage 0), then the same 16 px again: stage 1 asked for 24.
+    plan = efficientnetv2.progressive_plan(epochs=2, image_size=24, num_stages=2, min_image_size=16)
+
+    def dataset_fn(stage):
+        return data.build_dataset('digits', 'train', image_size=16, batch_size=16, seed=1)
+
+    with pytest.raises(ValueError, match=r'stage 1 \(image size 24\) yields images of 16x16'):
+        efficientnetv2.fit_progressive(
+            tiny_model(), dataset_fn, plan, steps_per_epoch=STEPS, verbose=0
+        )
+
+
+def test_class_indices_are_checked_against_a_sparse_loss_and_the_head():
+    model = tiny_model()
+    model.compile('adam', keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    plan = efficientnetv2.progressive_plan(epochs=1, image_size=16, num_stages=1)
+
+    def dataset_fn(labels):
+        images = np.zeros((4, 16, 16, 3), 'float32')
+        return lambda stage: tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+
+    with pytest.raises(ValueError, match='class indices from 8 to 11; .* 10 classes'):
+        efficientnetv2.fit_progressive(model, dataset_fn(np.arange(8, 12)), plan, verbose=0)
+    one_hot = np.eye(10, dtype='float32')[np.arange(4)]
+    with pytest.raises(ValueError, match='one-hot labels .* SparseCategoricalCrossentropy'):
+        efficientnetv2.fit_progressive(model, dataset_fn(one_hot), plan, verbose=0)

@@ -73,8 +73,7 @@ def test_num_batches_ends_the_pipeline(dataset, small_folder):
     bounded = data.build_dataset(
         dataset, data_dir=small_folder, image_size=16, batch_size=4, seed=1, num_batches=7
     )
-    if dataset == 'digits':  # A folder's cardinality is unknown (corrupt files are dropped).
-        assert int(bounded.cardinality()) == 7
+    assert int(bounded.cardinality()) == 7  # A folder's too, though corrupt files are dropped.
     iterator = iter(bounded)
     for _ in range(7):
         images, labels = next(iterator)
@@ -83,7 +82,22 @@ def test_num_batches_ends_the_pipeline(dataset, small_folder):
         next(iterator)
     # Without a bound a training pipeline repeats: 12 batches of 4 from 13 decodable images.
     endless = data.build_dataset(dataset, data_dir=small_folder, image_size=16, batch_size=4)
+    assert endless.cardinality() == tf.data.INFINITE_CARDINALITY
     assert len(_batches(endless.take(12))) == 12
+
+
+def test_finite_folder_pipeline_has_the_length_of_its_listing(small_folder):
+    # 14 listed train images, one corrupt: 3 full batches of 4 either way, as declared.
+    args = dict(data_dir=small_folder, image_size=16, seed=1, repeat=False)
+    finite = data.build_dataset('folder', batch_size=4, **args)
+    assert int(finite.cardinality()) == 3
+    assert len(_batches(finite)) == 3
+    # At batch 7 the corrupt file costs a batch (13 // 7 of the 14 // 7 declared): a clear
+    # error instead of a length that does not hold.
+    short = data.build_dataset('folder', batch_size=7, **args)
+    assert int(short.cardinality()) == 2
+    with pytest.raises(tf.errors.InvalidArgumentError, match='Remove or repair those files'):
+        _batches(short)
 
 
 def test_eval_pipeline_skip_and_bound_keep_the_partial_batch():

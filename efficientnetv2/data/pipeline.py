@@ -256,12 +256,14 @@ def _crop_element(plan: Plan, index, payload, kind):
     )
 
 
-def _decode_stage(dataset: tf.data.Dataset, kind: str, plan: Plan):
+def _decode_stage(dataset: tf.data.Dataset, kind: str, plan: Plan, num_images=None):
     """Maps (payload, label) to (index, uint8 crop, label), skipping failures.
 
     Encoded images are decoded inside `ignore_errors`. A sentinel ends every
     pass over the data; a scan over the surviving (ordered) indices counts
-    the gaps left by dropped images, and raises if a whole pass yields none.
+    the gaps left by dropped images, and raises if a whole pass yields none,
+    or, when a finite pipeline declares the length its `num_images` listed
+    images make (`_declare_length`), if the dropped ones shorten it.
     In-memory pixels cannot fail: `plan.order.skip_batches` batches are
     passed over here, before any crop, and the indices (hence the per-image
     seeds) continue where the skipped ones stop.
@@ -305,7 +307,7 @@ def _decode_stage(dataset: tf.data.Dataset, kind: str, plan: Plan):
     dataset = dataset.ignore_errors(log_warning=True)
     dataset = dataset.scan(
         (tf.constant(-1, tf.int64), tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
-        _plain(functools.partial(_count_skips, plan)),
+        _plain(functools.partial(_count_skips, plan, num_images)),
     )
     dataset = dataset.filter(
         _plain(lambda i, image, label, is_sentinel: tf.logical_not(is_sentinel))
@@ -326,8 +328,20 @@ def _element_skip(plan: Plan, kind: str) -> int:
     return plan.order.skip_batches * plan.batching.batch_size
 
 
-def _count_skips(plan: Plan, state, element):
-    """Scan step: counts dropped images between consecutive indices."""
+def _num_batches(plan: Plan, num_images):
+    """Batches that `num_images` images make in one pass (int or int64 tensor)."""
+    batch_size = plan.batching.batch_size
+    if plan.batching.drop_remainder:
+        return num_images // batch_size
+    return (num_images + batch_size - 1) // batch_size
+
+
+def _count_skips(plan: Plan, num_images, state, element):
+    """Scan step: counts dropped images between consecutive indices.
+
+    `num_images`: the images listed for one pass of a finite pipeline that
+    declares their number of batches as its length; None: no length declared.
+    """
     last_index, decoded, skipped_in_pass = state
     index, _, _, is_sentinel = element
     skipped = index - last_index - 1
@@ -351,7 +365,25 @@ def _count_skips(plan: Plan, state, element):
             skipped_in_pass,
         ],
     )
-    with tf.control_dependencies([recorded, check]):
+    checks = [recorded, check]
+    if num_images is not None and not plan.order.repeat:
+        # The declared length (`_declare_length`) must hold: say why it does not.
+        promised = _num_batches(plan, num_images)
+        short = is_sentinel & (_num_batches(plan, decoded) < promised)
+        checks.append(
+            tf.debugging.Assert(
+                tf.logical_not(short),
+                [
+                    f'Dataset {plan.source_name!r} (input pipeline {pipeline_id} of '
+                    f'{num_pipelines}): images that could not be decoded (logged above) '
+                    f'leave fewer than the {promised} batches its {num_images} listed images '
+                    'make, the length this finite pipeline declares. Remove or repair those '
+                    'files. Images skipped:',
+                    skipped_in_pass,
+                ],
+            )
+        )
+    with tf.control_dependencies(checks):
         new_state = (
             index,
             tf.where(is_sentinel, tf.constant(0, tf.int64), decoded + 1),
@@ -437,6 +469,34 @@ def _batch_stage(dataset, plan: Plan, first_batch: int = 0):
         return images, labels
 
     return dataset.map(_plain(finalize), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _static_cardinality(dataset):
+    """`dataset.cardinality()` as an int, or None when it is not a constant (graph mode)."""
+    value = tf.get_static_value(dataset.cardinality())
+    return None if value is None else int(value)
+
+
+def _declare_length(dataset, plan: Plan, num_images):
+    """Gives tf.data the batched pipeline's length where its filters hide it.
+
+    Dropping undecodable images (a filter) makes tf.data's cardinality
+    unknown, and so `model.fit` without `steps_per_epoch` would wait forever
+    for the end of a repeated pipeline, or warn that a finite one "ran out of
+    data" after each pass. A repeated pipeline is infinite (a pass with no
+    decodable image raises). A finite one makes the batches of the images
+    listed in its source (`num_images`; None: not known, left unknown); the
+    decode stage raises a clear error if undecodable images shorten it.
+    """
+    if _static_cardinality(dataset) != tf.data.UNKNOWN_CARDINALITY:
+        return dataset  # Known, or not knowable here (graph mode).
+    if plan.order.repeat:
+        length = tf.data.INFINITE_CARDINALITY
+    elif num_images is not None:
+        length = _num_batches(plan, num_images)
+    else:
+        return dataset
+    return dataset.apply(tf.data.experimental.assert_cardinality(length))
 
 
 def _should_cache(cache, kind, num_images):
@@ -530,7 +590,9 @@ def build_dataset(
     Returns:
         A `tf.data.Dataset` of `(images, labels)`: images
         `[batch, image_size, image_size, 3]` of `image_dtype`, labels
-        `[batch, num_classes]` float32.
+        `[batch, num_classes]` float32. Its `cardinality()` is infinite
+        when it repeats, else the number of batches its images make (unknown
+        only for TFRecord files, whose number of records is not listed).
 
     Raises:
         ValueError: for an unknown dataset, split or augname, invalid
@@ -591,7 +653,9 @@ def build_dataset(
         data = data.shuffle(
             plan.order.shuffle_buffer, seed=plan.order.seeds[0], reshuffle_each_iteration=True
         )
-    data = _decode_stage(data, source.kind, plan)
+    listed = _static_cardinality(data)
+    listed = listed if listed is not None and listed >= 0 else None
+    data = _decode_stage(data, source.kind, plan, num_images=listed)
     data = data.map(
         _plain(functools.partial(_finish_element, plan)),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -599,6 +663,7 @@ def build_dataset(
     )
     skipped = plan.order.skip_batches if _element_skip(plan, source.kind) else 0
     data = _batch_stage(data, plan, first_batch=skipped)
+    data = _declare_length(data, plan, listed)
     if plan.order.skip_batches > skipped:
         data = data.skip(plan.order.skip_batches - skipped)
     if plan.order.num_batches is not None:
