@@ -172,6 +172,15 @@ def export_saved_model(
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name='images')])
     def serve_images(images):
+        # The signature's shape is not enforced on a call: a clear error, not one from a conv.
+        shape = tf.shape(images)
+        check = tf.Assert(
+            tf.logical_and(tf.equal(tf.size(shape), 4), tf.equal(shape[-1], 3)),
+            ['serving_default takes float images [N, H, W, 3] (RGB, 0-255); received shape', shape],
+            summarize=4,
+        )
+        with tf.control_dependencies([check]):
+            images = tf.identity(images)
         return classify(eval_transform(images))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='image_bytes')])

@@ -107,6 +107,15 @@ FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
+def test_serving_default_names_the_expected_shape(saved_model):
+    serve = tf.saved_model.load(saved_model).signatures['serving_default']
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r'serving_default takes float images \[N, H, W, 3\].*\[1 40 40 1\]',
+    ):
+        serve(images=tf.zeros([1, 40, 40, 1]))
+
+
 def test_saved_model_reproduces_keras_in_a_fresh_process(model, saved_model, encoded, tmp_path):
     images = pixels((3, 80, 100, 3), seed=0)
     data_path, out_path = str(tmp_path / 'in.npz'), str(tmp_path / 'out.npz')
