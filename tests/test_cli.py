@@ -182,3 +182,11 @@ def test_help_exits_0(name, tmp_path):
     done = _command(name, '--help', cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     assert '--output_dir:' in done.stdout or '--model_dir:' in done.stdout
+
+
+def test_summary_usage_names_the_installed_command(tmp_path):
+    done = _command('efficientnetv2-summary', '--image_size=big', cwd=str(tmp_path))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert '\nusage: efficientnetv2-summary [-h]' in done.stderr, done.stderr[-3000:]
+    assert 'python -m' not in done.stderr
+    assert "argument --image_size: invalid int value: 'big'" in done.stderr
