@@ -631,7 +631,10 @@ def check_images(image_size, seed=0):
 
 
 def _compare(name, inputs, output, reference, logits=True):
-    output, reference = np.asarray(output, np.float64), np.asarray(reference, np.float64)
+    # .numpy() first: numpy 2 warns on np.asarray(EagerTensor) (its __array__ takes no copy=).
+    output, reference = (
+        np.asarray(x.numpy() if tf.is_tensor(x) else x, np.float64) for x in (output, reference)
+    )
     if output.shape != reference.shape:
         raise ExportVerificationError(
             f'{name}: output shape {output.shape}, expected {reference.shape}.', []

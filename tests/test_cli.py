@@ -190,3 +190,31 @@ def test_summary_usage_names_the_installed_command(tmp_path):
     assert '\nusage: efficientnetv2-summary [-h]' in done.stderr, done.stderr[-3000:]
     assert 'python -m' not in done.stderr
     assert "argument --image_size: invalid int value: 'big'" in done.stderr
+
+
+def test_known_third_party_warnings_are_filtered_by_the_pytest_config(tmp_path):
+    # Keras' convert_to_numpy (get_weights) raises numpy 2's __array__ copy deprecation: the
+    # suite's pytest configuration (pyproject.toml) filters it, so the run ends warning-free.
+    (tmp_path / 'test_probe.py').write_text(
+        'import keras\n'
+        'import numpy as np\n\n\n'
+        'def test_probe():\n'
+        '    layer = keras.layers.Dense(2)\n'
+        '    layer(np.zeros((1, 3), np.float32))\n'
+        '    assert len(layer.get_weights()) == 2\n'
+    )
+    done = _python(
+        '-m',
+        'pytest',
+        '-q',
+        '-p',
+        'no:cacheprovider',
+        '-c',
+        os.path.join(ROOT, 'pyproject.toml'),
+        '--rootdir',
+        str(tmp_path),
+        str(tmp_path / 'test_probe.py'),
+        cwd=str(tmp_path),
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert done.stdout.rstrip().splitlines()[-1].startswith('1 passed in '), done.stdout[-3000:]
