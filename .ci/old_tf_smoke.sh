@@ -75,8 +75,8 @@ set +e
 "$BIN/efficientnetv2-train" --helpshort >"$WORK/help.txt"
 status=$?
 set -e
-# absl ends --help / --helpshort with exit status 1; a missing script or a crash fails below.
-if [ "$status" -ne 1 ] || ! grep -q -- '--model_dir:' "$WORK/help.txt"; then
+# Help asked for exits 0 (efficientnetv2.console); a missing script or a crash fails below.
+if [ "$status" -ne 0 ] || ! grep -q -- '--model_dir:' "$WORK/help.txt"; then
   echo "efficientnetv2-train --helpshort: exit $status, flags not listed" >&2
   exit 1
 fi

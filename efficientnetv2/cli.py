@@ -15,8 +15,9 @@ Config override order: defaults -> model recipe -> dataset recipe -> --config_fi
 --hparam_str. The resolved config is written to <model_dir>/config.yaml; --mode=eval, export
 and infer read it back from there (--config_file / --hparam_str override the keys they name).
 
-Exit codes: 0 done; 1 a run error (logged); 2 a usage error (bad flag or config value, nothing
-written); 143 (128 + SIGTERM) training stopped by SIGTERM before its last step, checkpoint
+Exit codes: 0 done (and after --help); 1 a run error (logged); 2 a usage error (a bad or
+unknown flag or config value, an extra argument, no run config: the message, no help dump;
+nothing written); 143 (128 + SIGTERM) training stopped by SIGTERM before its last step, checkpoint
 saved: rerun the same command to resume.
 """
 
@@ -103,6 +104,20 @@ def _model_name_valid(name):
 
 
 flags.register_validator('model_name', _model_name_valid)
+
+
+def _export_formats_valid(formats):
+    unknown = [f for f in formats if f not in export_lib.FORMATS]
+    if unknown or not formats:
+        raise flags.ValidationError(
+            'must be among {}. Received: {}'.format(
+                ', '.join(export_lib.FORMATS), ', '.join(unknown) or 'none'
+            )
+        )
+    return True
+
+
+flags.register_validator('export_formats', _export_formats_valid)
 
 
 def resolve_config(argv_flags=FLAGS):

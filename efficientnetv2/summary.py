@@ -4,7 +4,7 @@ FLOPs here are multiply-accumulates (MACs) of convolutions and matrix multiplies
 EfficientNet papers quote (V2-S: 8.4B at 384 px; V1-B0: 0.39B at 224 px). They are counted from
 the traced inference graph, so they hold for any Keras model, keras.applications' included.
 
-Command line:
+Command line (installed as `efficientnetv2-summary`, the same flags):
 
     python -m efficientnetv2.summary --model_name=efficientnetv2-s --image_size=384
     python -m efficientnetv2.summary --all
@@ -94,11 +94,15 @@ def describe(model_name, image_size=None, **overrides):
 
 def main(argv=None):
     import argparse
+    import os
+    import sys
 
     from absl import logging
 
+    command = os.path.basename(sys.argv[0])
     parser = argparse.ArgumentParser(
-        prog='python -m efficientnetv2.summary',
+        # The installed command, or the module run with -m (whose argv[0] is summary.py).
+        prog=command if command == 'efficientnetv2-summary' else 'python -m efficientnetv2.summary',
         description='Print parameters and FLOPs (multiply-adds) of EfficientNet models.',
     )
     parser.add_argument(

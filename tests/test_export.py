@@ -107,6 +107,15 @@ FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
+def test_serving_default_names_the_expected_shape(saved_model):
+    serve = tf.saved_model.load(saved_model).signatures['serving_default']
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r'serving_default takes float images \[N, H, W, 3\].*\[1 40 40 1\]',
+    ):
+        serve(images=tf.zeros([1, 40, 40, 1]))
+
+
 def test_saved_model_reproduces_keras_in_a_fresh_process(model, saved_model, encoded, tmp_path):
     images = pixels((3, 80, 100, 3), seed=0)
     data_path, out_path = str(tmp_path / 'in.npz'), str(tmp_path / 'out.npz')
@@ -424,17 +433,46 @@ def test_a_broken_artifact_fails_verification_and_is_named(model, exported, tmp_
     export.export_feature_vector(_perturbed(model), features)
     error = _verification_error(model, dict(exported, feature_vector=features))
     assert [row['artifact'] for row in error.rows if not row['ok']] == ['feature_vector']
-    # Dynamic-range TFLite of other weights.
+    # Dynamic-range TFLite of other weights, without its float twin to vouch for the conversion.
     dynamic = str(tmp_path / 'model_dynamic.tflite')
     export.export_tflite(_perturbed(model), dynamic, SIZE, quantize='dynamic', preprocess='legacy')
-    error = _verification_error(model, dict(exported, tflite_dynamic=dynamic))
+    alone = {k: v for k, v in exported.items() if k != 'tflite'}
+    error = _verification_error(model, dict(alone, tflite_dynamic=dynamic))
     assert [row['artifact'] for row in error.rows if not row['ok']] == ['tflite_dynamic']
+    assert 'passed: saved_model:serving_default, saved_model:serving_bytes, ' in str(error)
     # Verified for a no-crop eval, the float centre-cropping artifacts all fail (the .keras and
     # the feature vector take preprocessed input: they stay correct).
     error = _verification_error(model, exported, center_crop=False)
     failed = [row['artifact'] for row in error.rows if not row['ok']]
     assert failed[:3] == ['saved_model:serving_default', 'saved_model:serving_bytes', 'tflite']
     assert 'keras' not in failed and 'feature_vector' not in failed
+
+
+@pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated')
+def test_a_quantized_copy_noisier_than_its_bound_is_a_warning(model, exported, tmp_path, caplog):
+    # Int8 noise on a model with small logits: above the bound, while the float TFLite (the same
+    # graph and preprocessing) passed. A batch-norm scale x1.5 stands in for that noise.
+    copy = tiny_model()
+    copy.set_weights(model.get_weights())
+    gamma = next(v for v in copy.weights if v.path == 'block3b/bn/gamma')
+    gamma.assign(gamma * 1.5)
+    dynamic = str(tmp_path / 'model_dynamic.tflite')
+    export.export_tflite(copy, dynamic, SIZE, quantize='dynamic', preprocess='legacy')
+    with caplog.at_level('WARNING'):
+        rows = export.verify_exports(model, dict(exported, tflite_dynamic=dynamic), SIZE, 'legacy')
+    by_name = {row['artifact']: row for row in rows}
+    noisy = by_name['tflite_dynamic']
+    assert noisy['max_rel'] > export.TOLERANCES['tflite_dynamic']
+    assert noisy['ok'] and noisy['noisy'] and not by_name['tflite']['noisy']
+    assert 'tflite_dynamic is noisier than its bound' in caplog.text
+    assert 'NOISY (warning)' in export.format_table(rows)
+    # A wrong float artifact still fails, naming it and what passed (the noisy copy too).
+    tflite = str(tmp_path / 'model.tflite')
+    export.export_tflite(_perturbed(model), tflite, SIZE, preprocess='legacy')
+    error = _verification_error(model, dict(exported, tflite=tflite))
+    assert [row['artifact'] for row in error.rows if not row['ok']] == ['tflite']
+    assert str(error).startswith('Exported artifact(s) tflite do not reproduce the Keras model')
+    assert 'tflite_dynamic, keras.' in str(error)
 
 
 def test_export_all_verifies_by_default(model, tmp_path, monkeypatch):

@@ -31,7 +31,8 @@ TINY_BACKBONE = (
 def fake_trial(trial, settings, context):
     """A deterministic stand-in for training: no TensorFlow work at all."""
     arch = trial['arch']
-    if 'FAIL' in os.environ.get('NAS_FAKE_MODE', '') and trial['trial'] == 1:
+    mode = os.environ.get('NAS_FAKE_MODE', '')
+    if mode == 'FAILALL' or ('FAIL' in mode and trial['trial'] == 1):
         raise FloatingPointError('loss is NaN')
     ones = arch.count('c1')
     return dict(
@@ -336,6 +337,64 @@ def test_failing_trial_is_recorded_not_fatal(tmp_path, monkeypatch):
     assert '1 failed' in search.format_best(
         search.TrialStore(s.output_dir, s).results(), s.backbone
     )
+
+
+def _nas_command(*args, fake_mode=''):
+    """Runs `python -m efficientnetv2.nas` with the fake trial; returns the CompletedProcess."""
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]),
+        TF_CPP_MIN_LOG_LEVEL='2',
+        CUDA_VISIBLE_DEVICES='',
+        NAS_FAKE_MODE=fake_mode,
+    )
+    cmd = [sys.executable, '-m', 'efficientnetv2.nas', '--trial_fn=test_nas:fake_trial']
+    cmd += ['--settle_s=0'] + list(args)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(
+    'flag, message',
+    [
+        ('--dataset_cfg=digitz', 'digitz'),
+        ('--hparam_str=train.batch_sise=8', 'train.batch_size'),
+        ('--hparam_str=train.batch_size=0', 'train.batch_size must be an integer > 0'),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_before_the_first_trial(flag, message, tmp_path):
+    out = tmp_path / 'nas'
+    done = _nas_command(f'--output_dir={out}', '--trials=2', flag)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert message in done.stderr and 'Traceback' not in done.stderr
+    assert not out.exists()  # Nothing written: the corrected command starts clean.
+    key, _, value = flag[2:].partition('=')
+    with pytest.raises(ValueError, match=message):  # The same check in the Python API.
+        search.run(settings(tmp_path / 'api', **{key: value}), fake_trial)
+    assert not (tmp_path / 'api').exists()
+
+
+def test_every_trial_failed_exits_1_and_retry_failed_runs_them_again(tmp_path, monkeypatch):
+    out = tmp_path / 'nas'
+    args = (f'--output_dir={out}', '--trials=3')
+    done = _nas_command(*args, fake_mode='FAILALL')
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert 'Every trial failed (3)' in done.stderr and '--retry_failed' in done.stderr
+    assert '3 trials finished, 3 failed.' in done.stdout
+    # The cause is gone, but a plain rerun skips finished trials, failed ones too.
+    assert _nas_command(*args).returncode == 1
+    done = _nas_command(*args, '--retry_failed')
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = _read_json(out, 'results.json')
+    assert [(r['trial'], r['status']) for r in table] == [(0, 'ok'), (1, 'ok'), (2, 'ok')]
+    failed = _read_json(out, 'trials', '000001', 'failed-result.json')
+    assert failed['status'] == 'failed' and 'loss is NaN' in failed['error']
+    # One failure among successes: a warning in the summary, exit 0; retried once more.
+    s = settings(tmp_path / 'api', trials=3)
+    monkeypatch.setenv('NAS_FAKE_MODE', 'FAIL')
+    assert [r['status'] for r in search.run(s, fake_trial)] == ['ok', 'failed', 'ok']
+    monkeypatch.delenv('NAS_FAKE_MODE')
+    assert [r['trial'] for r in search.run(s, fake_trial, retry_failed=True)] == [1]
+    assert all(r['status'] == 'ok' for r in search.TrialStore(s.output_dir, s).results())
 
 
 def test_image_size_16_or_less_is_refused(tmp_path):

@@ -81,6 +81,7 @@ def test_export_and_infer_take_the_run_config(digits_run, digit_files, tmp_path)
     assert all(row[-1] == 'ok' for row in table.values()), done.stdout
     assert float(table['tflite'][4]) <= 1e-3 and float(table['keras'][3]) == 0.0
     assert 'Export parity against the Keras model' in done.stderr
+    assert (done.stdout + done.stderr).count('max abs diff') == 1  # The table, once.
     assert not os.path.exists(export_dir / 'model.onnx')  # ONNX only when asked for.
 
     done = script_runner.run_main(

@@ -177,3 +177,43 @@ def test_generator_states_are_checkpointed_and_old_checkpoints_still_restore(tmp
         tf.train.Checkpoint(**items), str(tmp_path / 'old'), max_to_keep=1
     ).save(checkpoint_number=0)
     assert _tiny_trainer(tmp_path / 'old').restore()
+
+
+def _truncate(path):
+    with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_newest_that_restores(tmp_path):
+    # A disk fault truncates the newest checkpoint's data file; the same command resumes.
+    model_dir = tmp_path / 'run'
+    hparams = (
+        "model.blocks=['r1_k3_s1_e1_i16_o8_c1','r1_k3_s2_e4_i8_o16_c1'],model.feature_size=32,"
+        'train.stages=0,train.epochs=0.01,train.min_steps=6,train.image_size=16,'
+        'eval.image_size=16,train.batch_size=32,train.steps_per_loop=2,train.ckpt_interval=2'
+    )
+    args = ('--mode=train', '--strategy=cpu', f'--model_dir={model_dir}', f'--hparam_str={hparams}')
+    done = script_runner.run_main(*args, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = 'ckpt-6.data-00000-of-00001'
+    _truncate(model_dir / data)
+    done = script_runner.run_main(*args, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f'{model_dir}/ckpt-6 does not restore (IndexError: Read less bytes' in done.stderr
+    assert f'Resumed from {model_dir}/ckpt-4, the newest checkpoint that restores' in done.stderr
+    assert (model_dir / f'{data}.corrupt').exists()  # Set aside, not deleted ...
+    assert (model_dir / 'ckpt-6.index.corrupt').exists()
+    state = tf.train.get_checkpoint_state(str(model_dir))  # ... and step 6 trained again.
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
+        'ckpt-2',
+        'ckpt-4',
+        'ckpt-6',
+    ]
+    assert tf.train.load_variable(str(model_dir / 'ckpt-6'), 'step/.ATTRIBUTES/VARIABLE_VALUE') == 6
+    # None restores: one error line naming each file, no traceback.
+    for name in ('ckpt-2', 'ckpt-4', 'ckpt-6'):
+        _truncate(model_dir / f'{name}.data-00000-of-00001')
+    done = script_runner.run_main(*args, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 1 and 'Traceback' not in done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if 'No checkpoint in' in line]
+    assert re.search(r'restores: ckpt-6 \(IndexError.*\); ckpt-4 .*; ckpt-2 ', line), line

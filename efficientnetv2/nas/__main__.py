@@ -6,7 +6,9 @@ r"""Command line of the training-aware architecture search.
     # Several machines: run the same command on each with the same gs:// --output_dir.
 
 Rerunning the same command resumes: finished trials are skipped, a trial whose process died
-is taken over.
+is taken over; with --retry_failed the trials recorded as failed run again. The settings are
+checked before the first trial (a bad --dataset_cfg or --hparam_str key or value is a usage
+error, exit 2); the command exits 1 when every finished trial failed.
 """
 
 import importlib
@@ -18,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from efficientnetv2 import console
 from efficientnetv2.nas import search
 
 flags.DEFINE_string(
@@ -62,7 +65,15 @@ flags.DEFINE_float(
 flags.DEFINE_float('settle_s', 2.0, 'Non-local output_dir: wait before a claim is checked.')
 flags.DEFINE_bool('keep_checkpoints', False, "Keep each trial's checkpoints.")
 flags.DEFINE_integer('top_k', 5, 'How many best architectures to print.')
-flags.DEFINE_integer('workers', 1, 'Worker processes on this machine (each claims trials).')
+flags.DEFINE_integer(
+    'workers', 1, 'Worker processes on this machine (each claims trials).', lower_bound=1
+)
+flags.DEFINE_bool(
+    'retry_failed',
+    False,
+    'Run the trials recorded as failed again (their last error is kept in '
+    'failed-result.json). Same settings as the search in --output_dir.',
+)
 flags.DEFINE_integer('max_trials', None, 'Stop this process after running this many trials.')
 flags.DEFINE_string(
     'trial_fn',
@@ -98,7 +109,11 @@ def launch_workers(count):
         env_gpus = tf.config.list_physical_devices('GPU')
     except Exception:
         pass
-    args = [a for a in sys.argv[1:] if not a.startswith('--workers')]
+    args = [
+        a
+        for a in sys.argv[1:]
+        if not a.startswith(('--workers', '--retry_failed', '--noretry_failed'))
+    ]
     procs = []
     for i in range(count):
         env = dict(os.environ)
@@ -117,23 +132,41 @@ def main(argv):
         raise app.UsageError('Unexpected arguments: {}'.format(' '.join(argv[1:])))
     try:
         settings = settings_from_flags().validate()
+        # What would fail every trial alike (dataset, --hparam_str keys and values) is a usage
+        # error before the first trial, with nothing written.
+        search.check_trial_config(settings)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
+    trial_fn = load_trial_fn(FLAGS.trial_fn)
     if FLAGS.workers > 1:
-        codes = launch_workers(FLAGS.workers)
         store = search.TrialStore(settings.output_dir, settings)
+        try:
+            store.check_settings(settings)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from e
+        if FLAGS.retry_failed:  # Once, here: the workers only claim what is left.
+            logging.info('Retrying failed trial(s): %s.', store.reset_failed(settings.trials))
+        code = max(launch_workers(FLAGS.workers))
         records = store.write_tables(settings.top_k)
-        print(search.format_best(records, settings.backbone, settings.top_k), flush=True)
-        return max(codes)
-    try:
-        search.run(settings, load_trial_fn(FLAGS.trial_fn), FLAGS.max_trials)
-    except ValueError as e:
-        logging.error('%s', e)
-        return 1
-    records = search.TrialStore(settings.output_dir, settings).results()
+    else:
+        try:
+            search.run(settings, trial_fn, FLAGS.max_trials, FLAGS.retry_failed)
+        except ValueError as e:  # Settings that differ from the output_dir's search.
+            raise app.UsageError(str(e)) from e
+        code = 0
+        records = search.TrialStore(settings.output_dir, settings).results()
     print(search.format_best(records, settings.backbone, settings.top_k), flush=True)
-    return 0
+    if records and not any(r.get('status') == 'ok' for r in records):
+        logging.error(
+            'Every trial failed (%d); trial %d: %s. Fix the cause, then rerun the command with '
+            '--retry_failed to run the failed trials again.',
+            len(records),
+            records[0]['trial'],
+            records[0].get('error'),
+        )
+        return 1
+    return code
 
 
 if __name__ == '__main__':
-    app.run(main)
+    console.run(main, sys.modules[__name__])

@@ -13,9 +13,10 @@ Layout of `output_dir` (local or any `tf.io.gfile` path such as gs://):
     tensorboard/                 reward, accuracy, step-time ratio, params by trial index
 
 A trial is finished when its result.json exists; a resumed search skips those (failed ones
-too, so a deterministic failure does not loop). Claims make trials independent work items: any
-number of processes on any number of machines run `run()` on the same output_dir and each
-trial runs once (see `TrialStore.try_claim` for the race handling).
+too, so a deterministic failure does not loop; `run(..., retry_failed=True)` runs them again,
+keeping the last failure as trials/NNNNNN/failed-result.json). Claims make trials independent
+work items: any number of processes on any number of machines run `run()` on the same
+output_dir and each trial runs once (see `TrialStore.try_claim` for the race handling).
 
 Reward (paper): `A * S**w * P**v` with top-1 accuracy A (a fraction), S the normalised
 train-step time and P the trainable parameters in millions (a unit change multiplies every
@@ -210,6 +211,21 @@ def measure_step_time(
     """
     step = make_train_step(model, image_size, batch_size, strategy, num_classes)
     return interleaved_step_times([step], steps, warmup)[0]
+
+
+def check_trial_config(settings):
+    """Builds the config a trial would run (the backbone's blocks) and checks it.
+
+    Catches what would fail every trial alike (an unknown --dataset_cfg or backbone, an
+    unknown --hparam_str key or a bad value) before any trial runs or anything is written.
+
+    Raises:
+        ValueError: the config's own message (names the key, what it accepts, the value).
+    """
+    try:
+        trial_config(settings, _backbone_blocks(settings.backbone), 0)
+    except KeyError as e:  # An unknown key: its message names the closest valid keys.
+        raise ValueError(e.args[0] if e.args else str(e)) from None
 
 
 def trial_config(settings, block_strings, trial_index):
@@ -425,6 +441,27 @@ class TrialStore:
                 )
         else:
             _write_text(path, json.dumps(dataclasses.asdict(settings), indent=2))
+
+    def reset_failed(self, trials):
+        """Makes the failed trials among the first `trials` claimable again; their indices.
+
+        Each failed `result.json` is kept as `failed-result.json` (the last failure's error)
+        and the claim and heartbeat are removed, so the next worker runs the trial again with
+        the same architecture (arch.json stays).
+        """
+        gfile = _gfile()
+        reset = []
+        for record in self.results():
+            index = int(record['trial'])
+            if record.get('status') == 'ok' or index >= trials:
+                continue
+            result = self._path(index, 'result.json')
+            gfile.rename(result, self._path(index, 'failed-result.json'), overwrite=True)
+            for name in ('claim', 'heartbeat'):
+                with contextlib.suppress(Exception):
+                    gfile.remove(self._path(index, name))
+            reset.append(index)
+        return reset
 
     # Claims.
 
@@ -685,7 +722,7 @@ def run_trial(index, arch, settings, space, store, context, trial_fn):
     return record
 
 
-def run(settings, trial_fn=None, max_trials=None):
+def run(settings, trial_fn=None, max_trials=None, retry_failed=False):
     """Runs this process's share of a search (claims trials until none is left).
 
     Args:
@@ -693,17 +730,32 @@ def run(settings, trial_fn=None, max_trials=None):
         trial_fn: `fn(trial, settings, context) -> dict(accuracy, step_time,
             backbone_step_time, params)`; default `train_trial` (trains for real).
         max_trials: stop after running this many trials in this process (None: no limit).
+        retry_failed: first make the trials recorded as failed claimable again
+            (`TrialStore.reset_failed`), so that they run again. Use it in one process only:
+            another one running at the same time may re-run a trial this one just failed.
 
     Returns:
         The records of the trials this process ran.
+
+    Raises:
+        ValueError: bad settings, or a trial config that cannot work (`check_trial_config`);
+            nothing is written then.
     """
     settings.validate()
     from efficientnetv2 import architectures
 
     architectures.get_variant(settings.backbone)  # Clear error for an unknown backbone.
+    check_trial_config(settings)
     space = space_lib.SearchSpace(_backbone_blocks(settings.backbone), settings.repeat_delta)
     store = TrialStore(settings.output_dir, settings)
     store.check_settings(settings)
+    if retry_failed:
+        reset = store.reset_failed(settings.trials)
+        logging.info(
+            'Retrying %d failed trial(s)%s.',
+            len(reset),
+            ': ' + ', '.join(map(str, reset)) if reset else '',
+        )
     context = TrialContext(settings, space)
     random_archs = space.random_archs(settings.trials, settings.seed)
     trial_fn = trial_fn or train_trial

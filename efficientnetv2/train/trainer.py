@@ -258,25 +258,89 @@ class Trainer:
         return tf.bfloat16 if self.precision == 'mixed_bfloat16' else tf.float32
 
     def restore(self):
-        """Restores the latest checkpoint of model_dir; returns True if there was one."""
+        """Restores the newest checkpoint of model_dir that restores; True if there was one.
+
+        A checkpoint that fails to restore (a truncated or unreadable file, as a disk fault
+        leaves) is skipped for the next older one, with a warning saying which and why; the
+        chief renames its files to `<name>.corrupt` (kept, not deleted) and rewrites the
+        checkpoint list without it, so the next save and restart go on from the one restored.
+
+        Raises:
+            TrainingError: checkpoints exist but none restores (names each with its error).
+        """
+        state = tf.train.get_checkpoint_state(self.model_dir)
         latest = tf.train.latest_checkpoint(self.model_dir)
         if not latest:
             return False
+        candidates = list(state.all_model_checkpoint_paths) if state else []
+        candidates = [latest] + [p for p in reversed(candidates) if p != latest]
+        failed = []
+        for path in candidates:
+            try:
+                self._restore_from(path)
+            except (tf.errors.OpError, ValueError, AssertionError, IndexError, OSError) as e:
+                reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+                logging.warning('Checkpoint %s does not restore (%s).', path, reason)
+                failed.append((path, reason))
+                continue
+            if failed:
+                logging.warning(
+                    'Resumed from %s, the newest checkpoint that restores, instead of %s.',
+                    path,
+                    ', '.join(p for p, _ in failed),
+                )
+                self._set_aside(failed, [p for p in candidates if p not in dict(failed)])
+            logging.info('Restored %s at step %d.', path, int(self.global_step.numpy()))
+            return True
+        raise TrainingError(
+            'No checkpoint in {} restores: {}. Move them aside to train from the start.'.format(
+                self.model_dir, '; '.join(f'{os.path.basename(p)} ({r})' for p, r in failed)
+            )
+        )
+
+    def _restore_from(self, path):
         checkpoint = self.checkpoint
-        saved = {name.split('/')[0] for name, _ in tf.train.list_variables(latest)}
+        saved = {name.split('/')[0] for name, _ in tf.train.list_variables(path)}
         if 'random' in self._tracked and 'random' not in saved:
             logging.warning(
                 '%s holds no random-generator state (written by an older version): '
                 'dropout and stochastic-depth masks restart from their first draw, '
                 'so this run does not replay an uninterrupted one exactly.',
-                latest,
+                path,
             )
             checkpoint = tf.train.Checkpoint(
                 **{key: value for key, value in self._tracked.items() if key != 'random'}
             )
-        checkpoint.restore(latest).assert_existing_objects_matched().expect_partial()
-        logging.info('Restored %s at step %d.', latest, int(self.global_step.numpy()))
-        return True
+        checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
+
+    def _set_aside(self, failed, remaining):
+        """Renames the files of the checkpoints in `failed` to *.corrupt; `remaining` (newest
+        first) becomes the checkpoint list. Chief only: other workers only read model_dir."""
+        if not self.is_chief:
+            return
+        for path, _ in failed:
+            for name in tf.io.gfile.glob(path + '.*'):
+                if not name.endswith('.corrupt'):
+                    tf.io.gfile.rename(name, name + '.corrupt', overwrite=True)
+                    logging.warning('Set aside %s as %s.', name, name + '.corrupt')
+        state = tf.train.get_checkpoint_state(self.model_dir)
+        times = dict(zip(state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps))
+        kept = [p for p in state.all_model_checkpoint_paths if p in remaining]
+        # Relative names, as the manager writes them; the timestamps let it delete them later.
+        tf.compat.v1.train.update_checkpoint_state(
+            self.model_dir,
+            os.path.basename(remaining[0]),
+            all_model_checkpoint_paths=[os.path.basename(p) for p in kept],
+            all_model_checkpoint_timestamps=[times[p] for p in kept if p in times] or None,
+            last_preserved_timestamp=state.last_preserved_timestamp,
+        )
+        # A fresh manager reads that list: its next save neither lists nor deletes the others.
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint,
+            self._write_dir(),
+            max_to_keep=self.config.train.keep_ckpt_max,
+            step_counter=self.global_step,
+        )
 
     def _init_from_pretrained(self):
         path = self.config.train.ft_init_ckpt
