@@ -253,13 +253,32 @@ def registered_models():
 
 
 def variant_from_config(values):
-    """The `Variant` a config mapping defines through its `model` section (model_name and
-    blocks, as `efficientnetv2.scaling` writes them and every run's config.yaml holds), with the
-    sizes and augmentation of its train / eval / data sections; None without both keys."""
+    """The `Variant` a config mapping defines, or None.
+
+    Two kinds of mapping define one: a `scaling` section (what `efficientnetv2.scaling` writes:
+    the base model whose recipe the variant keeps, and the scaled eval / train sizes) with the
+    `model` section's name, blocks and coefficients; or, without it, a whole run config (a
+    run's config.yaml), whose model section and train / eval / data sections give the rest.
+    """
     model = dict(values.get('model') or {})
     name, blocks = model.get('model_name'), model.get('blocks')
     if not name or not blocks:
         return None
+    scaled = values.get('scaling')
+    if scaled:
+        base = get_variant(scaled['base'])
+        return dataclasses.replace(
+            base,
+            name=str(name).strip().lower(),
+            blocks=tuple(blocks),
+            width_coefficient=float(model.get('width_coefficient', base.width_coefficient)),
+            depth_coefficient=float(model.get('depth_coefficient', base.depth_coefficient)),
+            eval_size=int(scaled.get('eval_size', base.eval_size)),
+            train_size=int(scaled.get('train_size', base.train_size)),
+            dropout_rate=float(model.get('dropout_rate', base.dropout_rate)),
+            paper_final=None,
+            keras_name=None,
+        )
     train, evaluation, data = (dict(values.get(k) or {}) for k in ('train', 'eval', 'data'))
     eval_size = int(evaluation.get('image_size', 224))
     train_size = train.get('image_size', eval_size)

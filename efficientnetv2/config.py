@@ -303,8 +303,11 @@ def build_config(
     info = data.get_dataset_info(dataset_cfg, data_dir=data_dir)
     if isinstance(config_file, str) and config_file.strip().endswith(('.yaml', '.yml')):
         # A model defined by the file itself (efficientnetv2.scaling --write_config, or a run's
-        # config.yaml) is registered under its name, so a fresh process takes it.
-        architectures.register_from_config(hparams.load_yaml(config_file.strip()))
+        # config.yaml) is registered under its name, so a fresh process takes it; the file's
+        # `scaling` section (base model, sizes) only serves that and is not a config key.
+        config_file = hparams.load_yaml(config_file.strip())
+        architectures.register_from_config(config_file)
+        config_file.pop('scaling', None)
     config = default_config()
     config.override(model_recipe(model_name))
     config.override(DATASET_RECIPES.get(info.name.lower(), {}))

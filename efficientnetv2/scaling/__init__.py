@@ -106,9 +106,8 @@ def resolve_base(base, blocks=None):
     if blocks is not None:
         blocks = [blocks] if isinstance(blocks, str) else list(blocks)
         blocks_lib.decode_list(blocks)  # ValueError quoting a bad string.
-        base = dataclasses.replace(
-            base, name=f'{base.name}-custom', blocks=tuple(blocks), keras_name=None
-        )
+        # The name stays the registry's: the recipe comes from it (written configs name it).
+        base = dataclasses.replace(base, blocks=tuple(blocks), keras_name=None)
     return base
 
 
@@ -222,11 +221,34 @@ class ScaledVariant:
         return variant.name
 
     def config_values(self, name=None):
-        """The config overrides that define this model (model recipe): what `write_config`
-        writes. A fresh process given them as --config_file registers the model itself."""
-        from efficientnetv2 import config as config_lib  # Needs Keras (the model module).
-
-        return config_lib.model_recipe(self.to_variant(name))
+        """What `write_config` writes: a `scaling` section (the base whose recipe the model
+        keeps, the rule, its numbers and sizes) and the `model` section (name, blocks,
+        coefficients, dropout). Given as --config_file, a fresh process registers the model
+        from it, and the run's config is then built as for a published model: defaults, this
+        model's recipe (the base's, with the scaled sizes), the dataset's recipe, the file.
+        """
+        variant = self.to_variant(name)
+        return dict(
+            scaling=dict(
+                base=self.base.name,
+                rule=self.rule,
+                phi=self.phi,
+                alpha=self.alpha,
+                beta=self.beta,
+                gamma=self.gamma,
+                eval_size=self.eval_size,
+                train_size=self.train_size,
+                params=self.params,
+                flops=self.flops,
+            ),
+            model=dict(
+                model_name=variant.name,
+                blocks=list(variant.blocks),
+                width_coefficient=variant.width_coefficient,
+                depth_coefficient=variant.depth_coefficient,
+                dropout_rate=variant.dropout_rate,
+            ),
+        )
 
     def to_yaml(self, name=None):
         import yaml
@@ -240,7 +262,8 @@ class ScaledVariant:
             '# Written by python -m efficientnetv2.scaling; train it with',
             f'#   efficientnetv2-train --model_name={name} --config_file=THIS_FILE '
             '--dataset_cfg=...',
-            '# (the model section defines the model: no registration needed in the new process).',
+            '# The scaling section registers the model in that process (the recipe of its base',
+            '# with the sizes below); the model section is applied like any config file.',
         ]
         body = yaml.safe_dump(self.config_values(name), default_flow_style=False, sort_keys=False)
         return '\n'.join(header) + '\n' + body
@@ -274,9 +297,10 @@ class ScaledVariant:
         )
 
 
-def _default_name(base, rule, phi):
+def _default_name(base, rule, phi, custom=False):
     suffix = f'phi{phi:.2f}'.rstrip('0').rstrip('.')
-    return f'{base.name}-{rule}{suffix}' if rule == 'v2' else f'{base.name}-{suffix}'
+    stem = f'{base.name}-custom' if custom else base.name
+    return f'{stem}-{rule}{suffix}' if rule == 'v2' else f'{stem}-{suffix}'
 
 
 def compound(
@@ -337,7 +361,7 @@ def compound(
     trainable, frozen, macs = counting.count(image_size=eval_size, **hparams)
     dropout = min(MAX_DROPOUT, max(base.dropout_rate, base.dropout_rate + DROPOUT_PER_PHI * phi))
     return ScaledVariant(
-        name=name or _default_name(base, rule, phi),
+        name=name or _default_name(base, rule, phi, custom=blocks is not None),
         base=base,
         rule=rule,
         phi=phi,
