@@ -57,12 +57,12 @@ MAX_DROPOUT = 0.5
 # eval size (1000 classes; the zoo reproduces them exactly, tests/test_scaling.py checks).
 PUBLISHED = {
     'efficientnet-b0': (5288548, 385814752, 224),
-    'efficientnet-b1': (7794184, 696767848, 240),
-    'efficientnet-b2': (9109994, 1001119070, 260),
+    'efficientnet-b1': (7794184, 686802832, 240),
+    'efficientnet-b2': (9109994, 993561872, 260),
     'efficientnet-b3': (12233232, 1827141392, 300),
     'efficientnet-b4': (19341616, 4393771024, 380),
-    'efficientnet-b5': (30389784, 10271400344, 456),
-    'efficientnet-b6': (43040704, 19067590560, 528),
+    'efficientnet-b5': (30389784, 10266384752, 456),
+    'efficientnet-b6': (43040704, 19067593536, 528),
     'efficientnet-b7': (66347960, 37745884192, 600),
     'efficientnetv2-s': (21458488, 8365617152, 384),
     'efficientnetv2-m': (54139356, 24582460384, 480),
@@ -133,7 +133,8 @@ def v2_repeats(base_repeats, depth):
 
     Stages other than the later ones (5 and 6) get ceil(r * depth**0.5); the later stages
     share the rest of uniform scaling's total, ceil(sum(r) * depth), in proportion to their
-    repeats (rounded up). Stages after them (a 7th) scale like the early ones.
+    repeats (largest remainders get the odd layers), so the total is exactly uniform
+    scaling's. Stages after them (a 7th) scale like the early ones.
     """
     late = _late_stage_indices(len(base_repeats))
     early = math.pow(depth, V2_EARLY_DEPTH_EXPONENT)
@@ -141,8 +142,12 @@ def v2_repeats(base_repeats, depth):
     late_base = sum(base_repeats[i] for i in late)
     others = sum(out[i] for i in range(len(out)) if i not in late)
     extra = max(0, math.ceil(sum(base_repeats) * depth - 1e-9) - others - late_base)
+    shares = {i: extra * base_repeats[i] / late_base for i in late}
     for i in late:
-        out[i] = base_repeats[i] + math.ceil(extra * base_repeats[i] / late_base - 1e-9)
+        out[i] = base_repeats[i] + int(shares[i])
+    left = extra - sum(int(v) for v in shares.values())
+    for i in sorted(late, key=lambda i: (-(shares[i] - int(shares[i])), -i))[:left]:
+        out[i] += 1
     return out
 
 
