@@ -377,6 +377,39 @@ def test_grid_trial_overrides_scale_the_reduced_base():
     assert grid.backbone_model()['width_coefficient'] == 0.25
 
 
+def test_real_trial_function_trains_the_grid_points_model(tmp_path, monkeypatch):
+    # search.train_trial must build the trial's config from the space's overrides (width,
+    # depth, image size), not the backbone's: stop it when it makes the trainer.
+    from efficientnetv2.train import trainer as trainer_lib
+
+    class Built(Exception):
+        pass
+
+    def fake_trainer(config, model_dir, *args, **kwargs):
+        raise Built(config)
+
+    monkeypatch.setattr(trainer_lib, 'Trainer', fake_trainer)
+    point = (1.4, 1.0, 1.2)
+    grid = grid_lib.CoefficientGrid('efficientnet-b0', [point], 24, base_width=0.25)
+    settings = search.Settings(
+        output_dir=str(tmp_path), image_size=24, hparam_str='model.width_coefficient=0.25'
+    )
+    overrides = grid.trial_overrides(point)
+    trial = dict(
+        trial=0,
+        arch=grid.arch_key(point),
+        blocks=overrides['model']['blocks'],
+        overrides=overrides,
+        image_size=29,
+        model_dir=str(tmp_path / 'model'),
+    )
+    with pytest.raises(Built) as built:
+        search.train_trial(trial, settings, search.TrialContext(settings, grid))
+    config = built.value.args[0]
+    assert (config.model.width_coefficient, config.model.depth_coefficient) == (0.25, 1.4)
+    assert config.train.image_size == config.eval.image_size == 29
+
+
 GRID_ARGS = [
     '--grid',
     '--alphas=1.2,1.4',

@@ -310,7 +310,7 @@ def train_trial(trial, settings, context):
     from efficientnetv2.train import trainer as trainer_lib
 
     keras.backend.clear_session()
-    config = trial_config(settings, trial['blocks'], trial['trial'])
+    config = trial_config(settings, trial['blocks'], trial['trial'], trial.get('overrides'))
     trainer = trainer_lib.Trainer(config, trial['model_dir'])
     result = trainer.train(evaluate_each_stage=True)
     if result is None:  # Stopped on request (SIGTERM): not a result.

@@ -24,7 +24,7 @@ stage, non-uniform widths); `compare_published` says by how much the rule misses
 
 Image sizes: eval = round(base eval x r / 4) x 4 (capped); train = the base family's rule
 (V1: int(0.8 x eval) // 16 x 16, as the V2 code trains V1 models; V2: the base's train/eval
-ratio, rounded to 16). Dropout grows by 0.05 per unit of phi up to 0.5 (B0 0.2 ... B7 0.5).
+ratio, rounded to 4). Dropout grows by 0.05 per unit of phi up to 0.5 (B0 0.2 ... B7 0.5).
 Everything else of the recipe (augmentation, schedule) is the base model's.
 
 Parameters and FLOPs (multiply-adds at the eval size, as `efficientnetv2.summary`) are counted
@@ -118,7 +118,7 @@ def _round_size(size, divisor=IMAGE_DIVISOR):
 def _train_size(base, eval_size):
     if base.is_v1:
         return int(eval_size * 0.8) // 16 * 16  # As architectures._v1 (the V2 code's rule).
-    return _round_size(eval_size * base.train_size / base.eval_size, 16)
+    return _round_size(eval_size * base.train_size / base.eval_size)
 
 
 def _late_stage_indices(num_stages):
@@ -186,6 +186,12 @@ class ScaledVariant:
     flops: int
     step_time: float = None
     step_time_batch: int = None
+
+    @property
+    def depth_multiplier(self):
+        """The uniform depth multiplier d of the rule (the V2 rule writes its per-stage
+        repeats into the blocks, so its `depth_coefficient` is 1.0)."""
+        return round(self.base.depth_coefficient * self.alpha**self.phi, 4)
 
     def model_hparams(self):
         """The `model` config section (as `architectures.Variant.model_hparams`)."""

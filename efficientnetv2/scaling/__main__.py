@@ -108,7 +108,7 @@ def describe(v):
     lines = [
         f'{v.name}: {v.base.name} scaled by the {v.rule.upper()} rule, phi={v.phi:g} '
         f'(alpha={v.alpha:g}, beta={v.beta:g}, gamma={v.gamma:g})',
-        f'  width {v.width_coefficient:g}, depth {v.depth_coefficient:g}, eval {v.eval_size} px, '
+        f'  width {v.width_coefficient:g}, depth {v.depth_multiplier:g}, eval {v.eval_size} px, '
         f'train {v.train_size} px, dropout {v.dropout_rate:g}',
         f'  {v.params / 1e6:.3f}M trainable params ({v.total_params / 1e6:.3f}M total), '
         f'{v.flops / 1e9:.3f}B multiply-adds at {v.eval_size} px',
@@ -138,7 +138,7 @@ def ladder_text(base, rule, alpha, beta, gamma, max_image_size=None, blocks=None
     for v in rows:
         repeats = '-'.join(str(r) for _, _, r in v.scaled_stages())
         out.append(
-            f'{v.phi:>4g} {v.width_coefficient:>7.4g} {v.depth_coefficient:>7.4g} '
+            f'{v.phi:>4g} {v.width_coefficient:>7.4g} {v.depth_multiplier:>7.4g} '
             f'{v.eval_size:>5} {v.train_size:>5} {_fmt(v.params, 1e6):>8}M '
             f'{_fmt(v.flops, 1e9):>8}B  {repeats}'
         )
