@@ -8,6 +8,7 @@ when that command runs. The console scripts (setup.py):
     efficientnetv2-export   efficientnetv2.cli:run_export   (--mode=export by default)
     efficientnetv2-nas      efficientnetv2.console:nas      (= python -m efficientnetv2.nas)
     efficientnetv2-summary  efficientnetv2.summary:main
+    efficientnetv2-scale    efficientnetv2.scaling.__main__:main (argparse, no absl flags)
 """
 
 import sys

@@ -366,9 +366,11 @@ def compound(
         )
         depth_coefficient = 1.0
     hparams = dict(
-        base.model_hparams(), blocks=model_blocks, width_coefficient=width,
+        base.model_hparams(),
+        blocks=model_blocks,
+        width_coefficient=width,
         depth_coefficient=depth_coefficient,
-    )  # fmt: skip
+    )
     trainable, frozen, macs = counting.count(image_size=eval_size, **hparams)
     dropout = min(MAX_DROPOUT, max(base.dropout_rate, base.dropout_rate + DROPOUT_PER_PHI * phi))
     return ScaledVariant(
@@ -430,7 +432,8 @@ def fit_budget(
         rule, alpha, beta, gamma, blocks, name: as `compound`.
 
     Counts grow with phi (every rounding is monotone), so phi is found by bisection; the
-    measured step time is assumed to grow too.
+    measured step time is assumed to grow too, and is measured from phi = 0 upwards in unit
+    steps, then bisected (about phi + 7 models built).
 
     Returns:
         A `ScaledVariant` (with `step_time` when a step-time budget was given).
@@ -503,17 +506,22 @@ def fit_budget(
         else:
             high = mid
     if step_time is not None:
-        top, low = low, 0
-        if fits(make(top * phi_step)):
-            low = top
-        else:
-            high = top
-            while high - low > 1:
-                mid = (low + high) // 2
-                if fits(make(mid * phi_step)):
-                    low = mid
-                else:
-                    high = mid
+        # Measuring builds the model: walk up one unit of phi (about 2x the FLOPs) at a time
+        # from the base, so no model much larger than the answer is ever built, then bisect.
+        top, low, high = low, 0, None
+        unit = max(1, int(round(1.0 / phi_step)))
+        while high is None and low < top:
+            probe = min(top, low + unit)
+            if fits(make(probe * phi_step)):
+                low = probe
+            else:
+                high = probe
+        while high is not None and high - low > 1:
+            mid = (low + high) // 2
+            if fits(make(mid * phi_step)):
+                low = mid
+            else:
+                high = mid
     best = make(round(low * phi_step, 6))
     if step_time is not None:
         best = dataclasses.replace(

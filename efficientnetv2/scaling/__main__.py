@@ -53,8 +53,12 @@ def _floats(text):
 
 def build_parser():
     p = _Parser(prog=PROG, description=__doc__.split('\n\n')[0])
-    p.add_argument('--base', default=None, help='model to scale (default: efficientnet-b0 '
-                   'for --rule=v1, efficientnetv2-s for v2); any get_model name')  # fmt: skip
+    p.add_argument(
+        '--base',
+        default=None,
+        help='model to scale (default: efficientnet-b0 '
+        'for --rule=v1, efficientnetv2-s for v2); any get_model name',
+    )
     p.add_argument(
         '--blocks',
         default=None,
@@ -87,7 +91,9 @@ def build_parser():
     grid.add_argument('--tolerance', type=float, default=scaling.CONSTRAINT_TOLERANCE)
     grid.add_argument('--seed', type=int, default=0)
     grid.add_argument('--workers', type=int, default=1)
-    grid.add_argument('--max_trials', type=int, default=None)
+    grid.add_argument(
+        '--max_trials', type=int, default=None, help='stop this process after this many trials'
+    )
     grid.add_argument('--timing_steps', type=int, default=10)
     grid.add_argument('--timing_warmup', type=int, default=2)
     grid.add_argument('--timing_batch', type=int, default=0)
@@ -126,9 +132,15 @@ def describe(v):
 
 def ladder_text(base, rule, alpha, beta, gamma, max_image_size=None, blocks=None):
     rows = scaling.family(
-        base, range(0, 8), rule, alpha=alpha, beta=beta, gamma=gamma,
-        max_image_size=max_image_size, blocks=blocks,
-    )  # fmt: skip
+        base,
+        range(0, 8),
+        rule,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        max_image_size=max_image_size,
+        blocks=blocks,
+    )
     out = [
         f'Ladder: {rows[0].base.name}, {rule.upper()} rule, alpha={alpha:g} beta={beta:g} '
         f'gamma={gamma:g}',
@@ -189,7 +201,7 @@ def run_grid(args, argv):
         backbone=base,
         dataset_cfg=args.dataset_cfg,
         data_dir=args.data_dir,
-        trials=args.max_trials or len(space.points),
+        trials=len(space.points),
         search='random',
         epochs=args.epochs,
         image_size=args.image_size,
@@ -224,7 +236,7 @@ def run_grid(args, argv):
 
             module, _, attr = args.trial_fn.partition(':')
             trial_fn = getattr(importlib.import_module(module), attr)
-        search.run(settings, trial_fn, space=space)
+        search.run(settings, trial_fn, args.max_trials, space=space)
     store = search.TrialStore(settings.output_dir, settings)
     records = store.write_tables(settings.top_k)
     print(grid_lib.format_table(records, space), flush=True)
@@ -238,8 +250,11 @@ def run(args, argv):
     blocks = _blocks(args.blocks)
     coefficients = dict(alpha=args.alpha, beta=args.beta, gamma=args.gamma)
     if args.family:
-        print(ladder_text(base, args.rule, **coefficients, max_image_size=args.max_image_size,
-                          blocks=blocks))  # fmt: skip
+        print(
+            ladder_text(
+                base, args.rule, **coefficients, max_image_size=args.max_image_size, blocks=blocks
+            )
+        )
         print()
         print(published_text())
         return 0
@@ -248,15 +263,27 @@ def run(args, argv):
         if any(b is not None for b in budgets):
             raise ValueError('Give --phi or budgets (--flops, --params, --step_time), not both.')
         variant = scaling.compound(
-            base, args.phi, rule=args.rule, max_image_size=args.max_image_size, blocks=blocks,
-            name=args.name, **coefficients,
-        )  # fmt: skip
+            base,
+            args.phi,
+            rule=args.rule,
+            max_image_size=args.max_image_size,
+            blocks=blocks,
+            name=args.name,
+            **coefficients,
+        )
     else:
         variant = scaling.fit_budget(
-            base, flops=args.flops, params=args.params, step_time=args.step_time,
-            max_image_size=args.max_image_size, rule=args.rule, blocks=blocks, name=args.name,
-            step_time_batch=args.step_time_batch, **coefficients,
-        )  # fmt: skip
+            base,
+            flops=args.flops,
+            params=args.params,
+            step_time=args.step_time,
+            max_image_size=args.max_image_size,
+            rule=args.rule,
+            blocks=blocks,
+            name=args.name,
+            step_time_batch=args.step_time_batch,
+            **coefficients,
+        )
     print(describe(variant))
     if args.write_config:
         path = variant.write_config(args.write_config, args.name)
