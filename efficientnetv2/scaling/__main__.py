@@ -12,8 +12,8 @@ r"""Make a model for a budget by compound scaling (V1) or the EfficientNetV2 rul
 
 Budgets take plain numbers or K/M/B suffixes (FLOPs are multiply-adds at the eval size,
 params trainable with 1000 classes, --step_time seconds per train step measured here).
-Installed as `efficientnetv2-scale`. Exit codes: 0 done, 1 a grid trial process failed,
-2 bad input (one line on stderr).
+Installed as `efficientnetv2-scale`. Exit codes: 0 done, 1 a grid worker process failed,
+2 bad input (one line on stderr), 143 the grid stopped by SIGTERM (rerun to resume).
 """
 
 import argparse
@@ -236,7 +236,11 @@ def run_grid(args, argv):
 
             module, _, attr = args.trial_fn.partition(':')
             trial_fn = getattr(importlib.import_module(module), attr)
-        search.run(settings, trial_fn, args.max_trials, space=space)
+        try:
+            search.run(settings, trial_fn, args.max_trials, space=space)
+        except InterruptedError:  # SIGTERM: the trainer saved a checkpoint.
+            print(f'{PROG}: stopped; rerun the same command to resume.', file=sys.stderr)
+            return 143
     store = search.TrialStore(settings.output_dir, settings)
     records = store.write_tables(settings.top_k)
     print(grid_lib.format_table(records, space), flush=True)
