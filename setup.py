@@ -54,6 +54,8 @@ setup(
             'efficientnetv2-export=efficientnetv2.cli:run_export',
             'efficientnetv2-nas=efficientnetv2.console:nas',  # = python -m efficientnetv2.nas
             'efficientnetv2-summary=efficientnetv2.summary:main',
+            # = python -m efficientnetv2.scaling (compound scaling, budgets, the grid search).
+            'efficientnetv2-scale=efficientnetv2.scaling.__main__:main',
         ]
     },
     classifiers=[

@@ -211,6 +211,104 @@ def get_variant(name):
     return VARIANTS[key]
 
 
+# Models registered at run time (efficientnetv2.scaling): looked up by name like the published
+# ones, not listed by list_models().
+_REGISTERED = {}
+
+
+def register(variant, replace=False):
+    """Makes `variant` (a `Variant`) known by its name to get_variant, get_model, --model_name and
+    configs. Registering the same numbers again is a no-op.
+
+    Raises:
+        ValueError: the name is a built-in model, or is registered with other numbers (unless
+            `replace`).
+    """
+    name = str(variant.name).strip().lower()
+    if not name:
+        raise ValueError('A registered model needs a name.')
+    variant = dataclasses.replace(variant, name=name)
+    if name in VARIANTS and name not in _REGISTERED:
+        raise ValueError(f'{name!r} is a built-in model; register the variant under another name.')
+    if name in _REGISTERED and _REGISTERED[name] != variant and not replace:
+        raise ValueError(
+            f'{name!r} is already registered with other numbers; pick another name or pass '
+            'replace=True.'
+        )
+    _REGISTERED[name] = variant
+    VARIANTS[name] = variant
+    return variant
+
+
+def unregister(name):
+    """Forgets a registered model (built-in models stay)."""
+    name = str(name).strip().lower()
+    if _REGISTERED.pop(name, None) is not None:
+        del VARIANTS[name]
+
+
+def registered_models():
+    """Names of the models registered at run time."""
+    return list(_REGISTERED)
+
+
+def variant_from_config(values):
+    """The `Variant` a config mapping defines, or None.
+
+    Two kinds of mapping define one: a `scaling` section (what `efficientnetv2.scaling` writes:
+    the base model whose recipe the variant keeps, and the scaled eval / train sizes) with the
+    `model` section's name, blocks and coefficients; or, without it, a whole run config (a
+    run's config.yaml), whose model section and train / eval / data sections give the rest.
+    """
+    model = dict(values.get('model') or {})
+    name, blocks = model.get('model_name'), model.get('blocks')
+    if not name or not blocks:
+        return None
+    scaled = values.get('scaling')
+    if scaled:
+        base = get_variant(scaled['base'])
+        return dataclasses.replace(
+            base,
+            name=str(name).strip().lower(),
+            blocks=tuple(blocks),
+            width_coefficient=float(model.get('width_coefficient', base.width_coefficient)),
+            depth_coefficient=float(model.get('depth_coefficient', base.depth_coefficient)),
+            eval_size=int(scaled.get('eval_size', base.eval_size)),
+            train_size=int(scaled.get('train_size', base.train_size)),
+            dropout_rate=float(model.get('dropout_rate', base.dropout_rate)),
+            paper_final=None,
+            keras_name=None,
+        )
+    train, evaluation, data = (dict(values.get(k) or {}) for k in ('train', 'eval', 'data'))
+    eval_size = int(evaluation.get('image_size', 224))
+    train_size = train.get('image_size', eval_size)
+    if train_size <= 16:  # A fraction of the eval size (16ths), as the trainer reads it.
+        train_size = int(eval_size * train_size) // 16 * 16
+    return Variant(
+        name=str(name).strip().lower(),
+        family='v1' if model.get('round_filters_10pct') else 'v2',
+        blocks=tuple(blocks),
+        width_coefficient=float(model.get('width_coefficient', 1.0)),
+        depth_coefficient=float(model.get('depth_coefficient', 1.0)),
+        eval_size=eval_size,
+        train_size=int(train_size),
+        dropout_rate=float(model.get('dropout_rate', 0.2)),
+        randaug_magnitude=float(data.get('ram', 0.0) or 0.0),
+        mix_alpha=float(data.get('mixup_alpha', 0.0) or 0.0),
+        augname=data.get('augname') or 'randaug',
+    )
+
+
+def register_from_config(values):
+    """Registers the model a config mapping defines (see `variant_from_config`) when its name is
+    not known yet; returns the registered name or None. Known names are left alone (the
+    config's values override them as usual)."""
+    variant = variant_from_config(values or {})
+    if variant is None or variant.name in VARIANTS:
+        return None
+    return register(variant).name
+
+
 # Table 3's Fused-MBConv ablation of B4 (efficientnetv2/fused_ablation.py): looked up by name,
 # not listed by list_models().
 from efficientnetv2 import fused_ablation as _fused_ablation  # noqa: E402

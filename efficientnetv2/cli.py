@@ -95,15 +95,18 @@ flags.DEFINE_list('images', [], '--mode=infer: image files (JPEG/PNG).')
 FLAGS = flags.FLAGS
 
 
-def _model_name_valid(name):
+def _model_name_valid(values):
     try:
-        architectures.get_variant(name)
+        architectures.get_variant(values['model_name'])
     except ValueError as e:
-        raise flags.ValidationError(str(e)) from e
+        # A --config_file may define the model (efficientnetv2.scaling --write_config):
+        # build_config registers it from there, or refuses the name as a usage error.
+        if not values['config_file']:
+            raise flags.ValidationError(str(e)) from e
     return True
 
 
-flags.register_validator('model_name', _model_name_valid)
+flags.register_multi_flags_validator(['model_name', 'config_file'], _model_name_valid)
 
 
 def _export_formats_valid(formats):

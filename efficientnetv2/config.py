@@ -178,8 +178,14 @@ def _default_values():
 
 
 def model_recipe(model_name):
-    """Overrides a published variant brings (architecture, sizes, regularisation)."""
-    variant = architectures.get_variant(model_name)
+    """Overrides a published variant brings (architecture, sizes, regularisation).
+
+    `model_name` is a name or an `architectures.Variant` (e.g. a scaled one not registered).
+    """
+    if isinstance(model_name, architectures.Variant):
+        variant = model_name
+    else:
+        variant = architectures.get_variant(model_name)
     recipe = dict(
         model=variant.model_hparams(),
         # V2-S/M/L follow the paper (Algorithm 1 to Table 6's targets); V2-B0..B3 and XL, which
@@ -309,6 +315,13 @@ def build_config(
     from efficientnetv2 import data
 
     info = data.get_dataset_info(dataset_cfg, data_dir=data_dir)
+    if isinstance(config_file, str) and config_file.strip().endswith(('.yaml', '.yml')):
+        # A model defined by the file itself (efficientnetv2.scaling --write_config, or a run's
+        # config.yaml) is registered under its name, so a fresh process takes it; the file's
+        # `scaling` section (base model, sizes) only serves that and is not a config key.
+        config_file = hparams.load_yaml(config_file.strip())
+        architectures.register_from_config(config_file)
+        config_file.pop('scaling', None)
     config = default_config()
     config.override(model_recipe(model_name))
     config.override(DATASET_RECIPES.get(info.name.lower(), {}))

@@ -8,6 +8,7 @@ when that command runs. The console scripts (setup.py):
     efficientnetv2-export   efficientnetv2.cli:run_export   (--mode=export by default)
     efficientnetv2-nas      efficientnetv2.console:nas      (= python -m efficientnetv2.nas)
     efficientnetv2-summary  efficientnetv2.summary:main
+    efficientnetv2-scale    efficientnetv2.scaling.__main__:main (argparse, no absl flags)
 
 Exit codes of every command run through `run`: 0 done (and after --help, --helpshort,
 --helpfull); 1 a run error (logged); 2 a usage error: a flag that does not parse, an unknown

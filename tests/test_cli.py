@@ -18,6 +18,7 @@ COMMANDS = {
     'efficientnetv2-export',
     'efficientnetv2-nas',
     'efficientnetv2-summary',
+    'efficientnetv2-scale',
 }
 
 

@@ -12,8 +12,6 @@ error, exit 2); the command exits 1 when every finished trial failed.
 """
 
 import importlib
-import os
-import subprocess
 import sys
 
 from absl import app
@@ -102,29 +100,12 @@ def load_trial_fn(spec):
 
 def launch_workers(count):
     """Starts `count` copies of this command (as --workers=1) and waits for them."""
-    env_gpus = []
-    try:
-        import tensorflow as tf
-
-        env_gpus = tf.config.list_physical_devices('GPU')
-    except Exception:
-        pass
     args = [
         a
         for a in sys.argv[1:]
         if not a.startswith(('--workers', '--retry_failed', '--noretry_failed'))
     ]
-    procs = []
-    for i in range(count):
-        env = dict(os.environ)
-        if env_gpus and 'CUDA_VISIBLE_DEVICES' not in os.environ:
-            env['CUDA_VISIBLE_DEVICES'] = str(i % len(env_gpus))  # One GPU per worker.
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, '-m', 'efficientnetv2.nas'] + args + ['--workers=1'], env=env
-            )
-        )
-    return [p.wait() for p in procs]
+    return search.launch_workers('efficientnetv2.nas', args + ['--workers=1'], count)
 
 
 def main(argv):

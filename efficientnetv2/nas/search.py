@@ -63,6 +63,7 @@ IDENTITY_KEYS = (
     'repeat_delta',
     'reward_w',
     'reward_v',
+    'space',
 )
 CSV_COLUMNS = (
     'trial',
@@ -107,6 +108,9 @@ class Settings:
     settle_s: float = 2.0  # Non-local claims: wait before checking who won.
     keep_checkpoints: bool = False
     top_k: int = 5
+    # What is searched, in words, when it is not the architecture space around the backbone
+    # (e.g. efficientnetv2.scaling's coefficient grid); part of the identity a resume checks.
+    space: str = ''
 
     def validate(self):
         if self.search not in SEARCHES:
@@ -228,8 +232,12 @@ def check_trial_config(settings):
         raise ValueError(e.args[0] if e.args else str(e)) from None
 
 
-def trial_config(settings, block_strings, trial_index):
-    """The run config of one trial: backbone recipe, dataset, reduced size and length."""
+def trial_config(settings, block_strings, trial_index, overrides=None):
+    """The run config of one trial: backbone recipe, dataset, reduced size and length.
+
+    `overrides` (a config mapping; default: `model.blocks` = `block_strings`) is what the
+    search space sets for the trial, applied last.
+    """
     from efficientnetv2 import config as config_lib
 
     config = config_lib.build_config(
@@ -248,7 +256,7 @@ def trial_config(settings, block_strings, trial_index):
     )
     if settings.hparam_str:
         config.override(settings.hparam_str)
-    config.override(dict(model=dict(blocks=list(block_strings))))
+    config.override(overrides or dict(model=dict(blocks=list(block_strings))))
     return config_lib.validate(config)
 
 
@@ -264,6 +272,10 @@ class TrialContext:
         self.settings = settings
         self.space = space
         self.backbone_blocks = list(_backbone_blocks(settings.backbone))
+        # The `model` hyper-parameters the backbone's step is built with, over the trial's.
+        self.backbone_model = dict(blocks=self.backbone_blocks)
+        if space is not None and hasattr(space, 'backbone_model'):
+            self.backbone_model = dict(space.backbone_model())
         self.timer = timer
         self._backbone_steps = {}
 
@@ -314,22 +326,23 @@ def train_trial(trial, settings, context):
     from efficientnetv2.train import trainer as trainer_lib
 
     keras.backend.clear_session()
-    config = trial_config(settings, trial['blocks'], trial['trial'])
+    config = trial_config(settings, trial['blocks'], trial['trial'], trial.get('overrides'))
     trainer = trainer_lib.Trainer(config, trial['model_dir'])
     result = trainer.train(evaluate_each_stage=True)
     if result is None:  # Stopped on request (SIGTERM): not a result.
         raise InterruptedError('Training stopped on request; the trial resumes next time.')
     batch = settings.timing_batch or int(config.train.batch_size)
     strategy = trainer.strategy
+    # The trial's own size when its space sets one (the coefficient grid scales it).
+    trial_size = int(trial.get('image_size') or settings.image_size)
 
-    def build(block_strings):
-        args = config.model.as_dict()
-        args['blocks'] = list(block_strings)
+    def build(args, image_size):
         with strategy.scope():
             model = model_lib.EfficientNet(**args)
-        return model, make_train_step(model, settings.image_size, batch, strategy)
+        return model, make_train_step(model, image_size, batch, strategy)
 
-    model, trial_step = build(trial['blocks'])
+    model, trial_step = build(config.model.as_dict(), trial_size)
+    backbone_args = dict(config.model.as_dict(), **context.backbone_model)
     key = None
     if not distribute.is_tpu_strategy(strategy):
         key = (
@@ -338,19 +351,21 @@ def train_trial(trial, settings, context):
             batch,
             int(settings.image_size),
             keras.config.dtype_policy().name,
-            repr({k: v for k, v in config.model.as_dict().items() if k != 'blocks'}),
+            repr({k: v for k, v in backbone_args.items() if k != 'blocks'}),
         )
     step_time, backbone_step_time = time_against_backbone(
-        context, trial_step, key, lambda: build(context.backbone_blocks)[1]
+        context, trial_step, key, lambda: build(backbone_args, int(settings.image_size))[1]
     )
     logging.info(
-        'Trial %d: %.4f s per train step, backbone %s %.4f s (same rounds; batch %d, %d px).',
+        'Trial %d: %.4f s per train step (%d px), backbone %s %.4f s (%d px; same rounds, '
+        'batch %d).',
         trial['trial'],
         step_time,
+        trial_size,
         settings.backbone,
         backbone_step_time,
-        batch,
         settings.image_size,
+        batch,
     )
     trainable, _ = summary.count_params(model)
     return dict(
@@ -427,10 +442,11 @@ class TrialStore:
         path = os.path.join(self.output_dir, 'settings.json')
         saved = _read_json(path)
         if saved is not None:
+            defaults = Settings(output_dir='').identity()  # Keys older searches lack.
             different = [
-                f'{k}: {saved.get(k)!r} saved, {v!r} now'
+                f'{k}: {saved.get(k, defaults[k])!r} saved, {v!r} now'
                 for k, v in settings.identity().items()
-                if saved.get(k) != v
+                if saved.get(k, defaults[k]) != v
             ]
             if different:
                 raise ValueError(
@@ -558,12 +574,15 @@ class TrialStore:
 
     # Architectures and results.
 
-    def read_arch(self, index):
+    def read_arch(self, index, space=None):
         items = _read_json(self._path(index, 'arch.json'))
-        return None if items is None else space_lib.arch_from_json(items)
+        if items is None:
+            return None
+        return space.arch_from_json(items) if space is not None else space_lib.arch_from_json(items)
 
-    def write_arch(self, index, arch):
-        _write_text(self._path(index, 'arch.json'), json.dumps(space_lib.arch_to_json(arch)))
+    def write_arch(self, index, arch, space=None):
+        items = space.arch_to_json(arch) if space is not None else space_lib.arch_to_json(arch)
+        _write_text(self._path(index, 'arch.json'), json.dumps(items))
 
     def write_result(self, index, record):
         _write_text(self._path(index, 'result.json'), json.dumps(record, indent=2))
@@ -615,9 +634,9 @@ def propose(index, settings, space, store, random_archs):
     )
     parent = max((population[i] for i in picks), key=lambda r: (r['reward'], -r['trial']))
     seen = {r['arch'] for r in records}
-    child = space.mutate(space_lib.arch_from_json(parent['arch_choices']), rng)
+    child = space.mutate(space.arch_from_json(parent['arch_choices']), rng)
     for _ in range(20):
-        if space_lib.arch_key(child) not in seen:
+        if space.arch_key(child) not in seen:
             break
         child = space.mutate(child, rng)
     return child
@@ -652,18 +671,25 @@ def _remove_checkpoints(model_dir):
 
 
 def run_trial(index, arch, settings, space, store, context, trial_fn):
-    """Runs one claimed trial and writes its result; failures become 'failed' records."""
-    blocks = space.to_blocks(arch)
+    """Runs one claimed trial and writes its result; failures become 'failed' records.
+
+    `space` turns the trial's choices into config overrides (`trial_overrides`: the block
+    strings, and for other spaces more, e.g. width, depth and image size).
+    """
+    overrides = space.trial_overrides(arch)
+    blocks = list(overrides['model']['blocks'])
     trial = dict(
         trial=index,
-        arch=space_lib.arch_key(arch),
+        arch=space.arch_key(arch),
         blocks=blocks,
+        overrides=overrides,
+        image_size=(overrides.get('train') or {}).get('image_size'),
         model_dir=os.path.join(store.trial_dir(index), 'model'),
     )
     record = dict(
         trial=index,
         arch=trial['arch'],
-        arch_choices=space_lib.arch_to_json(arch),
+        arch_choices=space.arch_to_json(arch),
         blocks=blocks,
         owner=store.owner,
         status='failed',
@@ -722,7 +748,7 @@ def run_trial(index, arch, settings, space, store, context, trial_fn):
     return record
 
 
-def run(settings, trial_fn=None, max_trials=None, retry_failed=False):
+def run(settings, trial_fn=None, max_trials=None, retry_failed=False, space=None):
     """Runs this process's share of a search (claims trials until none is left).
 
     Args:
@@ -733,6 +759,10 @@ def run(settings, trial_fn=None, max_trials=None, retry_failed=False):
         retry_failed: first make the trials recorded as failed claimable again
             (`TrialStore.reset_failed`), so that they run again. Use it in one process only:
             another one running at the same time may re-run a trial this one just failed.
+        space: what is searched (default: the `space.SearchSpace` around the backbone). Any
+            object with `random_archs(count, seed)`, `arch_key`, `arch_to_json`,
+            `arch_from_json` and `trial_overrides(arch)` (and `mutate` for evolution), such as
+            `efficientnetv2.scaling.grid.CoefficientGrid`.
 
     Returns:
         The records of the trials this process ran.
@@ -746,7 +776,8 @@ def run(settings, trial_fn=None, max_trials=None, retry_failed=False):
 
     architectures.get_variant(settings.backbone)  # Clear error for an unknown backbone.
     check_trial_config(settings)
-    space = space_lib.SearchSpace(_backbone_blocks(settings.backbone), settings.repeat_delta)
+    if space is None:
+        space = space_lib.SearchSpace(_backbone_blocks(settings.backbone), settings.repeat_delta)
     store = TrialStore(settings.output_dir, settings)
     store.check_settings(settings)
     if retry_failed:
@@ -765,14 +796,37 @@ def run(settings, trial_fn=None, max_trials=None, retry_failed=False):
             break
         if not store.try_claim(index):
             continue
-        arch = store.read_arch(index)
+        arch = store.read_arch(index, space)
         if arch is None:
             arch = propose(index, settings, space, store, random_archs)
-            store.write_arch(index, arch)
+            store.write_arch(index, arch, space)
         ran.append(run_trial(index, arch, settings, space, store, context, trial_fn))
         store.write_tables(settings.top_k)
     store.write_tables(settings.top_k)
     return ran
+
+
+def launch_workers(module, args, count):
+    """Runs `count` copies of `python -m module *args` on this machine (one GPU each when there
+    are GPUs) and waits for them; returns their exit codes. Each copy claims trials from the
+    shared output directory (`run`), so `args` must make every copy a single worker."""
+    import subprocess
+    import sys
+
+    gpus = []
+    try:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices('GPU')
+    except Exception:
+        pass
+    procs = []
+    for i in range(count):
+        env = dict(os.environ)
+        if gpus and 'CUDA_VISIBLE_DEVICES' not in os.environ:
+            env['CUDA_VISIBLE_DEVICES'] = str(i % len(gpus))  # One GPU per worker.
+        procs.append(subprocess.Popen([sys.executable, '-m', module] + list(args), env=env))
+    return [p.wait() for p in procs]
 
 
 def format_best(records, backbone, top_k=5):

@@ -165,6 +165,21 @@ class SearchSpace:
             )
         return arch
 
+    # What the search machinery (`search.run`) asks of a space.
+
+    def arch_key(self, arch):
+        return arch_key(arch)
+
+    def arch_to_json(self, arch):
+        return arch_to_json(arch)
+
+    def arch_from_json(self, items):
+        return arch_from_json(items)
+
+    def trial_overrides(self, arch):
+        """The config overrides of a trial: its block strings."""
+        return dict(model=dict(blocks=self.to_blocks(arch)))
+
     def random_archs(self, count, seed):
         """The random search's first `count` architectures: trial i depends on (seed, i) and on
         the earlier trials only (a repeat is redrawn), never on which worker runs it."""
