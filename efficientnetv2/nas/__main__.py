@@ -85,7 +85,8 @@ FLAGS = flags.FLAGS
 
 
 def settings_from_flags():
-    names = [f.name for f in search.dataclasses.fields(search.Settings)]
+    # Settings without a flag (`space`: set by efficientnetv2.scaling's grid) keep defaults.
+    names = [f.name for f in search.dataclasses.fields(search.Settings) if f.name in FLAGS]
     return search.Settings(**{n: FLAGS[n].value for n in names})
 
 
