@@ -35,16 +35,20 @@ own `optimizer(use_ema=True)` averages only the trainable variables (BN statisti
 of the raw weights, a mismatch for the averaged convolutions), and with one `fit` call per
 stage it would also overwrite the raw weights with the averages at the end of every stage
 (`fit` ends with `optimizer.finalize_variable_values`). Use `ModelEMA` here instead.
+
+Backends: everything here runs on TensorFlow, JAX and PyTorch; `dataset_fn` returns whatever
+`model.fit` takes on the backend (a tf.data.Dataset, a `keras.utils.PyDataset`, a torch
+`DataLoader`, a grain dataset, an `(x, y)` tuple of arrays). See docs/backends.md.
 """
 
 import os
 
 from absl import logging
 import keras
-import tensorflow as tf
 
+from efficientnetv2 import _backend
 from efficientnetv2 import variables as variables_lib
-from efficientnetv2.train import ema as ema_lib
+from efficientnetv2.train import portable_ema
 from efficientnetv2.train import progressive
 
 __all__ = [
@@ -222,13 +226,28 @@ class ModelEMA(keras.callbacks.Callback):
         """Creates the shadows from the model's current weights (done at `on_train_begin`)."""
         model = model or self.model
         if self.ema is None:
-            self.ema = ema_lib.ExponentialMovingAverage(
-                variables_lib.ema_variables(model),
-                decay=self.decay,
-                use_num_updates=self.use_num_updates,
-                name='model_ema',
-            )
-            self._apply = tf.function(self.ema.apply)
+            if _backend.is_tensorflow():
+                import tensorflow as tf  # The TF backend: loaded already.
+
+                from efficientnetv2.train import ema as ema_lib
+
+                self.ema = ema_lib.ExponentialMovingAverage(
+                    variables_lib.ema_variables(model),
+                    decay=self.decay,
+                    use_num_updates=self.use_num_updates,
+                    name='model_ema',
+                )
+                apply = tf.function(self.ema.apply)
+                self._apply = lambda step: apply(tf.convert_to_tensor(step))
+            else:
+                # JAX / PyTorch: one fused update per batch, on the device.
+                self.ema = portable_ema.PortableEMA(
+                    variables_lib.ema_variables(model),
+                    decay=self.decay,
+                    use_num_updates=self.use_num_updates,
+                    name='model_ema',
+                )
+                self._apply = self.ema.apply
         return self
 
     def _require(self):
@@ -247,8 +266,8 @@ class ModelEMA(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         optimizer = getattr(self.model, 'optimizer', None)
-        step = optimizer.iterations if optimizer is not None else tf.constant(batch + 1)
-        self._apply(tf.convert_to_tensor(step))
+        # The step stays a device value: no host sync per batch.
+        self._apply(optimizer.iterations if optimizer is not None else batch + 1)
 
     def on_test_begin(self, logs=None):
         if self.evaluate_with_ema and self.ema is not None and not self._swapped:
@@ -436,7 +455,9 @@ def fit_progressive(
         dataset_fn: `dataset_fn(stage) -> tf.data.Dataset` of `(images, labels)` at
             `stage.image_size`, with RandAugment `stage.ram` and mixup/CutMix
             `stage.mixup_alpha`/`stage.cutmix_alpha` (e.g. `efficientnetv2.data.build_dataset`).
-            Called once per stage, when the stage starts.
+            Called once per stage, when the stage starts. Any input `model.fit` takes works:
+            a `keras.utils.PyDataset`, a torch `DataLoader`, a grain dataset, or an
+            `(x, y)` tuple of arrays (then pass `batch_size=`).
         plan: a `progressive.StagePlan` (`progressive_plan(...)`, `config.stage_plan(...)` or
             `progressive.build_stage_plan(...)`), counted in epochs or in steps (see
             `stage_epochs`).
@@ -475,7 +496,7 @@ def fit_progressive(
             'config.stage_plan(...) or progressive.build_stage_plan(...)); '
             f'received {plan!r}.'
         )
-    for key in ('x', 'y', 'epochs', 'initial_epoch', 'batch_size'):
+    for key in ('x', 'y', 'epochs', 'initial_epoch'):
         if key in fit_kwargs:
             raise ValueError(
                 f'fit_progressive sets `{key}` itself; remove it from the fit arguments.'
@@ -516,7 +537,12 @@ def fit_progressive(
         start = max(first, initial_epoch)
         _check_input_size(model, stage.image_size)
         changed = set_dropout(model, stage.dropout_rate)
-        if not _has_adaptive_dropout(model) and changed:
+        if changed and not _backend.is_tensorflow():
+            # JAX / PyTorch: every dropout rate (ours too) is baked into the compiled step.
+            # `fit` builds a new one (after recording the state's shardings, which must
+            # include the optimizer's slots: hence not make_train_function here).
+            model.train_function = None
+        elif changed and not _has_adaptive_dropout(model):
             # Keras' Dropout bakes its rate into the trace: rebuild the train function.
             model.make_train_function(force=True)
         logging.info(
@@ -541,20 +567,24 @@ def fit_progressive(
         dataset = dataset_fn(stage)
         if (
             steps_per_epoch is None
-            and isinstance(dataset, tf.data.Dataset)
-            and dataset.cardinality() == tf.data.INFINITE_CARDINALITY
+            and _backend.is_tf_dataset(dataset)
+            and dataset.cardinality() == _backend.tensorflow_if_loaded().data.INFINITE_CARDINALITY
         ):
             raise ValueError(
                 'dataset_fn returned an infinite (repeated) dataset: pass steps_per_epoch.'
             )
         validation = validation_data(stage) if callable(validation_data) else validation_data
         stage_kwargs = dict(fit_kwargs)
-        if isinstance(dataset, tf.data.Dataset):
+        if _backend.is_tf_dataset(dataset):
             stage_kwargs.setdefault('shuffle', False)  # A dataset shuffles itself.
         user.last = position == len(todo) - 1
         stage_callbacks = [user] if ema_callback is None else [ema_callback, user]
+        x, y = dataset, None
+        if isinstance(dataset, tuple) and len(dataset) == 2:
+            x, y = dataset  # (x, y) arrays: `fit` takes them as two arguments.
         history = model.fit(
-            dataset,
+            x,
+            y,
             epochs=end,
             initial_epoch=start,
             steps_per_epoch=steps_per_epoch,
