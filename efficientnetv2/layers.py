@@ -75,7 +75,8 @@ class BatchNorm(keras.layers.BatchNormalization):
     ops, float32 inside as Keras' own batch norm: the fused semantics, Bessel-corrected moving
     variance included, so the statistics match the TensorFlow path's. Under
     `keras.distribution.DataParallel` on JAX the batch moments are those of the whole global
-    batch (XLA reduces over the sharded batch axis), i.e. synchronized over all devices.
+    batch (XLA reduces over the sharded batch axis), i.e. synchronized over all devices;
+    `synchronized=True` (and `group_size`) changes nothing there.
 
     `group_size` (with `synchronized=True`): the batch statistics are summed over groups of that
     many consecutive replicas (0 or at least the replica count: over all of them). The
@@ -108,9 +109,11 @@ class BatchNorm(keras.layers.BatchNormalization):
 
     def _can_fuse(self, inputs):
         # Keras 3.12 (the TPU pin) has no batch renormalization and no `renorm` attribute.
+        # Off TensorFlow, `synchronized` needs no kernel of its own: Keras' JAX batch norm
+        # refuses it, and under DataParallel the moments are global already (class doc).
         return (
             self.fused
-            and not self.synchronized
+            and not (self.synchronized and _backend.is_tensorflow())
             and not getattr(self, 'renorm', False)
             and self.scale
             and self.center
