@@ -23,6 +23,7 @@ if "$PY" -c 'import tensorflow' 2>/dev/null; then
   echo "TensorFlow is installed in the $BACKEND environment: the test would prove nothing." >&2
   exit 1
 fi
+export KERAS_BACKEND="$BACKEND"  # Keras defaults to TensorFlow without it.
 "$PY" -c "import keras, $BACKEND; print('Keras', keras.__version__, '$BACKEND', $BACKEND.__version__)"
 cd "$ROOT"
-KERAS_BACKEND="$BACKEND" "$PY" -m pytest -q -W ignore::DeprecationWarning tests/test_backends.py
+"$PY" -m pytest -q -W ignore::DeprecationWarning tests/test_backends.py
