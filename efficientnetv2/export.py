@@ -40,8 +40,8 @@ import warnings
 from absl import logging
 import keras
 import numpy as np
-import tensorflow as tf
 
+from efficientnetv2._tf import tf
 from efficientnetv2.data import preprocessing
 
 PREPROCESS = preprocessing.FAMILIES

@@ -45,6 +45,7 @@ import re
 
 import keras
 
+from efficientnetv2 import _backend
 from efficientnetv2 import model as model_lib
 
 __all__ = [
@@ -293,11 +294,9 @@ def prepare(model, num_classes, num_stages=0, freeze_bn=False, **kwargs):
 
 def _steps_per_epoch(x, steps_per_epoch, batch_size):
     """Batches per epoch as `model.fit` will count them, or None when unknown."""
-    import tensorflow as tf
-
     if steps_per_epoch is not None:
         return steps_per_epoch
-    if isinstance(x, tf.data.Dataset):
+    if _backend.is_tf_dataset(x):
         steps = int(x.cardinality())
         return steps if steps > 0 else None
     if isinstance(x, keras.utils.PyDataset):

@@ -35,6 +35,10 @@ own `optimizer(use_ema=True)` averages only the trainable variables (BN statisti
 of the raw weights, a mismatch for the averaged convolutions), and with one `fit` call per
 stage it would also overwrite the raw weights with the averages at the end of every stage
 (`fit` ends with `optimizer.finalize_variable_values`). Use `ModelEMA` here instead.
+
+Backends: everything here runs on TensorFlow, JAX and PyTorch; `dataset_fn` returns whatever
+`model.fit` takes on the backend (a tf.data.Dataset, a `keras.utils.PyDataset`, a torch
+`DataLoader`, a grain dataset, an `(x, y)` tuple of arrays). See docs/backends.md.
 """
 
 import os
@@ -42,10 +46,10 @@ import os
 from absl import logging
 import keras
 import numpy as np
-import tensorflow as tf
 
+from efficientnetv2 import _backend
 from efficientnetv2 import variables as variables_lib
-from efficientnetv2.train import ema as ema_lib
+from efficientnetv2.train import portable_ema
 from efficientnetv2.train import progressive
 from efficientnetv2.train import schedules
 
@@ -229,13 +233,28 @@ class ModelEMA(keras.callbacks.Callback):
         """Creates the shadows from the model's current weights (done at `on_train_begin`)."""
         model = model or self.model
         if self.ema is None:
-            self.ema = ema_lib.ExponentialMovingAverage(
-                variables_lib.ema_variables(model),
-                decay=self.decay,
-                use_num_updates=self.use_num_updates,
-                name='model_ema',
-            )
-            self._apply = tf.function(self.ema.apply)
+            if _backend.is_tensorflow():
+                import tensorflow as tf  # The TF backend: loaded already.
+
+                from efficientnetv2.train import ema as ema_lib
+
+                self.ema = ema_lib.ExponentialMovingAverage(
+                    variables_lib.ema_variables(model),
+                    decay=self.decay,
+                    use_num_updates=self.use_num_updates,
+                    name='model_ema',
+                )
+                apply = tf.function(self.ema.apply)
+                self._apply = lambda step: apply(tf.convert_to_tensor(step))
+            else:
+                # JAX / PyTorch: one fused update per batch, on the device.
+                self.ema = portable_ema.PortableEMA(
+                    variables_lib.ema_variables(model),
+                    decay=self.decay,
+                    use_num_updates=self.use_num_updates,
+                    name='model_ema',
+                )
+                self._apply = self.ema.apply
         return self
 
     def _require(self):
@@ -254,8 +273,8 @@ class ModelEMA(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         optimizer = getattr(self.model, 'optimizer', None)
-        step = optimizer.iterations if optimizer is not None else tf.constant(batch + 1)
-        self._apply(tf.convert_to_tensor(step))
+        # The step stays a device value: no host sync per batch.
+        self._apply(optimizer.iterations if optimizer is not None else batch + 1)
 
     def on_test_begin(self, logs=None):
         if self.evaluate_with_ema and self.ema is not None and not self._swapped:
@@ -555,7 +574,7 @@ class _StageRate(keras.callbacks.Callback):
             self.optimizer.learning_rate = schedules.ResizeWarmup(
                 self.base, self.ramps, self.scales
             )
-            model.make_train_function(force=True)
+            _rebuild_train_function(model)
 
     def _factor(self, step):
         factor = self.scale
@@ -580,10 +599,20 @@ class _StageRate(keras.callbacks.Callback):
         """Gives the optimizer its own rate back."""
         if self.is_schedule and (self.ramps or self.scales):
             self.optimizer.learning_rate = self.original
-            model.make_train_function(force=True)
+            _rebuild_train_function(model)
         elif self._rate is not None:
             self.optimizer.learning_rate = self._rate
             self._rate = None
+
+
+def _rebuild_train_function(model):
+    """Makes the next `fit` trace its train step again (a new rate schedule, dropout)."""
+    if _backend.is_tensorflow():
+        model.make_train_function(force=True)
+    else:
+        # JAX / PyTorch: `fit` builds a new step after recording the state's shardings, which
+        # must include the optimizer's slots (make_train_function here broke DataParallel).
+        model.train_function = None
 
 
 def _check_input_size(model, size):
@@ -642,7 +671,8 @@ def _static_spec(spec):
     """Whether a dataset's `element_spec` shows all that `_check_stage_data` checks."""
     if not isinstance(spec, tuple) or len(spec) not in (2, 3):
         return False
-    if not all(isinstance(part, tf.TensorSpec) for part in spec[:2]):
+    tf = _backend.tensorflow_if_loaded()
+    if tf is None or not all(isinstance(part, tf.TensorSpec) for part in spec[:2]):
         return False
     images, labels = spec[0].shape, spec[1].shape
     if images.rank is None or labels.rank is None or spec[1].dtype.is_integer:
@@ -668,7 +698,8 @@ def _check_stage_data(model, dataset, stage, steps_per_epoch):
             f'{asked} returned None; it must return a tf.data.Dataset (or a '
             'keras.utils.PyDataset) of (images, labels) batches.'
         )
-    if isinstance(dataset, tf.data.Dataset):
+    tf = _backend.tensorflow_if_loaded()
+    if _backend.is_tf_dataset(dataset):
         length = int(dataset.cardinality())
         if steps_per_epoch is None and length == tf.data.INFINITE_CARDINALITY:
             raise ValueError(
@@ -689,6 +720,12 @@ def _check_stage_data(model, dataset, stage, steps_per_epoch):
                 raise ValueError(f'{asked} returned an empty dataset.')
     elif isinstance(dataset, keras.utils.PyDataset):
         batch = dataset[0]
+    elif (
+        isinstance(dataset, tuple)
+        and len(dataset) == 2
+        and all(hasattr(part, 'shape') for part in dataset)
+    ):
+        batch = dataset  # (x, y) arrays, passed to fit with batch_size=.
     elif isinstance(dataset, (tuple, list, dict)) or hasattr(dataset, 'shape'):
         raise ValueError(
             f'{asked} returned a {type(dataset).__name__}; it must return a tf.data.Dataset '
@@ -718,7 +755,7 @@ def _check_stage_data(model, dataset, stage, steps_per_epoch):
         )
     if labels is None or not hasattr(labels, 'shape'):
         raise ValueError(f'{asked} yields no labels ({labels!r}); it must yield (images, labels).')
-    if not isinstance(labels, tf.TensorSpec):
+    if tf is None or not isinstance(labels, tf.TensorSpec):
         labels = np.asarray(labels)
     label_shape = tuple(labels.shape)
     num_classes = _num_classes(model)
@@ -806,6 +843,9 @@ def fit_progressive(
             `stage.mixup_alpha`/`stage.cutmix_alpha` (e.g. `efficientnetv2.data.build_dataset`).
             Called once per stage, when the stage starts; its first batch is checked (image
             size and channels, label shape and classes against the model's head and loss).
+            Any input `model.fit` takes works: a `keras.utils.PyDataset`, a torch
+            `DataLoader`, a grain dataset, or an `(x, y)` tuple of arrays (then pass
+            `batch_size=`).
         plan: a `progressive.StagePlan` (`progressive_plan(...)`, `config.stage_plan(...)` or
             `progressive.build_stage_plan(...)`), counted in epochs or in steps (see
             `stage_epochs`).
@@ -856,7 +896,7 @@ def fit_progressive(
             'config.stage_plan(...) or progressive.build_stage_plan(...)); '
             f'received {plan!r}.'
         )
-    for key in ('x', 'y', 'epochs', 'initial_epoch', 'batch_size'):
+    for key in ('x', 'y', 'epochs', 'initial_epoch'):
         if key in fit_kwargs:
             raise ValueError(
                 f'fit_progressive sets `{key}` itself; remove it from the fit arguments.'
@@ -933,7 +973,7 @@ def fit_progressive(
 
 def _steps_in(dataset):
     """The number of batches of a finite dataset of known length, else None."""
-    if isinstance(dataset, tf.data.Dataset):
+    if _backend.is_tf_dataset(dataset):
         count = int(dataset.cardinality())
         return count if count > 0 else None
     try:
@@ -964,7 +1004,12 @@ def _run_stages(
         start = max(first, initial_epoch)
         _check_input_size(model, stage.image_size)
         changed = set_dropout(model, stage.dropout_rate)
-        if not _has_adaptive_dropout(model) and changed:
+        if changed and not _backend.is_tensorflow():
+            # JAX / PyTorch: every dropout rate (ours too) is baked into the compiled step.
+            # `fit` builds a new one (after recording the state's shardings, which must
+            # include the optimizer's slots: hence not make_train_function here).
+            model.train_function = None
+        elif changed and not _has_adaptive_dropout(model):
             # Keras' Dropout bakes its rate into the trace: rebuild the train function.
             model.make_train_function(force=True)
         logging.info(
@@ -990,7 +1035,7 @@ def _run_stages(
         _check_stage_data(model, dataset, stage, steps_per_epoch)
         validation = validation_data(stage) if callable(validation_data) else validation_data
         stage_kwargs = dict(fit_kwargs)
-        if isinstance(dataset, tf.data.Dataset):
+        if _backend.is_tf_dataset(dataset):
             stage_kwargs.setdefault('shuffle', False)  # A dataset shuffles itself.
         user.last = position == len(todo) - 1
         stage_callbacks = [user] if ema_callback is None else [ema_callback, user]
@@ -999,8 +1044,12 @@ def _run_stages(
                 model, plan, stage, first, start, end, steps_per_epoch or _steps_in(dataset)
             )
             stage_callbacks.insert(0, ramp)
+        x, y = dataset, None
+        if isinstance(dataset, tuple) and len(dataset) == 2:
+            x, y = dataset  # (x, y) arrays: `fit` takes them as two arguments.
         history = model.fit(
-            dataset,
+            x,
+            y,
             epochs=end,
             initial_epoch=start,
             steps_per_epoch=steps_per_epoch,

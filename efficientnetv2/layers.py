@@ -13,7 +13,8 @@ Op order follows the official code (SPEC §1.6-1.10):
 """
 
 import keras
-import tensorflow as tf
+
+from efficientnetv2 import _backend
 
 PACKAGE = 'efficientnetv2'
 register = keras.saving.register_keras_serializable(package=PACKAGE)
@@ -70,6 +71,13 @@ class BatchNorm(keras.layers.BatchNormalization):
     the unbiased (Bessel-corrected) batch variance; normalisation uses the biased one.
     Set `synchronized=True` for cross-replica statistics (TPU, multi-GPU).
 
+    On the JAX and PyTorch backends (no TensorFlow kernel) the same computation runs in Keras
+    ops, float32 inside as Keras' own batch norm: the fused semantics, Bessel-corrected moving
+    variance included, so the statistics match the TensorFlow path's. Under
+    `keras.distribution.DataParallel` on JAX the batch moments are those of the whole global
+    batch (XLA reduces over the sharded batch axis), i.e. synchronized over all devices;
+    `synchronized=True` (and `group_size`) changes nothing there.
+
     `group_size` (with `synchronized=True`): the batch statistics are summed over groups of that
     many consecutive replicas (0 or at least the replica count: over all of them). The
     official TPU batch norm uses groups of min(8, replicas). On TPU one `CrossReplicaSum` with
@@ -101,9 +109,11 @@ class BatchNorm(keras.layers.BatchNormalization):
 
     def _can_fuse(self, inputs):
         # Keras 3.12 (the TPU pin) has no batch renormalization and no `renorm` attribute.
+        # Off TensorFlow, `synchronized` needs no kernel of its own: Keras' JAX batch norm
+        # refuses it, and under DataParallel the moments are global already (class doc).
         return (
             self.fused
-            and not self.synchronized
+            and not (self.synchronized and _backend.is_tensorflow())
             and not getattr(self, 'renorm', False)
             and self.scale
             and self.center
@@ -114,6 +124,10 @@ class BatchNorm(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if mask is not None or not self._can_fuse(inputs):
             return super().call(inputs, training=training, mask=mask)
+        if not _backend.is_tensorflow():
+            return self._portable_fused_call(inputs, training)
+        import tensorflow as tf  # The TF backend: loaded already.
+
         data_format = 'NCHW' if self.axis == 1 else 'NHWC'
         x = inputs
         if x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
@@ -148,9 +162,44 @@ class BatchNorm(keras.layers.BatchNormalization):
             )
         return tf.cast(outputs, self.compute_dtype)
 
+    def _portable_fused_call(self, inputs, training):
+        """`FusedBatchNormV3`'s computation in Keras ops (JAX, PyTorch).
+
+        Statistics in float32 (as the fused kernel and Keras' batch norm); the output is
+        normalised with the biased batch variance and the moving variance is updated with the
+        Bessel-corrected one, n / (n - 1) with n = the number of values per channel.
+        """
+        ops = keras.ops
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, 'float32'))
+        gamma = ops.cast(self.gamma, x.dtype)
+        beta = ops.cast(self.beta, x.dtype)
+        if training and self.trainable:
+            axes = self._reduction_axes
+            mean, variance = ops.moments(x, axes=axes)
+            count = 1
+            for axis in axes:
+                count *= x.shape[axis]
+            unbiased = variance * (count / max(count - 1, 1))
+            momentum, decay = self.momentum, 1.0 - self.momentum
+            self.moving_mean.assign(ops.cast(self.moving_mean, x.dtype) * momentum + mean * decay)
+            self.moving_variance.assign(
+                ops.cast(self.moving_variance, x.dtype) * momentum + unbiased * decay
+            )
+        else:
+            mean = ops.cast(self.moving_mean, x.dtype)
+            variance = ops.cast(self.moving_variance, x.dtype)
+        outputs = ops.batch_normalization(
+            x, mean, variance, axis=self.axis, offset=beta, scale=gamma, epsilon=self.epsilon
+        )
+        return ops.cast(outputs, self.compute_dtype)
+
     def _moments(self, inputs, mask):
+        if not self.synchronized or mask is not None or not _backend.is_tensorflow():
+            return super()._moments(inputs, mask)
+        import tensorflow as tf  # The TF backend: loaded already.
+
         context = tf.distribute.get_replica_context()
-        if not self.synchronized or mask is not None or context is None:
+        if context is None:
             return super()._moments(inputs, mask)
         replicas = context.num_replicas_in_sync
         group = self.group_size or replicas
@@ -170,6 +219,8 @@ class BatchNorm(keras.layers.BatchNormalization):
         Each replica contributes its sum, sum of squares and count; they are summed over the
         group of `group_size` consecutive replica ids that this replica belongs to.
         """
+        import tensorflow as tf  # tf.distribute only: the TF backend, loaded already.
+
         total = tf.reduce_sum(x, axis=axes)
         count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
         local = tf.stack(
@@ -231,6 +282,10 @@ class AdaptiveDropout(keras.layers.Layer):
     checkpoints, `.keras` files and weight loading are unaffected (the rate is in `get_config`).
     (Keras' own Dropout bakes the rate into the trace and only makes its random state when
     built with rate > 0.)
+
+    On JAX and PyTorch the rate is a Python float read in `call`: a compiled (jitted) train
+    step bakes it in, so whoever changes it rebuilds the train function
+    (`fit_progressive` does, at each stage; the image size changes then anyway).
     """
 
     def __init__(self, rate, seed=None, **kwargs):
@@ -238,17 +293,17 @@ class AdaptiveDropout(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         # object.__setattr__: neither Keras nor tf.train.Checkpoint tracks this variable.
-        object.__setattr__(
-            self,
-            '_rate_variable',
-            tf.Variable(
+        object.__setattr__(self, '_rate_variable', None)
+        if _backend.is_tensorflow():
+            import tensorflow as tf  # The TF backend: loaded already.
+
+            self._rate_variable = tf.Variable(
                 float(rate),
                 trainable=False,
                 dtype=tf.float32,
                 name='dropout_rate',
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            ),
-        )
+            )
         self._rate = float(rate)
 
     @property
@@ -262,12 +317,16 @@ class AdaptiveDropout(keras.layers.Layer):
         if not 0.0 <= value < 1.0:
             raise ValueError(f'Dropout rate must be in [0, 1). Received: rate={value!r}')
         self._rate = value
-        self._rate_variable.assign(value)
+        if self._rate_variable is not None:
+            self._rate_variable.assign(value)
 
     def call(self, inputs, training=None):
         if not training:
             return inputs
-        rate = keras.ops.cast(keras.ops.convert_to_tensor(self._rate_variable), inputs.dtype)
+        if self._rate_variable is None:
+            rate = keras.ops.cast(self._rate, inputs.dtype)
+        else:
+            rate = keras.ops.cast(keras.ops.convert_to_tensor(self._rate_variable), inputs.dtype)
         noise = keras.random.uniform(
             keras.ops.shape(inputs), seed=self.seed_generator, dtype=inputs.dtype
         )
@@ -307,9 +366,9 @@ class StochasticDepth(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not training or self.survival_prob >= 1.0:
             return inputs
-        shape = [tf.shape(inputs)[0]] + [1] * (len(inputs.shape) - 1)
+        shape = [keras.ops.shape(inputs)[0]] + [1] * (len(inputs.shape) - 1)
         noise = keras.random.uniform(shape, dtype=inputs.dtype, seed=self.seed_generator)
-        mask = tf.floor(self.survival_prob + noise)
+        mask = keras.ops.floor(self.survival_prob + noise)
         return inputs / self.survival_prob * mask
 
     def get_config(self):
@@ -351,9 +410,15 @@ class SqueezeExcite(keras.layers.Layer):
         self.expand.build(reduced)
 
     def call(self, inputs):
-        x = tf.reduce_mean(inputs, self._spatial_axes, keepdims=True)
+        if _backend.is_tensorflow():
+            import tensorflow as tf  # The TF backend: its ops, as before (same numbers).
+
+            mean, sigmoid = tf.reduce_mean, tf.sigmoid
+        else:
+            mean, sigmoid = keras.ops.mean, keras.ops.sigmoid
+        x = mean(inputs, self._spatial_axes, keepdims=True)
         x = self.expand(self._act(self.reduce(x)))
-        return inputs * tf.sigmoid(x)
+        return inputs * sigmoid(x)
 
     def get_config(self):
         config = super().get_config()

@@ -3,6 +3,8 @@
 FLOPs here are multiply-accumulates (MACs) of convolutions and matrix multiplies, the figure the
 EfficientNet papers quote (V2-S: 8.4B at 384 px; V1-B0: 0.39B at 224 px). They are counted from
 the traced inference graph, so they hold for any Keras model, keras.applications' included.
+Counting FLOPs traces a TensorFlow graph: it needs TensorFlow and the TensorFlow backend;
+parameter counts (`count_params`) work on every backend.
 
 Command line (installed as `efficientnetv2-summary`, the same flags):
 
@@ -11,8 +13,8 @@ Command line (installed as `efficientnetv2-summary`, the same flags):
 """
 
 import numpy as np
-import tensorflow as tf
 
+from efficientnetv2 import _backend
 from efficientnetv2 import architectures
 from efficientnetv2 import model as model_lib
 
@@ -54,7 +56,18 @@ def count_flops(model, image_size=None, input_shape=None):
 
     Returns:
         The MAC count (int) over Conv2D, depthwise conv and matmul ops.
+
+    Raises:
+        ImportError: TensorFlow is not installed.
+        RuntimeError: Keras runs on another backend (the graph is a TensorFlow graph).
     """
+    tf = _backend.tensorflow('FLOP counting (efficientnetv2.summary.count_flops)')
+    if not _backend.is_tensorflow():
+        raise RuntimeError(
+            'FLOP counting traces a TensorFlow graph of the model: it needs '
+            f'KERAS_BACKEND=tensorflow (this is {_backend.name()}). Parameter counts '
+            '(count_params) work on every backend.'
+        )
     if input_shape is None:
         if image_size is None:
             input_shape = tuple(model.inputs[0].shape[1:])

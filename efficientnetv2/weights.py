@@ -11,6 +11,9 @@
   - this project's object-based training checkpoint (`tf.train.Checkpoint(model=...)`),
 - `'imagenet'`: keras.applications' ImageNet weights, converted (needs internet once).
 
+`.keras`, `.weights.h5` and 'imagenet' load on every Keras backend; TF checkpoints (official or
+this project's) need TensorFlow and raise an ImportError saying so without it.
+
 Whatever the format, a classifier of another width (or a model without one) skips the head and
 loads everything else. Any other mismatch (a missing or unused tensor, a wrong shape, a
 checkpoint of another model) raises one `ValueError` naming the file and the tensor, and the
@@ -36,8 +39,8 @@ import re
 
 from absl import logging
 import keras
-import tensorflow as tf
 
+from efficientnetv2 import _backend
 from efficientnetv2 import _copier
 from efficientnetv2 import architectures
 from efficientnetv2 import convert
@@ -177,6 +180,7 @@ def resolve_checkpoint(path):
         ValueError: nothing readable at `path` (or several candidates in a directory).
     """
     if os.path.isdir(path):
+        tf = _tensorflow()
         latest = tf.train.latest_checkpoint(path)
         if latest:
             return latest
@@ -222,6 +226,14 @@ def _load_project_checkpoint(model, path, prefer_ema=True, skip_mismatch=False):
     Raises:
         ValueError: the checkpoint does not hold this architecture, naming the file.
     """
+    tf = _tensorflow()
+    if not _backend.is_tensorflow():
+        raise RuntimeError(
+            f'Checkpoint {path!r} is a training checkpoint (tf.train.Checkpoint): it restores into '
+            f'Keras variables of the TensorFlow backend only (this is {_backend.name()}). Load it '
+            'once with KERAS_BACKEND=tensorflow and save model.save_weights(...weights.h5) or '
+            'model.save(...keras), which load on every backend.'
+        )
     source = _source_model_for(model, path)
     keys = [name for name, _ in tf.train.list_variables(path)]
     has_ema = any(key.startswith('ema/') for key in keys)
@@ -260,7 +272,7 @@ def _source_model_for(model, path):
     """The network a project checkpoint was trained as (its config.yaml), with a full head."""
     config_path = os.path.join(os.path.dirname(path), 'config.yaml')
     known = set(model_lib.DEFAULT_MODEL_HPARAMS)
-    if tf.io.gfile.exists(config_path):
+    if _tensorflow().io.gfile.exists(config_path):
         args = dict(hparams.load_yaml(config_path).get('model', {}))
     else:
         args = {k: v for k, v in model.get_config().items() if k in known}
@@ -282,11 +294,16 @@ def is_official_checkpoint(prefix):
 
 def _checkpoint_reader(prefix):
     """(reader, {name: shape}) of a TF checkpoint; unreadable files raise ValueError."""
+    tf = _tensorflow()
     try:
         reader = tf.train.load_checkpoint(prefix)
         return reader, reader.get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as error:
         raise ValueError(f'Cannot read checkpoint {prefix!r}: {_first_line(error)}') from None
+
+
+def _tensorflow():
+    return _backend.tensorflow('Reading TensorFlow checkpoints (official or training ones)')
 
 
 def _numbered(base, index):

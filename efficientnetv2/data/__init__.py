@@ -16,6 +16,7 @@ TFDS, image folders, digits; skipped-image counts), `pipeline`
 (RandAugment, AutoAugment, cutout), `mixing` (mixup, CutMix).
 """
 
+from efficientnetv2._tf import tf  # noqa: F401  (without TensorFlow: an error naming it)
 from efficientnetv2.data import augment
 from efficientnetv2.data import mixing
 from efficientnetv2.data import pipeline
