@@ -17,7 +17,7 @@ Facts (official code, `WarmupLearningRateSchedule`):
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 _PACKAGE = 'efficientnetv2'
 
@@ -119,31 +119,31 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         """Returns the learning rate (float32 scalar tensor) at `step`."""
-        t = tf.cast(tf.convert_to_tensor(step), tf.float32)
-        lr0 = tf.constant(self.initial_lr, tf.float32)
+        t = ops.cast(ops.convert_to_tensor(step), 'float32')
+        lr0 = ops.convert_to_tensor(self.initial_lr, 'float32')
         lr = self._decayed(t, lr0)
         if self.min_lr > 0:
-            lr = tf.maximum(lr, tf.constant(self.min_lr, tf.float32))
+            lr = ops.maximum(lr, ops.convert_to_tensor(self.min_lr, 'float32'))
         warmup_steps = self.warmup_steps
         if warmup_steps > 0:
             warmup_lr = lr0 * t / float(warmup_steps)
-            lr = tf.where(t < float(warmup_steps), warmup_lr, lr)
+            lr = ops.where(t < float(warmup_steps), warmup_lr, lr)
         return lr
 
     def _decayed(self, t, lr0):
         """Decay value at float step `t`, before floor and warmup."""
         if self.decay_type == 'exponential':
-            exponent = tf.floor(t / tf.constant(self.decay_steps, tf.float32))
-            rate = tf.constant(self.decay_rate, tf.float32)
-            return lr0 * tf.pow(rate, exponent)
+            exponent = ops.floor(t / ops.convert_to_tensor(self.decay_steps, 'float32'))
+            rate = ops.convert_to_tensor(self.decay_rate, 'float32')
+            return lr0 * ops.power(rate, exponent)
         if self.decay_type == 'cosine':
             progress = t / float(self.total_steps)
-            return 0.5 * lr0 * (1.0 + tf.cos(math.pi * progress))
+            return 0.5 * lr0 * (1.0 + ops.cos(math.pi * progress))
         if self.decay_type == 'linear':
             # Clamped at 0 past `total_steps` (the official code would go
             # negative there); identical on [0, total_steps].
-            return tf.maximum(1.0 - t / float(self.total_steps), 0.0) * lr0
-        return lr0 * tf.ones_like(t)
+            return ops.maximum(1.0 - t / float(self.total_steps), 0.0) * lr0
+        return lr0 * ops.ones_like(t)
 
     def get_config(self):
         return {
