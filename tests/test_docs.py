@@ -209,3 +209,27 @@ def test_reference_is_current():
         'docs/reference.md is stale: run `python -m efficientnetv2.docs_reference --write` and '
         'commit the result.'
     )
+
+
+# Pages that other branches add; a link to them may come before the page.
+PENDING_PAGES = {'docs/progressive.md'}  # train.resize_warmup, written with that feature.
+
+
+@pytest.mark.parametrize(
+    'page',
+    pages() + [REPO_ROOT / 'benchmarks' / 'RESULTS.md'],
+    ids=lambda p: str(p.relative_to(REPO_ROOT)),
+)
+def test_relative_links_resolve(page):
+    text = page.read_text(encoding='utf-8')
+    text = re.sub(r'```.*?```', '', text, flags=re.S)  # Code is not links.
+    text = re.sub(r'`[^`\n]*`', '', text)
+    missing = []
+    for target in re.findall(r'\]\(([^)\s]+)\)', text):
+        if re.match(r'[a-z]+:', target) or target.startswith('#'):
+            continue
+        path = (page.parent / target.split('#', 1)[0]).resolve()
+        relative = os.path.relpath(path, REPO_ROOT)
+        if not path.exists() and relative not in PENDING_PAGES:
+            missing.append(target)
+    assert not missing, f'{page.name} links to missing files: {missing}'
