@@ -26,6 +26,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RUN_LANGUAGES = {'python', 'bash', 'sh', 'console'}
 LINKED = ('main.py', 'configs', 'examples', 'benchmarks')
 NO_RUN = re.compile(r'<!--\s*docs:\s*no-run\s*\((?P<reason>[^)]*)\)\s*-->')
+# Seconds per page. On a quiet 2-core machine a page takes well under a minute; the margin is
+# for shared machines, where a niced test gets a small share of the cores.
+TIMEOUT_S = 1800
 FENCE = re.compile(r'^(?P<indent> {0,3})(?P<fence>```+|~~~+)\s*(?P<info>[^`\s]*)')
 
 
@@ -142,15 +145,20 @@ def test_page_blocks_run(page, tmp_path):
     env['PATH'] = os.pathsep.join([os.path.dirname(sys.executable), env.get('PATH', '')])
     env['TF_CPP_MIN_LOG_LEVEL'] = '3'
     env['MPLBACKEND'] = 'Agg'
-    done = subprocess.run(
-        [sys.executable, str(driver), str(blocks_file), page.name],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, str(driver), str(blocks_file), page.name],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        output = e.stdout.decode(errors='replace') if isinstance(e.stdout, bytes) else e.stdout
+        started = re.findall(r'=== block at line \d+ \(\w+\)', output or '')
+        pytest.fail(f'{page.name}: over {TIMEOUT_S} s, in {started[-1:] or "the first block"}')
     assert done.returncode == 0, (
         f'{page.relative_to(REPO_ROOT)}: {done.stdout[-4000:]}\n--- stderr:\n{done.stderr[-4000:]}'
     )
