@@ -414,7 +414,7 @@ def main():
         '--stages',
         type=int,
         default=None,
-        help='default: 4 for the photo sets, the recipe (3) for digits',
+        help='default: 4 for the photo sets, train.stages of the digits recipe (2)',
     )
     parser.add_argument(
         '--mode',

@@ -8,12 +8,16 @@
     efficientnetv2-train --hparam_str="train.epochs=10,data.ram=12" --config_file=x.yaml
 
 `efficientnetv2-train`, `python main.py` (in a checkout) and `python -m efficientnetv2.cli` are
-the same command. The default --model_dir, runs/<model_name>-<dataset_cfg>, is relative to the
-current directory; --config_file takes a path (the checkout's configs/ folder is not installed).
+the same command. The default --model_dir, runs/<model_name>-<dataset_cfg in lower case> (e.g.
+runs/efficientnetv2-b0-cifar10ft for --dataset_cfg=cifar10Ft), is relative to the current
+directory; --config_file takes a path (the checkout's configs/ folder is not installed).
 
 Config override order: defaults -> model recipe -> dataset recipe -> --config_file ->
 --hparam_str. The resolved config is written to <model_dir>/config.yaml; --mode=eval, export
 and infer read it back from there (--config_file / --hparam_str override the keys they name).
+--mode=eval may start before its trainer: it waits up to eval.timeout seconds (86,400 by
+default; --hparam_str=eval.timeout=60 waits a minute) for config.yaml and then for each new
+checkpoint, so on a directory that never gets a run its usage error comes after that wait.
 
 Exit codes: 0 done (and after --help); 1 a run error (logged); 2 a usage error (a bad or
 unknown flag or config value, an extra argument, no run config: the message, no help dump;
@@ -64,7 +68,7 @@ flags.DEFINE_string(
     'model_dir',
     None,
     'Checkpoints, summaries and config.yaml (local or gs://). '
-    'Default: runs/<model_name>-<dataset_cfg> in the current directory.',
+    'Default: runs/<model_name>-<dataset_cfg in lower case> in the current directory.',
 )
 flags.DEFINE_string(
     'hparam_str', '', 'Overrides, "a.b=1,c.d=x" (applied last).', **_SHARED_WITH_NAS

@@ -9,7 +9,7 @@ pooling and the classifier. Here they are named from the model's layers::
     'top'             the 1x1 head convolution (top / top_conv, top_bn, top_activation)
     'head'            pooling, dropout and the classifier
 
-Measured recipe (README "Keras workflows", `benchmarks/finetune_transfer.py`, two tasks with
+Measured recipe (docs/finetuning.md, `benchmarks/finetune_transfer.py`, two tasks with
 10 images per class, 3 seeds): it depends on how relevant the pretrained features are, so
 first fit a linear probe (a logistic regression on the pretrained pooled features).
 

@@ -89,7 +89,7 @@ def get_model(
 
     Returns:
         An `EfficientNet` keras.Model taking images preprocessed for the variant's family
-        (see README: V2-S/M/L/XL (x - 128) / 128; V1 and V2-B0..B3 ImageNet mean/std).
+        (see docs/api.md: V2-S/M/L/XL (x - 128) / 128; V1 and V2-B0..B3 ImageNet mean/std).
     """
     model = model_lib.build_model(
         model_name,
