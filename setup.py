@@ -52,7 +52,8 @@ setup(
             'efficientnetv2-train=efficientnetv2.cli:run',  # = python main.py (same flags)
             # The same as efficientnetv2-train, with --mode=export as the default.
             'efficientnetv2-export=efficientnetv2.cli:run_export',
-            'efficientnetv2-nas=efficientnetv2.console:nas',  # = python -m efficientnetv2.nas
+            # = python -m efficientnetv2.nas
+            'efficientnetv2-nas=efficientnetv2.nas.__main__:console_main',
             'efficientnetv2-summary=efficientnetv2.summary:main',
             # = python -m efficientnetv2.scaling (compound scaling, budgets, the grid search).
             'efficientnetv2-scale=efficientnetv2.scaling.__main__:main',

@@ -6,7 +6,7 @@ when that command runs. The console scripts (setup.py):
 
     efficientnetv2-train    efficientnetv2.cli:run          (= python main.py)
     efficientnetv2-export   efficientnetv2.cli:run_export   (--mode=export by default)
-    efficientnetv2-nas      efficientnetv2.console:nas      (= python -m efficientnetv2.nas)
+    efficientnetv2-nas      efficientnetv2.nas.__main__:console_main (= python -m ...nas)
     efficientnetv2-summary  efficientnetv2.summary:main
     efficientnetv2-scale    efficientnetv2.scaling.__main__:main (argparse, no absl flags)
 
@@ -73,10 +73,3 @@ def run(main_fn, module):
             usage_error(str(e))
 
     app.run(main, flags_parser=_parse_flags)
-
-
-def nas():
-    """Console script `efficientnetv2-nas`: the training-aware architecture search."""
-    from efficientnetv2.nas import __main__ as nas_main
-
-    run(nas_main.main, nas_main)

@@ -110,7 +110,7 @@ def test_export_command_defaults_to_export_mode(tmp_path):
 def test_nas_command_helpshort_lists_its_flags():
     script = (
         "import sys; sys.argv = ['efficientnetv2-nas', '--helpshort']; "
-        'from efficientnetv2 import console; console.nas()'
+        'from efficientnetv2.nas.__main__ import console_main; console_main()'
     )
     done = _python('-c', script)
     assert done.returncode == 0, done.stderr[-3000:]

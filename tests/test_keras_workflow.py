@@ -452,8 +452,8 @@ def _bad_fn(kind):
             labels = np.zeros((4, 1, 10), 'float32')
         if kind == '20 classes':
             labels = np.eye(20, dtype='float32')[np.arange(4)]
-        if kind == 'arrays':
-            return images, labels
+        if kind == 'list':  # (x, y) arrays are fit's own input; a list is not.
+            return [images, labels]
         return tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
 
     return dataset_fn
@@ -469,7 +469,7 @@ def _bad_fn(kind):
         ('indices', 'class indices .* CategoricalCrossentropy takes one-hot'),
         ('label rank', r'labels of shape \(\w+, 1, 10\)'),
         ('20 classes', 'labels for 20 classes .* head has 10 classes'),
-        ('arrays', 'returned a tuple'),
+        ('list', 'returned a list'),
     ],
 )
 def test_bad_dataset_fn_results_name_dataset_fn_and_the_stage(kind, message):

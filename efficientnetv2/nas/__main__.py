@@ -150,5 +150,10 @@ def main(argv):
     return code
 
 
-if __name__ == '__main__':
+def console_main():
+    """Console script `efficientnetv2-nas` (setup.py) = `python -m efficientnetv2.nas`."""
     console.run(main, sys.modules[__name__])
+
+
+if __name__ == '__main__':
+    console_main()
