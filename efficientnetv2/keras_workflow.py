@@ -948,23 +948,76 @@ def fit_progressive(
     todo = [entry for entry in schedule if entry[2] > initial_epoch]
     user = _OneRun(callbacks or [])
     try:
-        _run_stages(
-            model,
-            dataset_fn,
-            plan,
-            todo,
-            initial_epoch,
-            steps_per_epoch,
-            validation_data,
-            validation_steps,
-            validation_freq,
-            verbose,
-            fit_kwargs,
-            ema_callback,
-            user,
-            ramp,
-            result,
-        )
+        for position, (stage, first, end) in enumerate(todo):
+            start = max(first, initial_epoch)
+            _check_input_size(model, stage.image_size)
+            changed = set_dropout(model, stage.dropout_rate)
+            if changed and not _backend.is_tensorflow():
+                # JAX / PyTorch: every dropout rate (ours too) is baked into the compiled step.
+                # `fit` builds a new one (after recording the state's shardings, which must
+                # include the optimizer's slots: hence not make_train_function here).
+                model.train_function = None
+            elif changed and not _has_adaptive_dropout(model):
+                # Keras' Dropout bakes its rate into the trace: rebuild the train function.
+                model.make_train_function(force=True)
+            logging.info(
+                'Stage %d/%d: epochs %d-%d, image size %d, RandAugment %.2f, mixup %.3f, '
+                'cutmix %.3f, dropout %.3f%s.',
+                stage.index + 1,
+                len(plan),
+                first,
+                end,
+                stage.image_size,
+                stage.ram,
+                stage.mixup_alpha,
+                stage.cutmix_alpha,
+                stage.dropout_rate,
+                f' (resuming at epoch {start})' if start > first else '',
+            )
+            if not changed and stage.dropout_rate:
+                logging.info(
+                    'The model has no adjustable dropout: the stage rate %.3f is not applied.',
+                    stage.dropout_rate,
+                )
+            dataset = dataset_fn(stage)
+            _check_stage_data(model, dataset, stage, steps_per_epoch)
+            validation = validation_data(stage) if callable(validation_data) else validation_data
+            stage_kwargs = dict(fit_kwargs)
+            if _backend.is_tf_dataset(dataset):
+                stage_kwargs.setdefault('shuffle', False)  # A dataset shuffles itself.
+            user.last = position == len(todo) - 1
+            stage_callbacks = [user] if ema_callback is None else [ema_callback, user]
+            if ramp is not None:
+                ramp.stage_start(
+                    model, plan, stage, first, start, end, steps_per_epoch or _steps_in(dataset)
+                )
+                stage_callbacks.insert(0, ramp)
+            x, y = dataset, None
+            if isinstance(dataset, tuple) and len(dataset) == 2:
+                x, y = dataset  # (x, y) arrays: `fit` takes them as two arguments.
+            history = model.fit(
+                x,
+                y,
+                epochs=end,
+                initial_epoch=start,
+                steps_per_epoch=steps_per_epoch,
+                validation_data=validation,
+                validation_steps=validation_steps,
+                validation_freq=validation_freq,
+                callbacks=stage_callbacks,
+                verbose=verbose,
+                **stage_kwargs,
+            )
+            result._add(stage, history)
+            if model.stop_training:
+                stopped_inside = len(history.epoch) < end - start
+                result.stopped_early = position < len(todo) - 1 or stopped_inside
+                logging.info(
+                    'Training stopped by a callback in stage %d at epoch %d.',
+                    stage.index + 1,
+                    (history.epoch or [start])[-1] + 1,
+                )
+                break
     finally:
         if ramp is not None:
             ramp.restore(model)
@@ -980,95 +1033,6 @@ def _steps_in(dataset):
         return len(dataset) or None
     except TypeError:
         return None
-
-
-def _run_stages(
-    model,
-    dataset_fn,
-    plan,
-    todo,
-    initial_epoch,
-    steps_per_epoch,
-    validation_data,
-    validation_steps,
-    validation_freq,
-    verbose,
-    fit_kwargs,
-    ema_callback,
-    user,
-    ramp,
-    result,
-):
-    """fit_progressive's loop over the stages still to train."""
-    for position, (stage, first, end) in enumerate(todo):
-        start = max(first, initial_epoch)
-        _check_input_size(model, stage.image_size)
-        changed = set_dropout(model, stage.dropout_rate)
-        if changed and not _backend.is_tensorflow():
-            # JAX / PyTorch: every dropout rate (ours too) is baked into the compiled step.
-            # `fit` builds a new one (after recording the state's shardings, which must
-            # include the optimizer's slots: hence not make_train_function here).
-            model.train_function = None
-        elif changed and not _has_adaptive_dropout(model):
-            # Keras' Dropout bakes its rate into the trace: rebuild the train function.
-            model.make_train_function(force=True)
-        logging.info(
-            'Stage %d/%d: epochs %d-%d, image size %d, RandAugment %.2f, mixup %.3f, '
-            'cutmix %.3f, dropout %.3f%s.',
-            stage.index + 1,
-            len(plan),
-            first,
-            end,
-            stage.image_size,
-            stage.ram,
-            stage.mixup_alpha,
-            stage.cutmix_alpha,
-            stage.dropout_rate,
-            f' (resuming at epoch {start})' if start > first else '',
-        )
-        if not changed and stage.dropout_rate:
-            logging.info(
-                'The model has no adjustable dropout: the stage rate %.3f is not applied.',
-                stage.dropout_rate,
-            )
-        dataset = dataset_fn(stage)
-        _check_stage_data(model, dataset, stage, steps_per_epoch)
-        validation = validation_data(stage) if callable(validation_data) else validation_data
-        stage_kwargs = dict(fit_kwargs)
-        if _backend.is_tf_dataset(dataset):
-            stage_kwargs.setdefault('shuffle', False)  # A dataset shuffles itself.
-        user.last = position == len(todo) - 1
-        stage_callbacks = [user] if ema_callback is None else [ema_callback, user]
-        if ramp is not None:
-            ramp.stage_start(
-                model, plan, stage, first, start, end, steps_per_epoch or _steps_in(dataset)
-            )
-            stage_callbacks.insert(0, ramp)
-        x, y = dataset, None
-        if isinstance(dataset, tuple) and len(dataset) == 2:
-            x, y = dataset  # (x, y) arrays: `fit` takes them as two arguments.
-        history = model.fit(
-            x,
-            y,
-            epochs=end,
-            initial_epoch=start,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=validation,
-            validation_steps=validation_steps,
-            validation_freq=validation_freq,
-            callbacks=stage_callbacks,
-            verbose=verbose,
-            **stage_kwargs,
-        )
-        result._add(stage, history)
-        if model.stop_training:
-            result.stopped_early = position < len(todo) - 1 or (len(history.epoch) < end - start)
-            logging.info(
-                'Training stopped by a callback in stage %d at epoch %d.',
-                stage.index + 1,
-                (history.epoch or [start])[-1] + 1,
-            )
-            break
 
 
 def stages_per_epoch(plan, epochs=None):
