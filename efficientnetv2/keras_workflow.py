@@ -535,10 +535,12 @@ class _StageRate(keras.callbacks.Callback):
         self.scales = []
         self.scale = 1.0  # The current stage's.
         self._rate = None  # The unscaled plain rate while it is scaled.
+        self._stage_step = 0  # The optimizer step at the start of this epoch (counted).
 
     def stage_start(self, model, plan, stage, first, start, end, steps_per_epoch):
         """Sets the rate of `stage` (epochs `first`-`end`, trained from epoch `start`)."""
         step = int(self.optimizer.iterations)
+        self._stage_step = step
         changed = False
         scale = (stage.image_size / plan.stages[-1].image_size) ** self.power
         if scale != self.scale or (self.scales and self.scales[-1][1] != scale):
@@ -576,6 +578,13 @@ class _StageRate(keras.callbacks.Callback):
             )
             _rebuild_train_function(model)
 
+    def on_epoch_end(self, epoch, logs=None):
+        steps = self.params.get('steps') if self.params else None
+        if steps:
+            self._stage_step += steps
+        else:  # Unknown length: one read per epoch.
+            self._stage_step = int(self.optimizer.iterations)
+
     def _factor(self, step):
         factor = self.scale
         for begin, length in self.ramps:
@@ -586,7 +595,10 @@ class _StageRate(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self.is_schedule:
             return
-        factor = self._factor(int(self.optimizer.iterations))
+        # The step is counted here from the stage's start, not read from the optimizer: a
+        # read every batch would wait for the device (JAX, PyTorch) each step.
+        step = self._stage_step + batch
+        factor = self._factor(step)
         if factor != 1.0:
             if self._rate is None:
                 self._rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
