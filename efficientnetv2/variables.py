@@ -38,3 +38,23 @@ def ema_variables(model):
             selected.append(variable)
             seen.add(id(variable))
     return selected
+
+
+class ShadowPairs:
+    """`pairs` and `shadow_for` of a moving average with `model_variables` and
+    `shadow_variables` in the same order (the TF `ExponentialMovingAverage` and the portable
+    one share them)."""
+
+    def pairs(self):
+        """Returns `(model variable, shadow variable)` pairs."""
+        return list(zip(self.model_variables, self.shadow_variables))
+
+    def shadow_for(self, variable):
+        """Returns the shadow of `variable` (matched by identity)."""
+        for model_variable, shadow in self.pairs():
+            if model_variable is variable:
+                return shadow
+        raise ValueError(
+            f'Argument `variable` must be one of the averaged variables; '
+            f'received: {variable_name(variable)!r}.'
+        )

@@ -29,6 +29,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from efficientnetv2.variables import ShadowPairs
 from efficientnetv2.variables import ema_variables  # noqa: F401  (re-exported)
 from efficientnetv2.variables import variable_name as _variable_name
 
@@ -60,7 +61,7 @@ class _Untracked:
         self.items = list(items)
 
 
-class ExponentialMovingAverage(tf.Module):
+class ExponentialMovingAverage(ShadowPairs, tf.Module):
     """Shadow copies of variables, updated as `s <- s - (1 - d) * (s - v)`.
 
     With `use_num_updates=True` the decay at update `t` is
@@ -114,20 +115,6 @@ class ExponentialMovingAverage(tf.Module):
     def model_variables(self):
         """The averaged variables, in the order of `shadow_variables`."""
         return list(self._model_refs.items)
-
-    def pairs(self):
-        """Returns `(model variable, shadow variable)` pairs."""
-        return list(zip(self._model_refs.items, self.shadow_variables))
-
-    def shadow_for(self, variable):
-        """Returns the shadow of `variable` (matched by identity)."""
-        for model_variable, shadow in self.pairs():
-            if model_variable is variable:
-                return shadow
-        raise ValueError(
-            f'Argument `variable` must be one of the averaged variables; '
-            f'received: {_variable_name(variable)!r}.'
-        )
 
     def apply(self, step=None):
         """Moves every shadow towards its variable by one EMA update.

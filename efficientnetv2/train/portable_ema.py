@@ -15,7 +15,7 @@ import contextlib
 
 import keras
 
-from efficientnetv2.variables import variable_name as _variable_name
+from efficientnetv2.variables import ShadowPairs
 
 
 def _decay_at(decay, step):
@@ -26,7 +26,7 @@ def _decay_at(decay, step):
     return keras.ops.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
-class PortableEMA:
+class PortableEMA(ShadowPairs):
     """Shadow copies of Keras variables, `s <- d * s + (1 - d) * v` at each `apply`.
 
     Args:
@@ -66,20 +66,6 @@ class PortableEMA:
     def model_variables(self):
         """The averaged variables, in the order of `shadow_variables`."""
         return list(self._variables)
-
-    def pairs(self):
-        """Returns `(model variable, shadow variable)` pairs."""
-        return list(zip(self._variables, self.shadow_variables))
-
-    def shadow_for(self, variable):
-        """Returns the shadow of `variable` (matched by identity)."""
-        for model_variable, shadow in self.pairs():
-            if model_variable is variable:
-                return shadow
-        raise ValueError(
-            f'Argument `variable` must be one of the averaged variables; '
-            f'received: {_variable_name(variable)!r}.'
-        )
 
     def apply(self, step=None):
         """Moves every shadow towards its variable by one EMA update.
