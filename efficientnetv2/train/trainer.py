@@ -107,6 +107,17 @@ def model_random_states(model):
     return states
 
 
+def _loop_variable(name, value, dtype=tf.float32):
+    """A non-trainable variable that the train loop updates once per step (first replica)."""
+    return tf.Variable(
+        value,
+        dtype=dtype,
+        trainable=False,
+        name=name,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+    )
+
+
 class Trainer:
     """Trains and evaluates one model directory.
 
@@ -172,39 +183,12 @@ class Trainer:
                 self.ema = ema_lib.ExponentialMovingAverage(
                     ema_lib.ema_variables(self.model), decay=config.train.ema_decay
                 )
-            self.global_step = tf.Variable(
-                0,
-                dtype=tf.int64,
-                trainable=False,
-                name='global_step',
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
-            self._loss_sum = tf.Variable(
-                0.0,
-                trainable=False,
-                name='loss_sum',
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
+            self.global_step = _loop_variable('global_step', 0, tf.int64)
+            self._loss_sum = _loop_variable('loss_sum', 0.0)
             # Gradient norm over a compiled call: sum and max (train/grad_norm*).
-            self._grad_norm_sum = tf.Variable(
-                0.0,
-                trainable=False,
-                name='grad_norm_sum',
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
-            self._grad_norm_max = tf.Variable(
-                0.0,
-                trainable=False,
-                name='grad_norm_max',
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
-            self._bad_step = tf.Variable(
-                -1,
-                dtype=tf.int64,
-                trainable=False,
-                name='bad_step',
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
+            self._grad_norm_sum = _loop_variable('grad_norm_sum', 0.0)
+            self._grad_norm_max = _loop_variable('grad_norm_max', 0.0)
+            self._bad_step = _loop_variable('bad_step', -1, tf.int64)
 
         tracked = dict(model=self.model, optimizer=self.optimizer, step=self.global_step)
         if self.ema is not None:
