@@ -228,11 +228,18 @@ def split_times(trainer, train_seconds):
             per_step = first['seconds'] / first_steps
             unsteady.append(timing['image_size'])
         throughput[timing['stage']] = trainer.global_batch / per_step
+    # Parts of `other` that the trainer times: each stage's pipeline start, its stage-end
+    # checkpoint and the pipeline's end.
+    parts = {
+        part: sum(t.get(f'{part}_seconds', 0.0) for t in trainer.stage_timings)
+        for part in ('setup', 'save', 'close')
+    }
     return dict(
         trace=trace,
         compile=compile_excess,
         steps=calls - compile_excess,
         other=train_seconds - trace - calls,
+        other_parts=parts,
         throughput=throughput,
         unsteady=unsteady,
     )
@@ -337,6 +344,21 @@ def print_report(args, dataset, runs):
                     x['top_5'],
                 )
             )
+    print('Of other: pipeline starts / stage-end checkpoints / pipeline ends / the rest:')
+    for r in runs:
+        for name in ('progressive', 'fixed'):
+            x = r[name]
+            parts = x['other_parts']
+            print(
+                '  {} seed {}: {:.1f} / {:.1f} / {:.1f} / {:.1f} s'.format(
+                    name,
+                    r['seed'],
+                    parts['setup'],
+                    parts['save'],
+                    parts['close'],
+                    x['other'] - sum(parts.values()),
+                )
+            )
     unsteady = sorted(
         {size for r in runs for name in ('progressive', 'fixed') for size in r[name]['unsteady']}
     )
@@ -393,6 +415,46 @@ def print_report(args, dataset, runs):
                 for e in r['progressive']['stage_results']
             ]
             for r in runs
+        ],
+        runs=[
+            dict(
+                seed=r['seed'],
+                progressive=run_record(r['progressive']),
+                fixed=run_record(r['fixed']),
+            )
+            for r in runs
+        ],
+    )
+
+
+def run_record(x):
+    """One run's figures for the JSON file (and `plot_progressive.py`): its times, each
+    stage's steady rate, and every stage end (top-1 and the seconds since train() started)."""
+    return dict(
+        top_1=x['top_1'],
+        train_seconds=x['train_seconds'],
+        eval_seconds=x['eval_seconds'],
+        **{key: x[key] for key in ('trace', 'compile', 'steps', 'other', 'other_parts')},
+        stages=[
+            dict(
+                stage=s.index,
+                image_size=s.image_size,
+                steps=s.num_steps,
+                images_per_sec=x['throughput'][s.index],
+                input_images_per_sec=x['input_rates'][s.index],
+            )
+            for s in x['plan']
+        ],
+        stage_ends=[
+            dict(
+                stage=e['stage'],
+                step=e['step'],
+                seconds=e.get('elapsed_seconds'),
+                ema=e['top_1'],
+                raw=e.get('raw', {}).get('top_1'),
+                ema_stage_size=e.get('at_train_size', {}).get('top_1'),
+            )
+            for e in x['stage_results']
         ],
     )
 

@@ -457,6 +457,7 @@ class Trainer:
 
     def train(self, evaluate_each_stage=False):
         """Runs (or resumes) the stage plan to the final step; returns the last eval or None."""
+        self._train_start = time.time()
         check_model_dir(self.model_dir, self.config)
         resumed = self.restore()
         if not resumed:
@@ -536,6 +537,9 @@ class Trainer:
         result['stage_stats'] = stats
         result['stage'] = stage.index
         result['eval_seconds'] = sum(r['seconds'] for r in results.values())
+        # Since this train() call started, this evaluation included (a resumed run counts
+        # from its resume).
+        result['elapsed_seconds'] = time.time() - self._train_start
         self.stage_results.append(result)
         top1 = ', '.join(
             '{} {:.4f} at {} px'.format(
@@ -589,9 +593,11 @@ class Trainer:
 
     def _run_stage(self, stage, step):
         config = self.config.train
+        setup_start = time.time()
         self.task.set_stage(self.model, stage)
         self.task.log_stage(stage, len(self.plan.stages), step)
         iterator = iter(self._train_dataset(stage, step))
+        setup_seconds = time.time() - setup_start
         train_loop = self._stage_train_loop()
         trace_seconds = self._trace(
             train_loop, iterator, min(config.steps_per_loop, stage.end_step - step)
@@ -620,6 +626,7 @@ class Trainer:
             if first_call:
                 first_call = False
                 self._record_stage_timing(stage, step, trace_seconds, elapsed, num)
+                self.stage_timings[-1]['setup_seconds'] = setup_seconds
             bad = int(self._bad_step.numpy())
             if bad >= 0 or not math.isfinite(loss):
                 raise TrainingError(
@@ -668,19 +675,23 @@ class Trainer:
             if step - last_save >= config.ckpt_interval:
                 self.manager.save(checkpoint_number=step)
                 last_save = step
+        start = time.time()
         self.manager.save(checkpoint_number=step)
         writer.flush()
+        save_seconds = time.time() - start
         skipped = data.skipped_images()
         if skipped:
             logging.warning('%d corrupt or undecodable images skipped so far.', skipped)
         start = time.time()
         del iterator  # Stops this stage's input pipeline now, before any evaluation.
-        if time.time() - start > 1.0:
+        close_seconds = time.time() - start
+        if close_seconds > 1.0:
             logging.info(
-                'Stage %d: closing the input pipeline took %.1f s.',
-                stage.index + 1,
-                time.time() - start,
+                'Stage %d: closing the input pipeline took %.1f s.', stage.index + 1, close_seconds
             )
+        if self.stage_timings and self.stage_timings[-1]['stage'] == stage.index:
+            # Around the steps: pipeline start, the stage-end checkpoint, the pipeline's end.
+            self.stage_timings[-1].update(save_seconds=save_seconds, close_seconds=close_seconds)
 
     def _relative_update_norm(self):
         """`||last step's update|| / ||weights||` over all trainable weights, or None.
