@@ -46,6 +46,8 @@ setup(
         # ruff: the one code style (pyproject.toml), checked by .ci/run before the tests.
         'test': ['pytest>=7', 'ruff>=0.17,<0.18'],
         'onnx': ['tf2onnx>=1.17', 'onnx>=1.16', 'onnxruntime>=1.18'],
+        # benchmarks/: the photo set (progressive.py) and the pictures (plot_progressive.py).
+        'bench': ['scikit-image>=0.22', 'matplotlib>=3.8'],
     },
     entry_points={
         'console_scripts': [

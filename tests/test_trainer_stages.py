@@ -64,6 +64,13 @@ def test_three_stages_trace_once_and_evaluate_at_both_sizes(tmp_path, monkeypatc
     assert [t['image_size'] for t in timings] == [12, 18, 24]
     assert all(t['trace_seconds'] < 1.0 for t in timings[1:])
     assert timings[0]['trace_seconds'] > timings[1]['trace_seconds']
+    # Around the steps, each stage times its pipeline start, checkpoint and pipeline end.
+    for part in ('setup_seconds', 'save_seconds', 'close_seconds'):
+        assert all(0.0 <= t[part] < 60.0 for t in timings), part
+    # Every stage end says when it happened, after its evaluations.
+    elapsed = [r['elapsed_seconds'] for r in trainer.stage_results]
+    assert elapsed == sorted(elapsed) and elapsed[0] > 0.0
+    assert [r['stage'] for r in trainer.stage_results] == [0, 1, 2]
 
     # Both evaluations of every stage end are in TensorBoard; the result says which is which.
     ends = [s.end_step for s in plan]
