@@ -1,13 +1,16 @@
-"""The installed commands: setup.py's console scripts, their flags and help, flag isolation.
+"""The installed commands: their entry points as pip installs them, flags, help, flag isolation.
 
 The commands themselves run end to end in .ci/old_tf_smoke.sh, from a wheel in a fresh venv.
 """
 
-import ast
+import functools
 import importlib
+import importlib.metadata
 import os
+import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from script_runner import run_script
@@ -22,21 +25,29 @@ COMMANDS = {
 }
 
 
-def _console_scripts():
-    """{name: 'module:attr'} of setup.py's console_scripts, read without running setup.py."""
-    with open(os.path.join(ROOT, 'setup.py')) as f:
-        tree = ast.parse(f.read())
-    call = next(
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and getattr(node.func, 'id', None) == 'setup'
+@functools.lru_cache(maxsize=1)
+def _entry_points():
+    """The console scripts as pip installs them: setuptools' entry_points.txt of this checkout.
+
+    `setup.py egg_info` writes the metadata pip reads when it installs the package (the same
+    file an install puts in site-packages), and importlib.metadata reads it back, so a wrong
+    target or a typo in setup.py shows here as it would after `pip install`.
+    """
+    out = tempfile.mkdtemp(prefix='egg_info_')
+    subprocess.run(
+        [sys.executable, 'setup.py', '-q', 'egg_info', '--egg-base', out],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
     )
-    entry_points = ast.literal_eval(next(k.value for k in call.keywords if k.arg == 'entry_points'))
-    scripts = {}
-    for line in entry_points['console_scripts']:
-        name, target = (part.strip() for part in line.split('='))
-        scripts[name] = target
-    return scripts
+    (egg_info,) = pathlib.Path(out).glob('*.egg-info')
+    points = importlib.metadata.PathDistribution(egg_info).entry_points
+    return {point.name: point for point in points if point.group == 'console_scripts'}
+
+
+def _console_scripts():
+    """{name: 'module:attr'} of the console scripts an install of this checkout gets."""
+    return {name: point.value for name, point in _entry_points().items()}
 
 
 def _python(*args, cwd=ROOT, timeout=300):
@@ -56,10 +67,11 @@ def _python(*args, cwd=ROOT, timeout=300):
 
 
 def _command(name, *args, cwd=ROOT):
-    """Runs the installed command `name` as its console script does (setup.py's target)."""
+    """Runs the installed command `name` as its console script does (its entry point)."""
     module_name, _, attr = _console_scripts()[name].partition(':')
     argv = [name] + list(args)
-    script = f'import sys; sys.argv = {argv!r}; import {module_name} as m; m.{attr}()'
+    # What pip's generated wrapper does: sys.exit(<entry point>()).
+    script = f'import sys; sys.argv = {argv!r}; import {module_name} as m; sys.exit(m.{attr}())'
     return _python('-c', script, cwd=cwd)
 
 
@@ -178,11 +190,24 @@ def test_usage_errors_exit_2_with_the_message_and_no_help(name, args, message, t
     assert sorted(os.listdir(tmp_path)) == ['b0run']  # Nothing written.
 
 
-@pytest.mark.parametrize('name', ['efficientnetv2-train', 'efficientnetv2-nas'])
+# Each documented command (docs/training.md), and a flag only its help lists.
+HELP_FLAGS = {
+    'efficientnetv2-train': '--model_dir:',
+    'efficientnetv2-export': '--export_formats:',
+    'efficientnetv2-nas': '--output_dir:',
+    'efficientnetv2-summary': '--image_size',
+    'efficientnetv2-scale': '--flops',
+}
+
+
+@pytest.mark.parametrize('name', sorted(HELP_FLAGS))
 def test_help_exits_0(name, tmp_path):
+    assert set(HELP_FLAGS) == COMMANDS
     done = _command(name, '--help', cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert '--output_dir:' in done.stdout or '--model_dir:' in done.stdout
+    assert HELP_FLAGS[name] in done.stdout, done.stdout[-3000:]
+    assert 'Traceback' not in done.stderr
+    assert not os.listdir(tmp_path)
 
 
 def test_summary_usage_names_the_installed_command(tmp_path):
