@@ -33,6 +33,11 @@ def _entry_points():
     file an install puts in site-packages), and importlib.metadata reads it back, so a wrong
     target or a typo in setup.py shows here as it would after `pip install`.
     """
+    try:
+        import setuptools  # noqa: F401 (setup.py imports it; a venv may lack it)
+    except ImportError:  # The installed package's metadata (a fresh install is current).
+        points = importlib.metadata.distribution('efficientnetv2').entry_points
+        return {point.name: point for point in points if point.group == 'console_scripts'}
     out = tempfile.mkdtemp(prefix='egg_info_')
     subprocess.run(
         [sys.executable, 'setup.py', '-q', 'egg_info', '--egg-base', out],
