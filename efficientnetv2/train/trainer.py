@@ -122,7 +122,7 @@ class Trainer:
     """Trains and evaluates one model directory.
 
     Args:
-        config: a resolved run config (`efficientnetv2.config.build_config`).
+        config: a resolved run config (`efficientnetv2.experiment.build_config`).
         model_dir: where checkpoints, summaries and config.yaml go (local or gs://).
         strategy: a `tf.distribute.Strategy`; default from `config.runtime.strategy`.
         task: the `ClassificationTask` to train; default built from `config`.
