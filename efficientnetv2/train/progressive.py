@@ -44,7 +44,7 @@ import math
 import numbers
 
 from efficientnetv2 import config as config_lib
-from efficientnetv2.config import PLAN_MODES  # noqa: F401  (one source: the config's choices)
+from efficientnetv2.config import PLAN_MODES  # One source: the config's choices.
 
 # Paper S_0 and official `data.ibase`.
 DEFAULT_MIN_IMAGE_SIZE = 128

@@ -19,7 +19,7 @@ import math
 import keras
 from keras import ops
 
-from efficientnetv2.config import DECAY_TYPES  # noqa: F401  (one source: the config's choices)
+from efficientnetv2.config import DECAY_TYPES  # One source: the config's choices.
 
 _PACKAGE = 'efficientnetv2'
 
