@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
-from efficientnetv2 import config as config_lib  # noqa: E402
+from efficientnetv2 import experiment  # noqa: E402
 from efficientnetv2.train import trainer as trainer_lib  # noqa: E402
 
 DATASETS = ('photos', 'sklearn-photos', 'digits')
@@ -246,7 +246,7 @@ def split_times(trainer, train_seconds):
 
 
 def run(args, seed, hparams, model_dir, dataset, data_dir):
-    config = config_lib.build_config(
+    config = experiment.build_config(
         args.model_name, dataset, data_dir=data_dir, hparam_str=hparams + f',train.seed={seed}'
     )
     trainer = trainer_lib.Trainer(config, model_dir)
@@ -538,7 +538,7 @@ def main():
                 ]
             if args.min_image_size:
                 common.append(f'train.min_image_size={args.min_image_size}')
-            stages = args.stages or config_lib.build_config(args.model_name, 'digits').train.stages
+            stages = args.stages or experiment.build_config(args.model_name, 'digits').train.stages
             dataset = 'digits'
         modes = args.mode.split(',') if args.mode else [None]
         for mode in modes:
@@ -568,7 +568,7 @@ def main():
                     data_dir,
                 )
                 print_stage_ends(seed, mode, progressive[mode][seed], fixed[seed])
-        eval_size = config_lib.build_config(
+        eval_size = experiment.build_config(
             args.model_name, dataset, data_dir=data_dir, hparam_str=hparams
         ).eval.image_size
     label = args.dataset + (f' ({data_dir})' if data_dir else '')

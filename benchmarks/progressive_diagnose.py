@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import progressive as bench  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from efficientnetv2 import config as config_lib  # noqa: E402
+from efficientnetv2 import experiment  # noqa: E402
 from efficientnetv2.train import losses  # noqa: E402
 from efficientnetv2.train import trainer as trainer_lib  # noqa: E402
 
@@ -52,7 +52,7 @@ def build_trainer(args, stages, model_dir):
         overrides.append(RELEASED)
     if args.extra:
         overrides.append(args.extra)
-    config = config_lib.build_config(
+    config = experiment.build_config(
         args.model_name, 'folder', data_dir=data_dir, hparam_str=','.join(overrides)
     )
     return trainer_lib.Trainer(config, model_dir)

@@ -55,11 +55,11 @@ def measure(args):
         strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
     import numpy as np
 
-    from efficientnetv2 import config as config_lib
+    from efficientnetv2 import experiment
     from efficientnetv2.train import trainer as trainer_lib
 
     steps = args.steps_per_loop * args.loops
-    config = config_lib.build_config(
+    config = experiment.build_config(
         args.model_name,
         'digits',
         hparam_str=(

@@ -8,6 +8,34 @@ are kept beside them for the training recipe.
 
 import dataclasses
 
+# The `model` section of a run config: every hyper-parameter of the `EfficientNet` constructor
+# (what the network is, not how it is built: no head, pooling or input options) with its
+# default. The package's one source of model defaults: the constructor's signature reads its
+# defaults from here (`efficientnetv2.model`), and so does the run config (`config.py`).
+# `blocks`, which the constructor requires, is the empty list.
+DEFAULT_MODEL_HPARAMS = {
+    'blocks': [],
+    'width_coefficient': 1.0,
+    'depth_coefficient': 1.0,
+    'depth_divisor': 8,
+    'min_depth': 8,
+    'round_filters_10pct': False,
+    'feature_size': 1280,
+    'dropout_rate': 0.2,
+    'survival_prob': 0.8,
+    'bn_momentum': 0.9,
+    'bn_epsilon': 1e-3,
+    'act_fn': 'silu',
+    'sync_bn': False,
+    'fused_bn': True,
+    'conv_dropout': 0.0,
+    'headbias': None,
+    'bn_group_size': 8,
+    'num_classes': 1000,
+    'data_format': 'channels_last',
+    'model_name': None,
+}
+
 # V1 B0, all MBConv with SE 0.25 (V1 paper, Table 1).
 V1_BASE_BLOCKS = (
     'r1_k3_s1_e1_i32_o16_se0.25',

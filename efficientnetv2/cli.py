@@ -104,7 +104,7 @@ def _model_name_valid(values):
         architectures.get_variant(values['model_name'])
     except ValueError as e:
         # A --config_file may define the model (efficientnetv2.scaling --write_config):
-        # build_config registers it from there, or refuses the name as a usage error.
+        # experiment.build_config registers it from there, or refuses the name as a usage error.
         if not values['config_file']:
             raise flags.ValidationError(str(e)) from e
     return True
@@ -129,11 +129,11 @@ flags.register_validator('export_formats', _export_formats_valid)
 
 def resolve_config(argv_flags=FLAGS):
     """Builds the run config from the flags; errors become usage errors (nothing written)."""
-    from efficientnetv2 import config as config_lib
+    from efficientnetv2 import experiment
 
     hparam_str = argv_flags.hparam_str
     try:
-        config = config_lib.build_config(
+        config = experiment.build_config(
             model_name=argv_flags.model_name,
             dataset_cfg=argv_flags.dataset_cfg,
             config_file=argv_flags.config_file,
@@ -165,6 +165,7 @@ def resolve_run_config(model_dir, argv_flags=FLAGS):
     import tensorflow as tf
 
     from efficientnetv2 import config as config_lib
+    from efficientnetv2 import experiment
     from efficientnetv2 import hparams
 
     path = os.path.join(model_dir, 'config.yaml')
@@ -196,7 +197,7 @@ def resolve_run_config(model_dir, argv_flags=FLAGS):
         if argv_flags.strategy:
             overrides.override({'runtime': {'strategy': argv_flags.strategy}}, allow_new=True)
         config.override(overrides)
-        config_lib.validate(config)
+        experiment.validate(config)
     except (KeyError, ValueError, FileNotFoundError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise app.UsageError(message) from e

@@ -1,10 +1,19 @@
-"""Experiment configs: defaults, per-model and per-dataset recipes, and their override order.
+"""Experiment configs: keys, types, defaults, per-model and per-dataset recipes, override order.
 
-A run's config is built in a fixed order, each step strict about keys:
+The bottom layer of the package's training side: data, not machinery. It imports only the pure
+tables below it (`hparams`, `architectures`), never the model, data or training code nor Keras
+or TensorFlow (tests/test_layering.py checks), and the choice lists that the implementing
+modules accept (optimizer names, decay types, plan modes, the fine-tune recipe's datasets) are
+defined here and imported by them.
+
+A run's config is composed in a fixed order, each step strict about keys:
 
     defaults -> model recipe -> dataset recipe -> --config_file (YAML) -> --hparam_str
 
-and saved as `config.yaml` in the model directory.
+(`compose`) and saved as `config.yaml` in the model directory. A run's config is assembled
+from names by `efficientnetv2.experiment.build_config`: it resolves the dataset, registers a
+model a YAML file defines, composes, and adds the checks that need the data code. The
+progressive-learning plan of a config is `efficientnetv2.train.progressive.plan_for_config`.
 
 Recipes follow the EfficientNetV2 paper where it is specific (progressive learning, Algorithm 1,
 with Table 6's targets for V2-S/M/L) and the official code elsewhere. `configs/*-official.yaml`
@@ -13,11 +22,30 @@ reproduce the official code's choices where they differ (see README).
 
 from efficientnetv2 import architectures
 from efficientnetv2 import hparams
-from efficientnetv2 import model as model_lib
-from efficientnetv2.data import registry as data_registry
-from efficientnetv2.train import optimizers
-from efficientnetv2.train import progressive
-from efficientnetv2.train import schedules
+
+# -- choices the implementing modules accept (each is imported from here by its module) --------
+
+# `train.optimizer`: the builders of `efficientnetv2.train.optimizers`.
+OPTIMIZER_NAMES = ('rmsprop', 'rmsprop_keras', 'sgd', 'adam', 'adamw')
+# `train.lr_sched`: the decays of `efficientnetv2.train.schedules.WarmupDecaySchedule`.
+DECAY_TYPES = ('exponential', 'cosine', 'linear', 'constant')
+# `train.progressive`: the interpolations of `efficientnetv2.train.progressive`.
+PLAN_MODES = ('paper', 'official')
+
+# Fine-tune configs: the official `*Ft` dataset configs read these datasets with the fine-tune
+# transform family and augmentation ('ft': resize the whole image, flip, noise cutout). The
+# dataset registry (`efficientnetv2.data.registry`) builds its `*Ft` entries from these, and
+# `DATASET_RECIPES` gives each the fine-tune recipe.
+FINETUNE_PREPROCESS = 'ft'
+FINETUNE_AUGNAME = 'ft'
+FINETUNE_BASES = {
+    'imagenetFt': 'imagenettfds',
+    'cifar10Ft': 'cifar10',
+    'cifar100Ft': 'cifar100',
+    'flowersFt': 'flowers',
+    'carsFt': 'cars',
+    'tfflowersFt': 'tfflowers',
+}
 
 _S = hparams.Spec
 _PROBABILITY = dict(low=0.0, high=1.0)
@@ -44,10 +72,10 @@ KEY_SPECS = {
     'train.epochs': _S('number', low=0, low_open=True),
     'train.min_steps': _S('int', low=0),
     'train.batch_size': _S('int', low=0, low_open=True),
-    'train.optimizer': _S('str', choices=optimizers.OPTIMIZER_NAMES),
-    'train.lr_sched': _S('str', choices=schedules.DECAY_TYPES),
+    'train.optimizer': _S('str', choices=OPTIMIZER_NAMES),
+    'train.lr_sched': _S('str', choices=DECAY_TYPES),
     'train.loss_type': _S('str', choices=('softmax', 'sigmoid', 'custom')),
-    'train.progressive': _S('str', choices=progressive.PLAN_MODES),
+    'train.progressive': _S('str', choices=PLAN_MODES),
     'train.lr_base': _S('float', low=0.0),
     'train.lr_decay_factor': _S('float', low=0.0, high=1.0, low_open=True),
     'train.lr_decay_epochs': _S('float', low=0.0, low_open=True),
@@ -105,7 +133,7 @@ def default_config():
 
 def _default_values():
     return dict(
-        model=dict(model_lib.DEFAULT_MODEL_HPARAMS),
+        model=dict(architectures.DEFAULT_MODEL_HPARAMS),
         train=dict(
             epochs=350,  # Length of the run, in epochs of the train split.
             min_steps=0,  # The run is max(min_steps, epochs * images // batch).
@@ -229,8 +257,8 @@ _FINETUNE = dict(
     ),
     model=dict(dropout_rate=1e-6, survival_prob=0.8),
     data=dict(
-        augname=data_registry.FINETUNE_AUGNAME,
-        preprocess=data_registry.FINETUNE_PREPROCESS,
+        augname=FINETUNE_AUGNAME,
+        preprocess=FINETUNE_PREPROCESS,
         mixup_alpha=0.0,
         cutmix_alpha=0.0,
     ),
@@ -285,7 +313,7 @@ DATASET_RECIPES = {
         # None, for every family: V1 and V2-B0..B3 too.
         data=dict(augname=None, preprocess='v2', mixup_alpha=0.0, cutmix_alpha=0.0),
     ),
-    **{name.lower(): _FINETUNE for name in data_registry.FINETUNE_BASES},
+    **{name.lower(): _FINETUNE for name in FINETUNE_BASES},
     'cifar10': {},
     'cifar100': {},
     'flowers': {},
@@ -299,36 +327,42 @@ DATASET_RECIPES = {
 }
 
 
-def build_config(
-    model_name='efficientnetv2-s',
-    dataset_cfg='imagenet',
+def compose(
+    model_name,
+    dataset_name,
+    num_classes,
+    data_dir=None,
     config_file=None,
     hparam_str=None,
-    data_dir=None,
+    checks=(),
 ):
     """The run config in override order: defaults, model, dataset, YAML file, hparam string.
 
+    Pure: the dataset is given by its (canonical) name and class count, and `config_file` is a
+    mapping or a YAML path whose model, if it defines one, is already registered;
+    `efficientnetv2.experiment.build_config` does both from names.
+
+    Args:
+        model_name: a registered model name (or an `architectures.Variant`).
+        dataset_name: the dataset's name (its recipe is looked up case-insensitively).
+        num_classes: the dataset's class count (`model.num_classes`).
+        data_dir: `data.data_dir`.
+        config_file: a mapping or a YAML path of overrides, or None.
+        hparam_str: `dotted.key=value,...` overrides, or None.
+        checks: more checks for `validate` (see there).
+
     Raises:
-        ValueError: unknown model or dataset name (lists the valid ones), malformed overrides.
+        ValueError: unknown model name (lists the valid ones), malformed overrides, a config
+            that names another model than `model_name`, a value out of range.
         KeyError: an override names an unknown key (names the closest valid keys).
     """
-    from efficientnetv2 import data
-
-    info = data.get_dataset_info(dataset_cfg, data_dir=data_dir)
-    if isinstance(config_file, str) and config_file.strip().endswith(('.yaml', '.yml')):
-        # A model defined by the file itself (efficientnetv2.scaling --write_config, or a run's
-        # config.yaml) is registered under its name, so a fresh process takes it; the file's
-        # `scaling` section (base model, sizes) only serves that and is not a config key.
-        config_file = hparams.load_yaml(config_file.strip())
-        architectures.register_from_config(config_file)
-        config_file.pop('scaling', None)
     config = default_config()
     config.override(model_recipe(model_name))
-    config.override(DATASET_RECIPES.get(info.name.lower(), {}))
+    config.override(DATASET_RECIPES.get(dataset_name.lower(), {}))
     config.override(
         dict(
-            model=dict(num_classes=info.num_classes),
-            data=dict(dataset=info.name, data_dir=data_dir),
+            model=dict(num_classes=num_classes),
+            data=dict(dataset=dataset_name, data_dir=data_dir),
         )
     )
     if config_file:
@@ -342,7 +376,7 @@ def build_config(
             f'{expected!r}: pass --model_name={config.model.model_name} (the architecture comes '
             'from the model name).'
         )
-    validate(config)
+    validate(config, checks=checks)
     return config
 
 
@@ -354,52 +388,24 @@ def train_image_size(config):
     return int(size)
 
 
-def first_stage_base(config):
-    """The size progressive learning starts from (`train.min_image_size`, or derived from the
-    final train size when unset: see `progressive.default_min_image_size`)."""
-    if config.train.min_image_size is None:
-        return progressive.default_min_image_size(train_image_size(config))
-    return config.train.min_image_size
-
-
-def stage_plan(config, total_steps):
-    """The progressive-learning plan a run of `total_steps` steps follows (as the trainer
-    builds it): `train.stages` stages in `train.progressive` mode from the `train.min_*` values
-    to the final size, `data.ram`, `data.mixup_alpha`, `data.cutmix_alpha` and
-    `model.dropout_rate`."""
-    return progressive.build_stage_plan(
-        num_stages=config.train.stages,
-        total_steps=total_steps,
-        final_image_size=train_image_size(config),
-        final_ram=config.data.ram,
-        final_mixup=config.data.mixup_alpha,
-        final_cutmix=config.data.cutmix_alpha,
-        final_dropout=config.model.dropout_rate,
-        min_image_size=config.train.min_image_size,
-        min_ram=config.train.min_ram,
-        min_mixup=config.train.min_mixup,
-        min_cutmix=config.train.min_cutmix,
-        min_dropout=config.train.min_dropout,
-        mode=config.train.progressive,
-    )
-
-
-def validate(config):
+def validate(config, checks=()):
     """Checks every value's type and range, the choices, and the sizes against each other.
+
+    Args:
+        config: a run config (typed or not: an untyped one is typed first).
+        checks: callables `check(config)` run after the per-key checks and before the size
+            checks, for what needs code above the config (`efficientnetv2.experiment.validate`
+            adds the preprocessing-family check).
 
     Raises:
         hparams.ConfigValueError (a ValueError): the message names the key, what it accepts
             and the value received.
     """
-    from efficientnetv2.data import preprocessing
-
     if config.schema is None:
         config.set_schema(hparams.derive_schema(_default_values(), KEY_SPECS))
     config.check_values()
-    try:
-        preprocessing.resolve_family(config.data.preprocess, config.data.augname)
-    except ValueError as e:
-        raise hparams.ConfigValueError(f'data.augname / data.preprocess: {e}') from None
+    for check in checks:
+        check(config)
     final = train_image_size(config)
     if final < 1:
         raise hparams.ConfigValueError(
@@ -407,7 +413,10 @@ def validate(config):
             f'eval.image_size={config.eval.image_size!r} that gives a train size of {final} px; '
             'use a larger fraction or a size in pixels (> 16).'
         )
-    if config.train.stages > 1 and first_stage_base(config) > final:
+    # Unset, the start size is derived from the final size and never above it
+    # (`progressive.default_min_image_size`): only an explicit value can be too large.
+    minimum = config.train.min_image_size
+    if config.train.stages > 1 and minimum is not None and minimum > final:
         raise hparams.ConfigValueError(
             f'train.min_image_size must be <= the final train size {final} px '
             f'(train.image_size={config.train.image_size!r}) when train.stages > 1; received '

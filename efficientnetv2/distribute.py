@@ -19,6 +19,7 @@ otherwise. With float16 wrap the optimizer with `loss_scale_optimizer`: unlike t
 `LossScaleOptimizer` it agrees across replicas on whether a step's gradients are finite.
 """
 
+import dataclasses
 import json
 import os
 import socket
@@ -305,6 +306,73 @@ class SyncedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 def loss_scale_optimizer(optimizer, **kwargs):
     """Wraps `optimizer` for `mixed_float16` training under any strategy (see the class)."""
     return SyncedLossScaleOptimizer(optimizer, **kwargs)
+
+
+# -- the runtime of a run, resolved once ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Where and how a run executes: what the trainer asks of this module, decided once.
+
+    Attributes:
+        strategy: the `tf.distribute.Strategy`.
+        is_chief: whether this process writes checkpoints and summaries (`is_chief`).
+        precision: the Keras dtype policy set for the run (one of PRECISIONS).
+        is_tpu: the strategy is a TPUStrategy (sync batch norm, static shapes).
+        uses_gpu: the strategy's local replicas run on GPUs.
+        jit_compile: compile the train step with XLA.
+    """
+
+    strategy: object
+    is_chief: bool
+    precision: str
+    is_tpu: bool
+    uses_gpu: bool
+    jit_compile: bool
+
+    def wrap_optimizer(self, optimizer):
+        """The optimizer to train with: loss-scaled (`loss_scale_optimizer`) under
+        mixed_float16, else `optimizer` itself."""
+        if self.precision == 'mixed_float16':
+            return loss_scale_optimizer(optimizer)
+        return optimizer
+
+
+def resolve_runtime(runtime, strategy=None, seed=None):
+    """Sets up the process for a run and returns its `Runtime`.
+
+    In this order: the strategy (`strategy`, else `get_strategy(runtime.strategy)`), the
+    chief role, the random seeds (`seed`, the run's `train.seed`: Python, NumPy, TensorFlow and
+    Keras), deterministic ops (`runtime.deterministic`), the global dtype policy
+    (`runtime.mixed_precision`, None: `default_precision`), and XLA (`runtime.jit_compile`,
+    None: on for TPUs and GPUs, off on CPU).
+
+    Args:
+        runtime: the `runtime` section of a run config.
+        strategy: a strategy to use instead of the configured one.
+        seed: an int to seed every random generator with, or None.
+    """
+    strategy = strategy or get_strategy(runtime.strategy)
+    chief = is_chief()
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    if runtime.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tpu = is_tpu_strategy(strategy)
+    gpu = uses_gpu(strategy)
+    precision = set_precision(runtime.mixed_precision or default_precision(strategy))
+    jit_compile = runtime.get('jit_compile', None)
+    if jit_compile is None:
+        jit_compile = tpu or gpu
+    return Runtime(
+        strategy=strategy,
+        is_chief=chief,
+        precision=precision,
+        is_tpu=tpu,
+        uses_gpu=gpu,
+        jit_compile=bool(jit_compile),
+    )
 
 
 # -- worker roles -----------------------------------------------------------------------------

@@ -129,8 +129,8 @@ def stage_epochs(plan, epochs=None):
     """`[(stage, first_epoch, end_epoch)]`: the plan's stages mapped onto `epochs` epochs.
 
     A plan counted in epochs (`plan.total_steps == epochs`, e.g. from `progressive_plan`) is
-    used as is. A plan counted in steps (e.g. `config.stage_plan(config, total_steps)`) is
-    scaled: stage `i` starts at epoch `floor(start_step * epochs / total_steps)`, the same
+    used as is. A plan counted in steps (e.g. `progressive.plan_for_config(config, total_steps)`)
+    is scaled: stage `i` starts at epoch `floor(start_step * epochs / total_steps)`, the same
     floor rule the plan uses for its own boundaries.
 
     Raises:
@@ -858,9 +858,9 @@ def fit_progressive(
             Any input `model.fit` takes works: a `keras.utils.PyDataset`, a torch
             `DataLoader`, a grain dataset, or an `(x, y)` tuple of arrays (then pass
             `batch_size=`).
-        plan: a `progressive.StagePlan` (`progressive_plan(...)`, `config.stage_plan(...)` or
-            `progressive.build_stage_plan(...)`), counted in epochs or in steps (see
-            `stage_epochs`).
+        plan: a `progressive.StagePlan` (`progressive_plan(...)`,
+            `progressive.plan_for_config(...)` or `progressive.build_stage_plan(...)`), counted
+            in epochs or in steps (see `stage_epochs`).
         epochs: total epochs; default `plan.total_steps` (a plan counted in epochs).
         steps_per_epoch: batches per epoch; needed for an infinite (repeated) dataset, as
             `data.build_dataset` makes for training: without it that is refused at once.
@@ -905,7 +905,7 @@ def fit_progressive(
     if not isinstance(plan, progressive.StagePlan):
         raise ValueError(
             'Argument `plan` must be a StagePlan (progressive_plan(...), '
-            'config.stage_plan(...) or progressive.build_stage_plan(...)); '
+            'progressive.plan_for_config(...) or progressive.build_stage_plan(...)); '
             f'received {plan!r}.'
         )
     for key in ('x', 'y', 'epochs', 'initial_epoch'):

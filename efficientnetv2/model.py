@@ -14,6 +14,8 @@ from efficientnetv2 import hparams
 from efficientnetv2 import layers
 
 POOLING = (None, 'avg', 'max')
+# The constructor's defaults (one source, shared with the run config's `model` section).
+_DEFAULTS = architectures.DEFAULT_MODEL_HPARAMS
 
 
 def _block_name(stage, repeat):
@@ -32,9 +34,9 @@ class EfficientNet(keras.Model):
     """EfficientNet (V1) or EfficientNetV2, built from block strings.
 
     The constructor arguments are the model's whole config (`get_config` returns them and
-    `from_config` calls the constructor), so `.keras` files round-trip. Its defaults are the
-    package's one source of model defaults: `DEFAULT_MODEL_HPARAMS` (the `model` section of a
-    run config) is read from this signature.
+    `from_config` calls the constructor), so `.keras` files round-trip. Its defaults come from
+    `architectures.DEFAULT_MODEL_HPARAMS`, the package's one source of model defaults (also the
+    `model` section of a run config).
 
     Args:
         blocks: list of block strings, one per stage (see `efficientnetv2.blocks`).
@@ -70,29 +72,29 @@ class EfficientNet(keras.Model):
     def __init__(
         self,
         blocks,
-        width_coefficient=1.0,
-        depth_coefficient=1.0,
-        depth_divisor=8,
-        min_depth=8,
-        round_filters_10pct=False,
-        feature_size=1280,
-        dropout_rate=0.2,
-        survival_prob=0.8,
-        bn_momentum=0.9,
-        bn_epsilon=1e-3,
-        act_fn='silu',
-        sync_bn=False,
-        fused_bn=True,
-        conv_dropout=0.0,
-        headbias=None,
-        bn_group_size=8,
+        width_coefficient=_DEFAULTS['width_coefficient'],
+        depth_coefficient=_DEFAULTS['depth_coefficient'],
+        depth_divisor=_DEFAULTS['depth_divisor'],
+        min_depth=_DEFAULTS['min_depth'],
+        round_filters_10pct=_DEFAULTS['round_filters_10pct'],
+        feature_size=_DEFAULTS['feature_size'],
+        dropout_rate=_DEFAULTS['dropout_rate'],
+        survival_prob=_DEFAULTS['survival_prob'],
+        bn_momentum=_DEFAULTS['bn_momentum'],
+        bn_epsilon=_DEFAULTS['bn_epsilon'],
+        act_fn=_DEFAULTS['act_fn'],
+        sync_bn=_DEFAULTS['sync_bn'],
+        fused_bn=_DEFAULTS['fused_bn'],
+        conv_dropout=_DEFAULTS['conv_dropout'],
+        headbias=_DEFAULTS['headbias'],
+        bn_group_size=_DEFAULTS['bn_group_size'],
         include_top=True,
-        num_classes=1000,
+        num_classes=_DEFAULTS['num_classes'],
         pooling=None,
         input_shape=None,
         classifier_activation=None,
-        data_format='channels_last',
-        model_name=None,
+        data_format=_DEFAULTS['data_format'],
+        model_name=_DEFAULTS['model_name'],
         name=None,
         **kwargs,
     ):
@@ -250,7 +252,7 @@ def _reduction_endpoints(block_specs):
     return names
 
 
-# The constructor signature is the one source of the model defaults.
+# The constructor's parameters (their defaults: `architectures.DEFAULT_MODEL_HPARAMS`).
 _SIGNATURE = inspect.signature(EfficientNet.__init__).parameters
 # Everything `get_config` returns besides the Keras name.
 _CONFIG_KEYS = tuple(
@@ -260,13 +262,10 @@ _CONFIG_KEYS = tuple(
 )
 # How a model is built (head, pooling, input), not what the network is.
 BUILD_OPTIONS = ('include_top', 'pooling', 'input_shape', 'classifier_activation')
-# The `model` section of a run config: the constructor's defaults (`blocks`, which has no
-# default, is the empty list), minus the build options.
-DEFAULT_MODEL_HPARAMS = {
-    key: [] if key == 'blocks' else _SIGNATURE[key].default
-    for key in _CONFIG_KEYS
-    if key not in BUILD_OPTIONS
-}
+# The `model` section of a run config: the constructor's hyper-parameters and their defaults,
+# defined in `architectures` (below the config) and read by the signature above.
+# tests/test_layering.py checks that it names every such parameter.
+DEFAULT_MODEL_HPARAMS = architectures.DEFAULT_MODEL_HPARAMS
 
 
 def model_hparams(model_name, **overrides):

@@ -60,10 +60,10 @@ def train(args):
     strategy = _make_strategy(tf, args.strategy, args.devices)
     import numpy as np
 
-    from efficientnetv2 import config as config_lib
+    from efficientnetv2 import experiment
     from efficientnetv2.train import trainer as trainer_lib
 
-    config = config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=TINY)
+    config = experiment.build_config('efficientnetv2-b0', 'digits', hparam_str=TINY)
     config.override(TINY_TRAIN)
     if args.overrides:
         config.override(args.overrides)
@@ -135,13 +135,13 @@ def _train_float16(strategy, model_dir):
     """Four mixed_float16 steps of the tiny config with synced loss scaling, two replicas."""
     import keras
 
-    from efficientnetv2 import config as config_lib
     from efficientnetv2 import distribute
+    from efficientnetv2 import experiment
     from efficientnetv2.train import trainer as trainer_lib
 
     # What Trainer builds for mixed_float16, until it calls distribute.loss_scale_optimizer.
     keras.optimizers.LossScaleOptimizer = distribute.SyncedLossScaleOptimizer
-    config = config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=TINY)
+    config = experiment.build_config('efficientnetv2-b0', 'digits', hparam_str=TINY)
     config.override(TINY_TRAIN)
     config.override(
         'train.stages=0,train.epochs=0.1,train.min_steps=4,model.sync_bn=True,'

@@ -9,7 +9,9 @@ import script_runner
 import yaml
 
 from efficientnetv2 import config as config_lib
+from efficientnetv2 import experiment
 from efficientnetv2 import hparams
+from efficientnetv2.train import progressive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, 'configs')
@@ -25,22 +27,22 @@ def test_shipped_configs_load(path):
         values = yaml.safe_load(f)
     model_name = values['model']['model_name']
     dataset = 'cifar10Ft' if 'finetune' in path else ('digits' if 'digits' in path else 'imagenet')
-    config = config_lib.build_config(model_name, dataset, config_file=path)
+    config = experiment.build_config(model_name, dataset, config_file=path)
     for section, entries in values.items():
         for key, value in entries.items():
             assert config[section][key] == value, (section, key)
 
 
 def test_digits_yaml_equals_the_built_in_demo():
-    built_in = config_lib.build_config('efficientnetv2-b0', 'digits')
-    from_file = config_lib.build_config(
+    built_in = experiment.build_config('efficientnetv2-b0', 'digits')
+    from_file = experiment.build_config(
         'efficientnetv2-b0', 'digits', config_file=os.path.join(CONFIG_DIR, 'digits.yaml')
     )
     assert built_in == from_file
 
 
 def test_paper_recipe_targets_table_6():
-    config = config_lib.build_config('efficientnetv2-s', 'imagenet')
+    config = experiment.build_config('efficientnetv2-s', 'imagenet')
     assert (
         config.train.image_size,
         config.data.ram,
@@ -48,13 +50,13 @@ def test_paper_recipe_targets_table_6():
         config.model.dropout_rate,
     ) == (300, 15.0, 0.0, 0.3)
     assert config.eval.image_size == 384 and config.train.stages == 4
-    v1 = config_lib.build_config('efficientnet-b0', 'imagenet')
+    v1 = experiment.build_config('efficientnet-b0', 'imagenet')
     assert v1.train.stages == 0 and v1.model.bn_momentum == 0.99
     assert config_lib.train_image_size(v1) == 176
 
 
 def test_override_order_and_finetune_recipe():
-    config = config_lib.build_config(
+    config = experiment.build_config(
         'efficientnetv2-b0', 'cifar10Ft', hparam_str='train.lr_base=0.001'
     )
     assert config.model.num_classes == 10
@@ -65,7 +67,7 @@ def test_override_order_and_finetune_recipe():
 
 def test_config_for_another_model_is_refused():
     with pytest.raises(ValueError, match='--model_name=efficientnetv2-s'):
-        config_lib.build_config(
+        experiment.build_config(
             'efficientnetv2-m',
             'imagenet',
             config_file=os.path.join(CONFIG_DIR, 'imagenet-efficientnetv2-s.yaml'),
@@ -82,7 +84,7 @@ def test_config_for_another_model_is_refused():
 )
 def test_bad_values_are_named(override, message):
     with pytest.raises(ValueError, match=message):
-        config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=override)
+        experiment.build_config('efficientnetv2-b0', 'digits', hparam_str=override)
 
 
 # -- typed values ---------------------------------------------------------------------------
@@ -124,7 +126,7 @@ def test_bad_values_are_named(override, message):
 )
 def test_typed_values_from_the_hparam_string(override, message):
     with pytest.raises(hparams.ConfigValueError) as raised:
-        config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=override)
+        experiment.build_config('efficientnetv2-b0', 'digits', hparam_str=override)
     assert message in str(raised.value)
 
 
@@ -132,9 +134,9 @@ def test_typed_values_from_yaml_and_python(tmp_path):
     path = tmp_path / 'bad.yaml'
     path.write_text('train:\n  batch_size: 12.5\n')
     with pytest.raises(hparams.ConfigValueError, match=r'train.batch_size .* received 12.5'):
-        config_lib.build_config('efficientnetv2-b0', 'digits', config_file=str(path))
+        experiment.build_config('efficientnetv2-b0', 'digits', config_file=str(path))
     path.write_text('train:\n  weight_decay: 1e-5\n  seed: 7\n')  # YAML 1.1 reads 1e-5 as text.
-    config = config_lib.build_config('efficientnetv2-b0', 'digits', config_file=str(path))
+    config = experiment.build_config('efficientnetv2-b0', 'digits', config_file=str(path))
     assert config.train.weight_decay == 1e-5 and config.train.seed == 7
     with pytest.raises(hparams.ConfigValueError, match='train.ema_decay'):
         config.override({'train': {'ema_decay': True}})
@@ -161,7 +163,7 @@ def test_every_key_is_typed_and_none_defaults_are_declared():
 
 
 def test_validate_types_an_untyped_config():
-    built = config_lib.build_config('efficientnetv2-b0', 'digits')
+    built = experiment.build_config('efficientnetv2-b0', 'digits')
     plain = hparams.Config(built.as_dict())
     plain.train.batch_size = 'big'
     with pytest.raises(hparams.ConfigValueError, match='train.batch_size'):
@@ -172,11 +174,11 @@ def test_validate_types_an_untyped_config():
 
 
 def _sizes(config, steps=400):
-    return [stage.image_size for stage in config_lib.stage_plan(config, steps)]
+    return [stage.image_size for stage in progressive.plan_for_config(config, steps)]
 
 
 def test_min_image_size_only_matters_with_stages_and_is_derived_when_unset():
-    config = config_lib.build_config(
+    config = experiment.build_config(
         'efficientnetv2-b0',
         'digits',
         hparam_str=(
@@ -188,7 +190,7 @@ def test_min_image_size_only_matters_with_stages_and_is_derived_when_unset():
     config_lib.validate(config)
     assert _sizes(config) == [48]
     # Unset: half of a final size <= 128 (official mode for B0: int(32 + 32 (i + 1) / 3)).
-    config = config_lib.build_config(
+    config = experiment.build_config(
         'efficientnetv2-b0',
         'digits',
         hparam_str=(
@@ -210,13 +212,13 @@ def test_min_image_size_above_the_final_size_is_a_usage_error():
         match=r'train.min_image_size must be <= the final train size 48 px.*'
         r'received 64',
     ):
-        config_lib.build_config(
+        experiment.build_config(
             'efficientnetv2-b0',
             'digits',
             hparam_str=('train.stages=2,train.image_size=48,train.min_image_size=64'),
         )
     with pytest.raises(hparams.ConfigValueError, match='gives a train size of 0 px'):
-        config_lib.build_config(
+        experiment.build_config(
             'efficientnetv2-b0', 'digits', hparam_str='train.image_size=0.25,eval.image_size=32'
         )
 
@@ -225,10 +227,10 @@ def test_min_image_size_above_the_final_size_is_a_usage_error():
 
 
 def test_digits_demo_keeps_paper_mode_24_then_32():
-    config = config_lib.build_config('efficientnetv2-b0', 'digits')
+    config = experiment.build_config('efficientnetv2-b0', 'digits')
     assert config.train.progressive == 'paper'
     assert config.train.lr_sched == 'cosine'
-    plan = config_lib.stage_plan(config, 673)
+    plan = progressive.plan_for_config(config, 673)
     assert [s.image_size for s in plan] == [24, 32]  # 24 + 8 i / 1.
     assert [s.end_step for s in plan] == [336, 673]
     assert [round(s.dropout_rate, 3) for s in plan] == [0.1, 0.2]
@@ -236,7 +238,7 @@ def test_digits_demo_keeps_paper_mode_24_then_32():
 
 @pytest.mark.parametrize('model', ['efficientnetv2-s', 'efficientnetv2-m', 'efficientnetv2-l'])
 def test_paper_mode_stays_the_default_for_s_m_l(model):
-    config = config_lib.build_config(model, 'imagenet')
+    config = experiment.build_config(model, 'imagenet')
     assert config.train.progressive == 'paper'
     assert _sizes(config)[0] == 128
 
@@ -256,9 +258,9 @@ OFFICIAL_PLANS = {
 @pytest.mark.parametrize('model', sorted(OFFICIAL_PLANS))
 def test_models_without_table_6_follow_the_official_plan(model):
     sizes, ram, mix, dropout = OFFICIAL_PLANS[model]
-    config = config_lib.build_config(model, 'imagenet')
+    config = experiment.build_config(model, 'imagenet')
     assert config.train.progressive == 'official' and config.train.stages == 4
-    plan = config_lib.stage_plan(config, 1000)
+    plan = progressive.plan_for_config(config, 1000)
     assert [s.image_size for s in plan] == sizes
     np.testing.assert_allclose([s.ram for s in plan], ram, atol=1e-9)
     np.testing.assert_allclose([s.mixup_alpha for s in plan], mix, atol=1e-9)

@@ -207,10 +207,10 @@ def test_resolve_family_and_errors():
 def test_family_of_recipes_follows_the_released_code(model_name, dataset, family):
     # The released code picks the transform from augname alone: ImageNet-21k sets
     # augname=None, so V1 and V2-B0..B3 take the V2 path there ((x-128)/128, bilinear).
-    from efficientnetv2 import config as config_lib
     from efficientnetv2 import data
+    from efficientnetv2 import experiment
 
-    config = config_lib.build_config(model_name, dataset)
+    config = experiment.build_config(model_name, dataset)
     info = data.get_dataset_info(dataset)
     assert (
         preprocessing.resolve_family(config.data.preprocess, config.data.augname, info.preprocess)

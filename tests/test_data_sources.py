@@ -129,8 +129,8 @@ def test_registry_lookup_and_facts():
     )
     assert finetune.splits == data.get_dataset_info('cifar10').splits
     assert data.get_dataset_info('imagenetFt').tfds_name == 'imagenet2012'
-    # The fine-tune facts live in the registry; config.py builds its *Ft
-    # recipes from them.
+    # The fine-tune facts live in config.py beside the recipe; the registry
+    # builds its *Ft entries from them.
     for name, base in data.registry.FINETUNE_BASES.items():
         info = data.get_dataset_info(name)
         assert (info.base_name, info.augname) == (base, 'ft')

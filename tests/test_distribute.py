@@ -102,6 +102,33 @@ def test_cpu_and_auto_give_one_device_in_float32(monkeypatch):
         distribute.set_precision('bfloat16')
 
 
+def test_resolve_runtime_decides_precision_xla_and_loss_scaling_once(monkeypatch):
+    import keras
+
+    from efficientnetv2 import hparams
+
+    monkeypatch.delenv('TF_CONFIG', raising=False)
+    strategy = distribute.get_strategy('cpu')
+    runtime = hparams.Config(
+        dict(strategy='cpu', mixed_precision=None, deterministic=False, jit_compile=None)
+    )
+    resolved = distribute.resolve_runtime(runtime, strategy=strategy)
+    assert resolved.strategy is strategy and resolved.is_chief
+    assert resolved.precision == 'float32' and not resolved.jit_compile  # CPU defaults.
+    assert not resolved.is_tpu and not resolved.uses_gpu
+    optimizer = keras.optimizers.SGD(0.1)
+    assert resolved.wrap_optimizer(optimizer) is optimizer
+    try:
+        runtime.override(dict(mixed_precision='mixed_float16', jit_compile=True))
+        resolved = distribute.resolve_runtime(runtime, strategy=strategy)
+        assert resolved.precision == 'mixed_float16' and resolved.jit_compile
+        assert keras.mixed_precision.global_policy().name == 'mixed_float16'
+        wrapped = resolved.wrap_optimizer(optimizer)
+        assert isinstance(wrapped, distribute.SyncedLossScaleOptimizer)
+    finally:
+        distribute.set_precision('float32')
+
+
 def test_batch_plan_scales_the_learning_rate():
     strategy = distribute.get_strategy('cpu')
     plan = distribute.batch_plan(strategy, 4096, lr_base=0.016)

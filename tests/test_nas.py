@@ -90,9 +90,9 @@ def test_fused_variant_flops_at_small_size():
 
 
 def test_fused_variants_in_config_but_not_listed():
-    from efficientnetv2 import config as config_lib
+    from efficientnetv2 import experiment
 
-    config = config_lib.build_config('efficientnet-b4-fused1-5', 'digits')
+    config = experiment.build_config('efficientnet-b4-fused1-5', 'digits')
     assert config.model.blocks[4] == 'r3_k5_s1_e6_i80_o112_c1'
     assert config.model.width_coefficient == 1.4
     assert 'efficientnet-b4-fused1-5' not in efficientnetv2.list_models()

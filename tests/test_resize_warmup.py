@@ -16,7 +16,7 @@ from test_keras_workflow import tiny_model
 from test_train import tiny_config
 
 import efficientnetv2
-from efficientnetv2 import config as config_lib
+from efficientnetv2 import experiment
 from efficientnetv2.train import progressive
 from efficientnetv2.train import schedules
 from efficientnetv2.train import trainer as trainer_lib
@@ -117,9 +117,9 @@ def test_ramp_is_off_for_fixed_size_and_the_released_imagenet_recipe(tmp_path):
         tiny_config('train.epochs=1,train.stages=0,train.resize_warmup=0.5'), str(tmp_path / 'a')
     )
     assert isinstance(fixed.schedule, schedules.WarmupDecaySchedule)
-    imagenet = config_lib.build_config('efficientnetv2-s', 'imagenet').train
+    imagenet = experiment.build_config('efficientnetv2-s', 'imagenet').train
     assert (imagenet.resize_warmup, imagenet.resize_lr_power) == (0.0, 0.0)
-    digits = config_lib.build_config('efficientnetv2-b0', 'digits').train
+    digits = experiment.build_config('efficientnetv2-b0', 'digits').train
     assert (digits.resize_warmup, digits.resize_lr_power) == (0.2, 1.0)
 
 

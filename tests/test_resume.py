@@ -18,7 +18,7 @@ import numpy as np
 import script_runner
 import tensorflow as tf
 
-from efficientnetv2 import config as config_lib
+from efficientnetv2 import experiment
 from efficientnetv2.train import trainer as trainer_lib
 
 TOTAL_STEPS = 48  # Two stages: steps 0-24 and 24-48.
@@ -153,7 +153,7 @@ def test_killed_and_restarted_run_ends_bit_identical(tmp_path):
 
 
 def _tiny_trainer(model_dir):
-    config = config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=HPARAMS)
+    config = experiment.build_config('efficientnetv2-b0', 'digits', hparam_str=HPARAMS)
     return trainer_lib.Trainer(config, str(model_dir), strategy=tf.distribute.get_strategy())
 
 

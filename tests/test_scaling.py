@@ -15,7 +15,7 @@ import pytest
 import efficientnetv2
 from efficientnetv2 import architectures
 from efficientnetv2 import blocks as blocks_lib
-from efficientnetv2 import config as config_lib
+from efficientnetv2 import experiment
 from efficientnetv2 import scaling
 from efficientnetv2 import summary
 from efficientnetv2.nas import search
@@ -240,7 +240,7 @@ def test_registered_variant_works_like_a_built_in(registry):
         summary.count_params(model)[0]
         == counting.count(image_size=224, num_classes=10, **v.model_hparams())[0]
     )
-    config = config_lib.build_config('scaled-b0', 'digits')
+    config = experiment.build_config('scaled-b0', 'digits')
     assert config.model.blocks == list(v.blocks)
     assert config.model.width_coefficient == v.width_coefficient
     assert 'scaled-b0' not in efficientnetv2.list_models()  # Listed models stay published.
@@ -256,9 +256,9 @@ def test_written_config_rebuilds_the_model_in_a_fresh_process(tmp_path):
     path = v.write_config(str(tmp_path / 'mine.yaml'), 'mine-b0')
     script = (
         'import json, sys\n'
-        'from efficientnetv2 import config, summary\n'
+        'from efficientnetv2 import experiment, summary\n'
         'from efficientnetv2 import model as model_lib\n'
-        f'c = config.build_config("mine-b0", "digits", config_file={path!r})\n'
+        f'c = experiment.build_config("mine-b0", "digits", config_file={path!r})\n'
         'm = model_lib.EfficientNet(**dict(c.model.as_dict(), num_classes=1000))\n'
         'print(json.dumps([c.model.as_dict(), c.train.image_size, c.eval.image_size,\n'
         '                  c.data.augname, summary.count_params(m)[0]]))\n'
@@ -288,10 +288,10 @@ def test_config_file_defines_an_unknown_model_name_for_the_command_line(tmp_path
     assert cli._model_name_valid({'model_name': 'x-b0', 'config_file': path})
     with pytest.raises(Exception, match='Unknown model name'):
         cli._model_name_valid({'model_name': 'x-b0', 'config_file': None})
-    config = config_lib.build_config('x-b0', 'digits', config_file=path)
+    config = experiment.build_config('x-b0', 'digits', config_file=path)
     assert config.model.width_coefficient == 1.1
     with pytest.raises(ValueError, match='Unknown model name'):
-        config_lib.build_config('y-b0', 'digits', config_file=path)
+        experiment.build_config('y-b0', 'digits', config_file=path)
 
 
 # -- command line --------------------------------------------------------------------------

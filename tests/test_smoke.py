@@ -15,7 +15,7 @@ from test_model import PARAMS  # The published parameter counts of all 18 varian
 
 import efficientnetv2
 from efficientnetv2 import architectures
-from efficientnetv2 import config as config_lib
+from efficientnetv2 import experiment
 from efficientnetv2 import export
 from efficientnetv2 import summary
 from efficientnetv2.train import trainer as trainer_lib
@@ -50,7 +50,7 @@ def test_every_variant_builds_with_its_published_parameter_count():
 
 
 def _tiny_config(overrides):
-    config = config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=TINY)
+    config = experiment.build_config('efficientnetv2-b0', 'digits', hparam_str=TINY)
     config.override(
         'train.batch_size=32,train.steps_per_loop=4,train.ckpt_interval=1000,'
         'train.seed=1,eval.batch_size=90,train.image_size=24,'

@@ -8,6 +8,7 @@ import script_runner
 import tensorflow as tf
 
 from efficientnetv2 import config as config_lib
+from efficientnetv2 import experiment
 from efficientnetv2.train import trainer as trainer_lib
 
 TINY = (
@@ -17,7 +18,7 @@ TINY = (
 
 
 def tiny_config(overrides=''):
-    config = config_lib.build_config('efficientnetv2-b0', 'digits', hparam_str=TINY)
+    config = experiment.build_config('efficientnetv2-b0', 'digits', hparam_str=TINY)
     config.override(
         'train.batch_size=32,train.steps_per_loop=4,train.ckpt_interval=1000,'
         'train.seed=1,eval.batch_size=90,train.image_size=24,'

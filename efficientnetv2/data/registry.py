@@ -3,8 +3,8 @@
 `get_dataset_info(name)` looks a dataset up (case-insensitive); 'folder' reads
 an image folder's classes and split sizes from disk (`folder_dataset_info`).
 The fine-tune configs (`*Ft`) are the same data read with the fine-tune
-transform; `FINETUNE_BASES` says which dataset each one reads and is the one
-place that fact is written (config.py builds its `*Ft` recipes from it).
+transform; `FINETUNE_BASES` says which dataset each one reads. It is written
+once, in config.py beside the fine-tune recipe, and imported here.
 
 The digits `DatasetInfo` turns off the training flip (a mirrored digit is
 another symbol or none) and the eval centre crop (an 8x8 image has no margin),
@@ -15,6 +15,12 @@ cut, which in short runs trains better than wider crops.
 from collections.abc import Mapping
 import dataclasses
 
+# Fine-tune configs (the official `*Ft` dataset configs): which dataset each reads, with the
+# fine-tune transform family and augmentation. Defined with the recipes in config.py, their
+# one source.
+from efficientnetv2.config import FINETUNE_AUGNAME
+from efficientnetv2.config import FINETUNE_BASES
+from efficientnetv2.config import FINETUNE_PREPROCESS
 from efficientnetv2.data import sources
 from efficientnetv2.data.sources import DIGITS_NUM_IMAGES
 from efficientnetv2.data.sources import DIGITS_NUM_TRAIN
@@ -246,21 +252,6 @@ def _base_datasets() -> dict[str, DatasetInfo]:
             digits,
         )
     }
-
-
-# Fine-tune configs: the official `*Ft` dataset configs read these datasets
-# with the fine-tune transform family and augmentation ('ft': resize the whole
-# image, flip, noise cutout). config.py builds its `*Ft` recipes from these.
-FINETUNE_PREPROCESS = 'ft'
-FINETUNE_AUGNAME = 'ft'
-FINETUNE_BASES = {
-    'imagenetFt': 'imagenettfds',
-    'cifar10Ft': 'cifar10',
-    'cifar100Ft': 'cifar100',
-    'flowersFt': 'flowers',
-    'carsFt': 'cars',
-    'tfflowersFt': 'tfflowers',
-}
 
 
 def _build_registry() -> dict[str, DatasetInfo]:

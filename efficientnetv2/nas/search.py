@@ -238,9 +238,9 @@ def trial_config(settings, block_strings, trial_index, overrides=None):
     `overrides` (a config mapping; default: `model.blocks` = `block_strings`) is what the
     search space sets for the trial, applied last.
     """
-    from efficientnetv2 import config as config_lib
+    from efficientnetv2 import experiment
 
-    config = config_lib.build_config(
+    config = experiment.build_config(
         settings.backbone, settings.dataset_cfg, data_dir=settings.data_dir
     )
     config.override(
@@ -257,7 +257,7 @@ def trial_config(settings, block_strings, trial_index, overrides=None):
     if settings.hparam_str:
         config.override(settings.hparam_str)
     config.override(overrides or dict(model=dict(blocks=list(block_strings))))
-    return config_lib.validate(config)
+    return experiment.validate(config)
 
 
 class TrialContext:

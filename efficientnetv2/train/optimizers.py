@@ -12,6 +12,8 @@ import keras
 from keras import ops
 import tensorflow as tf
 
+from efficientnetv2.config import OPTIMIZER_NAMES
+
 _PACKAGE = 'efficientnetv2'
 
 
@@ -164,7 +166,8 @@ _BUILDERS = {
     'adamw': _adamw,
 }
 
-OPTIMIZER_NAMES = tuple(_BUILDERS)
+# The names are the config's choices (`config.OPTIMIZER_NAMES`, their one source);
+# tests/test_optimizers.py checks that they and `_BUILDERS` agree.
 
 
 def build_optimizer(name, learning_rate, **kwargs):

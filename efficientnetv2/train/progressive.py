@@ -43,7 +43,8 @@ import dataclasses
 import math
 import numbers
 
-PLAN_MODES = ('paper', 'official')
+from efficientnetv2 import config as config_lib
+from efficientnetv2.config import PLAN_MODES  # One source: the config's choices.
 
 # Paper S_0 and official `data.ibase`.
 DEFAULT_MIN_IMAGE_SIZE = 128
@@ -322,6 +323,36 @@ def build_stage_plan(
             )
         )
     return StagePlan(stages, mode=mode)
+
+
+def first_stage_base(config):
+    """The size progressive learning starts from in a run config: `train.min_image_size`, or
+    derived from the final train size when unset (see `default_min_image_size`)."""
+    if config.train.min_image_size is None:
+        return default_min_image_size(config_lib.train_image_size(config))
+    return config.train.min_image_size
+
+
+def plan_for_config(config, total_steps):
+    """The progressive-learning plan a run of `total_steps` steps follows (as the trainer
+    builds it): `train.stages` stages in `train.progressive` mode from the `train.min_*` values
+    to the final size, `data.ram`, `data.mixup_alpha`, `data.cutmix_alpha` and
+    `model.dropout_rate`."""
+    return build_stage_plan(
+        num_stages=config.train.stages,
+        total_steps=total_steps,
+        final_image_size=config_lib.train_image_size(config),
+        final_ram=config.data.ram,
+        final_mixup=config.data.mixup_alpha,
+        final_cutmix=config.data.cutmix_alpha,
+        final_dropout=config.model.dropout_rate,
+        min_image_size=config.train.min_image_size,
+        min_ram=config.train.min_ram,
+        min_mixup=config.train.min_mixup,
+        min_cutmix=config.train.min_cutmix,
+        min_dropout=config.train.min_dropout,
+        mode=config.train.progressive,
+    )
 
 
 def _lerp(start, end, ratio):

@@ -19,9 +19,9 @@ import math
 import keras
 from keras import ops
 
-_PACKAGE = 'efficientnetv2'
+from efficientnetv2.config import DECAY_TYPES  # One source: the config's choices.
 
-DECAY_TYPES = ('exponential', 'cosine', 'linear', 'constant')
+_PACKAGE = 'efficientnetv2'
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -28,6 +28,7 @@ from efficientnetv2 import config as config_lib
 from efficientnetv2 import data
 from efficientnetv2 import model as model_lib
 from efficientnetv2.train import losses
+from efficientnetv2.train import progressive
 
 
 def _relax_image_shape(dataset):
@@ -53,7 +54,7 @@ class ClassificationTask:
     """Image classification on a config's dataset (see module docstring).
 
     Args:
-        config: a resolved run config (`efficientnetv2.config.build_config`).
+        config: a resolved run config (`efficientnetv2.experiment.build_config`).
         info: the dataset's `DatasetInfo`; default from `config.data`.
     """
 
@@ -76,7 +77,7 @@ class ClassificationTask:
 
     def build_stage_plan(self):
         """The progressive-learning plan (EfficientNetV2 Algorithm 1) over `total_steps`."""
-        return config_lib.stage_plan(self.config, self.total_steps)
+        return progressive.plan_for_config(self.config, self.total_steps)
 
     def build_model(self, strategy=None, sync_bn=None):
         """The network of `config.model`, created under `strategy.scope()` when given.

@@ -122,7 +122,7 @@ class Trainer:
     """Trains and evaluates one model directory.
 
     Args:
-        config: a resolved run config (`efficientnetv2.config.build_config`).
+        config: a resolved run config (`efficientnetv2.experiment.build_config`).
         model_dir: where checkpoints, summaries and config.yaml go (local or gs://).
         strategy: a `tf.distribute.Strategy`; default from `config.runtime.strategy`.
         task: the `ClassificationTask` to train; default built from `config`.
@@ -131,65 +131,102 @@ class Trainer:
     def __init__(self, config, model_dir, strategy=None, task=None):
         self.config = config
         self.model_dir = model_dir
-        self.strategy = strategy or distribute.get_strategy(config.runtime.strategy)
-        self.is_chief = distribute.is_chief()
-        if config.train.seed is not None:
-            keras.utils.set_random_seed(config.train.seed)
-        if config.runtime.deterministic:
-            tf.config.experimental.enable_op_determinism()
-        self.precision = distribute.set_precision(
-            config.runtime.mixed_precision or distribute.default_precision(self.strategy)
-        )
+        # Built in one pass downwards, each part from what comes before it: the runtime, the
+        # task and its plan, the model, the schedule and the optimizer, the EMA, the
+        # checkpoints.
+        self._build_runtime(strategy)
+        self._build_task(task)
+        with self.strategy.scope():
+            self._build_model()
+            self._build_optimizer()
+            self._build_ema()
+            self._build_loop_variables()
+        self._build_checkpoints()
+        self._summary = {}  # Summary writers by sub-directory name.
+        self._eval_step = None
+        self._update_norm_fn = None
+        self._train_loop = None  # The run-wide train loop (no XLA: one trace for all stages).
+        self._stop_requested = False
+        self.history = []  # One entry per compiled call: step, stage, loss, lr, throughput.
+        # Python-side trace counters: incremented while tracing, never while running.
+        self.trace_counts = dict(train=0, eval=0)
+        self.stage_timings = []  # Per stage run: stage, image_size, trace/first-call seconds.
+        self.stage_results = []  # Per stage end evaluated (traineval): see _evaluate_stage_end.
 
-        self.task = task or task_lib.ClassificationTask(config)
-        self.info = self.task.info
+    # -- construction, in order -------------------------------------------------------------
+
+    def _build_runtime(self, strategy):
+        """Strategy, chief role, seeds, determinism, precision and XLA (`distribute.Runtime`)."""
+        self.runtime = distribute.resolve_runtime(
+            self.config.runtime, strategy=strategy, seed=self.config.train.seed
+        )
+        self.strategy = self.runtime.strategy
+        self.is_chief = self.runtime.is_chief
+        self.precision = self.runtime.precision
+        self.jit_compile = self.runtime.jit_compile
         self.num_replicas = self.strategy.num_replicas_in_sync
+
+    def _build_task(self, task):
+        """What is trained (`ClassificationTask`), the batch it splits and its stage plan."""
+        self.task = task or task_lib.ClassificationTask(self.config)
+        self.info = self.task.info
         self.global_batch = self.task.global_batch
-        distribute.batch_plan(self.strategy, self.global_batch, config.train.lr_base)
+        distribute.batch_plan(self.strategy, self.global_batch, self.config.train.lr_base)
         self.steps_per_epoch = self.task.steps_per_epoch
         self.total_steps = self.task.total_steps
         self.plan = self.task.build_stage_plan()
-        self.jit_compile = self._use_jit_compile()
 
-        with self.strategy.scope():
-            self.model = self.task.build_model(
-                sync_bn=config.model.sync_bn or distribute.is_tpu_strategy(self.strategy)
-            )
-            schedule = schedules.WarmupDecaySchedule(
-                lr_base=config.train.lr_base,
-                global_batch_size=self.global_batch,
-                steps_per_epoch=self.steps_per_epoch,
-                total_steps=self.total_steps,
-                decay_type=config.train.lr_sched,
-                warmup_epochs=config.train.lr_warmup_epochs,
-                lr_min=config.train.lr_min,
-                decay_rate=config.train.lr_decay_factor,
-                decay_epochs=config.train.lr_decay_epochs,
-            )
-            # Each stage's rate fits its image size (train.resize_lr_power), and it ramps up
-            # again after each size increase (train.resize_warmup).
-            ramps = schedules.ramps_for_plan(self.plan, config.train.resize_warmup)
-            scales = schedules.scales_for_plan(self.plan, config.train.resize_lr_power)
-            self.schedule = schedule
-            if ramps or scales:
-                self.schedule = schedules.ResizeWarmup(schedule, ramps, scales)
-            optimizer = optimizers.build_optimizer(config.train.optimizer, self.schedule)
-            if self.precision == 'mixed_float16':
-                optimizer = distribute.loss_scale_optimizer(optimizer)
-            self.optimizer = optimizer
-            self.optimizer.build(self.model.trainable_variables)
-            self.ema = None
-            if config.train.ema_decay:
-                self.ema = ema_lib.ExponentialMovingAverage(
-                    ema_lib.ema_variables(self.model), decay=config.train.ema_decay
-                )
-            self.global_step = _loop_variable('global_step', 0, tf.int64)
-            self._loss_sum = _loop_variable('loss_sum', 0.0)
-            # Gradient norm over a compiled call: sum and max (train/grad_norm*).
-            self._grad_norm_sum = _loop_variable('grad_norm_sum', 0.0)
-            self._grad_norm_max = _loop_variable('grad_norm_max', 0.0)
-            self._bad_step = _loop_variable('bad_step', -1, tf.int64)
+    def _build_model(self):
+        """The network; batch norm syncs across replicas on TPUs (or with `model.sync_bn`)."""
+        self.model = self.task.build_model(sync_bn=self.config.model.sync_bn or self.runtime.is_tpu)
 
+    def _build_optimizer(self):
+        """The learning-rate schedule over the plan, and the optimizer (loss-scaled under
+        mixed_float16), built on the model's variables."""
+        config = self.config.train
+        schedule = schedules.WarmupDecaySchedule(
+            lr_base=config.lr_base,
+            global_batch_size=self.global_batch,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+            decay_type=config.lr_sched,
+            warmup_epochs=config.lr_warmup_epochs,
+            lr_min=config.lr_min,
+            decay_rate=config.lr_decay_factor,
+            decay_epochs=config.lr_decay_epochs,
+        )
+        # Each stage's rate fits its image size (train.resize_lr_power), and it ramps up
+        # again after each size increase (train.resize_warmup).
+        ramps = schedules.ramps_for_plan(self.plan, config.resize_warmup)
+        scales = schedules.scales_for_plan(self.plan, config.resize_lr_power)
+        self.schedule = schedule
+        if ramps or scales:
+            self.schedule = schedules.ResizeWarmup(schedule, ramps, scales)
+        self.optimizer = self.runtime.wrap_optimizer(
+            optimizers.build_optimizer(config.optimizer, self.schedule)
+        )
+        self.optimizer.build(self.model.trainable_variables)
+
+    def _build_ema(self):
+        """The moving average of the model's weights (None when `train.ema_decay` is 0)."""
+        self.ema = None
+        if self.config.train.ema_decay:
+            self.ema = ema_lib.ExponentialMovingAverage(
+                ema_lib.ema_variables(self.model), decay=self.config.train.ema_decay
+            )
+
+    def _build_loop_variables(self):
+        """The step counter and the train loop's per-call sums."""
+        self.global_step = _loop_variable('global_step', 0, tf.int64)
+        self._loss_sum = _loop_variable('loss_sum', 0.0)
+        # Gradient norm over a compiled call: sum and max (train/grad_norm*).
+        self._grad_norm_sum = _loop_variable('grad_norm_sum', 0.0)
+        self._grad_norm_max = _loop_variable('grad_norm_max', 0.0)
+        self._bad_step = _loop_variable('bad_step', -1, tf.int64)
+
+    def _build_checkpoints(self):
+        """What a checkpoint holds (model, optimizer, step, EMA, random states) and its
+        manager (the chief keeps `train.keep_ckpt_max`, other workers one)."""
         tracked = dict(model=self.model, optimizer=self.optimizer, step=self.global_step)
         if self.ema is not None:
             tracked['ema'] = self.ema
@@ -201,19 +238,9 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,
             self._write_dir(),
-            max_to_keep=config.train.keep_ckpt_max if self.is_chief else 1,
+            max_to_keep=self.config.train.keep_ckpt_max if self.is_chief else 1,
             step_counter=self.global_step,
         )
-        self._summary = {}  # Summary writers by sub-directory name.
-        self._eval_step = None
-        self._update_norm_fn = None
-        self._train_loop = None  # The run-wide train loop (no XLA: one trace for all stages).
-        self._stop_requested = False
-        self.history = []  # One entry per compiled call: step, stage, loss, lr, throughput.
-        # Python-side trace counters: incremented while tracing, never while running.
-        self.trace_counts = dict(train=0, eval=0)
-        self.stage_timings = []  # Per stage run: stage, image_size, trace/first-call seconds.
-        self.stage_results = []  # Per stage end evaluated (traineval): see _evaluate_stage_end.
 
     # -- set-up helpers -------------------------------------------------------------------
 
@@ -230,13 +257,6 @@ class Trainer:
                 os.path.join(self._write_dir(), name)
             )
         return self._summary[name]
-
-    def _use_jit_compile(self):
-        """`runtime.jit_compile`, where None means on for TPU and GPU, off on CPU."""
-        value = self.config.runtime.get('jit_compile', None)
-        if value is None:
-            value = distribute.is_tpu_strategy(self.strategy) or distribute.uses_gpu(self.strategy)
-        return bool(value)
 
     def _image_dtype(self):
         return tf.bfloat16 if self.precision == 'mixed_bfloat16' else tf.float32
@@ -365,7 +385,7 @@ class Trainer:
         """
         strategy = self.strategy
         step_fn = self._step_fn
-        if self.jit_compile and not distribute.is_tpu_strategy(strategy):
+        if self.jit_compile and not self.runtime.is_tpu:
             # The loop pulls from the iterator (not compilable); the step is compiled.
             step_fn = tf.function(self._step_fn, jit_compile=True)
 
@@ -433,7 +453,7 @@ class Trainer:
                 image_size=image_size,
                 input_context=input_context,
                 image_dtype=self._image_dtype(),
-                drop_remainder=distribute.is_tpu_strategy(self.strategy),
+                drop_remainder=self.runtime.is_tpu,
             )
 
         if config.eval.batch_size % self.num_replicas:
@@ -772,7 +792,7 @@ class Trainer:
         model = self.model
         task = self.task
         signature = None
-        if not distribute.is_tpu_strategy(self.strategy):
+        if not self.runtime.is_tpu:
             signature = [
                 tf.TensorSpec([None, None, None, None], self._image_dtype()),
                 tf.TensorSpec([None, None], tf.float32),
