@@ -234,6 +234,8 @@ def split_times(trainer, train_seconds):
         part: sum(t.get(f'{part}_seconds', 0.0) for t in trainer.stage_timings)
         for part in ('setup', 'save', 'close')
     }
+    # Pipelines close in the background; train() waits for the last one at its end.
+    parts['close'] += getattr(trainer, 'close_wait_seconds', 0.0)
     return dict(
         trace=trace,
         compile=compile_excess,

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import signal
+import threading
 import time
 
 from absl import logging
@@ -152,6 +153,8 @@ class Trainer:
         self.trace_counts = dict(train=0, eval=0)
         self.stage_timings = []  # Per stage run: stage, image_size, trace/first-call seconds.
         self.stage_results = []  # Per stage end evaluated (traineval): see _evaluate_stage_end.
+        self._closers = []  # Threads that release finished stage pipelines (see _run_stage).
+        self.close_wait_seconds = 0.0  # What train() waited for them at its end.
 
     # -- construction, in order -------------------------------------------------------------
 
@@ -513,6 +516,7 @@ class Trainer:
             if evaluate_each_stage and result is None:  # The run had already finished.
                 result = self.evaluate()
         finally:
+            self.close_wait_seconds = self._join_closers()
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
         if result is not None:
@@ -705,20 +709,35 @@ class Trainer:
         start = time.time()
         if step >= stage.end_step:
             # The pipeline holds exactly the stage's batches: reading its end first lets the
-            # iterator go at once. Deleting a distributed iterator that has not seen its end
-            # waits for its prefetch thread, 12-30 s a stage on 2 CPU cores
-            # (docs/progressive.md).
+            # iterator go sooner.
             with contextlib.suppress(tf.errors.OpError, NotImplementedError, ValueError):
                 iterator.get_next_as_optional()
-        del iterator  # Stops this stage's input pipeline now, before any evaluation.
+        # Deleting a distributed iterator can wait (idle, no CPU) for its pipeline's threads:
+        # 0-30 s a stage on 2 CPU cores, measured (docs/progressive.md). A background thread
+        # drops the last reference, so the wait overlaps the evaluation and the next stage;
+        # train() joins it before it returns.
+        holder = [iterator]
+        del iterator
+        closer = threading.Thread(
+            target=holder.clear, name=f'close-pipeline-{stage.index + 1}', daemon=True
+        )
+        closer.start()
+        self._closers.append(closer)
         close_seconds = time.time() - start
-        if close_seconds > 1.0:
-            logging.info(
-                'Stage %d: closing the input pipeline took %.1f s.', stage.index + 1, close_seconds
-            )
         if self.stage_timings and self.stage_timings[-1]['stage'] == stage.index:
             # Around the steps: pipeline start, the stage-end checkpoint, the pipeline's end.
             self.stage_timings[-1].update(save_seconds=save_seconds, close_seconds=close_seconds)
+
+    def _join_closers(self):
+        """Waits for the stage pipelines still winding down (see `_run_stage`); returns the
+        seconds waited."""
+        start = time.time()
+        while self._closers:
+            self._closers.pop().join()
+        waited = time.time() - start
+        if waited > 1.0:
+            logging.info('Waited %.1f s for the last input pipeline to close.', waited)
+        return waited
 
     def _relative_update_norm(self):
         """`||last step's update|| / ||weights||` over all trainable weights, or None.
