@@ -46,7 +46,8 @@ flags.DEFINE_integer('seed', None, 'Seed of the weights, the data order and augm
 flags.DEFINE_float(
     'resize_lr_power',
     efficientnetv2.keras_workflow.RESIZE_LR_POWER,
-    "Each stage's learning rate times (size / final size) ** this.",
+    "Each stage's learning rate times (size / final size) ** this (default: 0 for Adam, "
+    'which normalises the gradient; see efficientnetv2.keras_workflow.resize_lr_power_for).',
 )
 flags.DEFINE_float(
     'resize_warmup',

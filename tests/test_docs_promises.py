@@ -173,7 +173,8 @@ def test_infer_prints_class_names_and_uses_the_ema_weights(trained_run, tmp_path
     shown = np.array([p for _, p in printed])
     classes = [int(name) for name, _ in printed]
     np.testing.assert_allclose(shown, ema[classes], atol=6e-4)  # Printed with 3 decimals.
-    assert np.max(np.abs(raw[classes] - shown)) > 0.01  # The raw weights would print others.
+    # The raw weights would print other values: further off than the 3-decimal rounding.
+    assert np.max(np.abs(raw[classes] - shown)) > 2e-3
 
     # A CIFAR-10 run prints CIFAR's names: the same 10-class checkpoint, its config naming
     # cifar10 (what a cifar10 run writes; the data itself is not read by infer).

@@ -156,6 +156,7 @@ def test_fit_progressive_ramps_the_optimizers_own_rate(kind):
         steps_per_epoch=STEPS,
         callbacks=[rates],
         resize_warmup=0.5,
+        resize_lr_power=1.0,  # Adam's own default is 0 (resize_lr_power_for).
         verbose=0,
     )
     # Stage 2 (24 px) starts at step 4 and ramps over half its 4 steps: 1/2, then full.
@@ -216,3 +217,38 @@ def test_stage_ends_show_raw_and_ema_top1_with_gradient_and_update_norms(tmp_pat
         assert len(scalars[tag]) == 2, tag  # Train sizes 12 and 24 px, eval 32 px.
     train = _scalars(str(tmp_path / 'train'))
     assert train['grad_norm'] and train['update_norm']
+
+
+def test_stage_rate_power_follows_the_optimizer():
+    from efficientnetv2 import keras_workflow
+    from efficientnetv2.train import optimizers
+
+    power = keras_workflow.resize_lr_power_for
+    assert power(keras.optimizers.SGD(0.1, momentum=0.9)) == 1.0
+    assert power(optimizers.build_optimizer('rmsprop', 0.1)) == 1.0  # The recipe's TF1 RMSProp.
+    assert power(keras.optimizers.Adam(1e-3)) == 0.0
+    assert power(keras.optimizers.AdamW(1e-3)) == 0.0
+    assert power(keras.optimizers.RMSprop(1e-3)) == 0.0
+    assert power(keras.mixed_precision.LossScaleOptimizer(keras.optimizers.SGD(0.1))) == 1.0
+
+
+def test_fit_progressive_keeps_adams_rate_on_small_stages():
+    model = tiny_model()
+    model.compile(
+        keras.optimizers.Adam(1e-3), keras.losses.CategoricalCrossentropy(from_logits=True)
+    )
+    plan = efficientnetv2.progressive_plan(epochs=4, image_size=24, num_stages=2)
+    rates = _Rates()
+    efficientnetv2.fit_progressive(
+        model,
+        digits_fn([]),
+        plan,
+        steps_per_epoch=STEPS,
+        callbacks=[rates],
+        resize_warmup=0.5,
+        verbose=0,
+    )
+    by_step = dict(rates.rates)
+    np.testing.assert_allclose(by_step[3], 1e-3, rtol=1e-5)  # Stage 1 (12 px): full rate.
+    np.testing.assert_allclose(by_step[4], 0.5e-3, rtol=1e-5)  # Stage 2 ramps up again.
+    np.testing.assert_allclose(by_step[STEPS * 4 - 1], 1e-3, rtol=1e-5)
