@@ -472,3 +472,21 @@ def test_real_trial_on_digits(tmp_path):
         for f in os.listdir(os.path.join(s.output_dir, 'trials', '000000', 'model'))
         if f.startswith('ckpt-')
     ]
+
+
+def test_remote_claim_by_rename_has_one_owner(tmp_path, monkeypatch):
+    """The claim protocol of a non-local --output_dir (gs://): the claim is written under a
+    temporary name, renamed onto `claim` without overwrite through tf.io.gfile, read back after
+    `settle_s`, and only its owner runs the trial. Offline, the same gfile calls run on a local
+    directory that the store is told is remote (TensorFlow's in-memory ram:// file system
+    reports a path as existing when another path starts with it, so it cannot stand in)."""
+    monkeypatch.setattr(search, '_is_local', lambda path: False)
+    s = settings(tmp_path, trials=2, settle_s=0.01)
+    first, second = search.TrialStore(s.output_dir, s), search.TrialStore(s.output_dir, s)
+    assert first.owner != second.owner
+    assert first.try_claim(0)
+    assert not second.try_claim(0)  # The rename finds the claim there and fails.
+    assert second.try_claim(1)
+    assert _read_json(first.trial_dir(0), 'claim')['owner'] == first.owner
+    # No temporary claim file is left behind, by the winner or the loser.
+    assert sorted(os.listdir(first.trial_dir(0))) == ['claim']
