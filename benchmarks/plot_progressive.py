@@ -48,11 +48,9 @@ def plot(runs, out):
         for r in mode_runs:
             ends = r['progressive']['stage_ends']
             sizes = {s['stage']: s['image_size'] for s in r['progressive']['stages']}
-            xs = [0.0] + [e['seconds'] for e in ends]
-            ys = [None] + [100 * e['ema'] for e in ends]
             ax.plot(
-                xs[1:],
-                ys[1:],
+                [e['seconds'] for e in ends],
+                [100 * e['ema'] for e in ends],
                 styles[m % len(styles)],
                 marker='o',
                 color=colour[r['seed']],
