@@ -168,6 +168,11 @@ class Trainer:
         self.precision = self.runtime.precision
         self.jit_compile = self.runtime.jit_compile
         self.num_replicas = self.strategy.num_replicas_in_sync
+        # One replica on the host CPU reads plain tf.data pipelines (see `_distribute`).
+        self._plain_input = (
+            isinstance(self.strategy, tf.distribute.OneDeviceStrategy)
+            and not self.runtime.uses_gpu
+        )
 
     def _build_task(self, task):
         """What is trained (`ClassificationTask`), the batch it splits and its stage plan."""
@@ -446,6 +451,29 @@ class Trainer:
                 relax_shapes=not self.jit_compile,
             )
 
+        return self._distribute(dataset_fn)
+
+    def _distribute(self, dataset_fn):
+        """The strategy's dataset from `dataset_fn(input_context)`.
+
+        On one CPU device: the plain `tf.data` pipeline, with tf.data's autotuner off. A
+        progressive run deletes a train iterator at every stage end (and an eval iterator per
+        evaluation), and deleting an autotuned iterator can wait, idle, for the autotuner's
+        thread: `RootDataset::Iterator::~Iterator` joins `Model::OptimizeLoop`, whose timed
+        sleep doubles up to 60 s as the pipeline runs and is often not cut short (TF 2.16-2.21;
+        a third of the deletions after 3 s of life waited the sleep out, 0-60 s a stage in
+        progressive runs; docs/progressive.md). A distributed dataset adds an autotuned
+        per-device pipeline of its own, so on a CPU it is skipped: its replica is the host,
+        and `strategy.run` takes the plain batches. The input pipelines there run at 10-20x
+        the train step's images/s, so the autotuner has nothing to win. GPUs and TPUs keep
+        the distributed, autotuned pipeline; a stage's iterator is then released in the
+        background (`_run_stage`).
+        """
+        if self._plain_input:
+            dataset = dataset_fn(tf.distribute.InputContext())
+            options = tf.data.Options()
+            options.autotune.enabled = False
+            return dataset.with_options(options)
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     def _eval_dataset(self, image_size=None):
@@ -464,7 +492,7 @@ class Trainer:
                 f'eval.batch_size ({int(config.eval.batch_size)}) must be divisible by the '
                 f'number of replicas ({int(self.num_replicas)}).'
             )
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
+        return self._distribute(dataset_fn)
 
     # -- training ---------------------------------------------------------------------------
 
@@ -712,10 +740,10 @@ class Trainer:
             # iterator go sooner.
             with contextlib.suppress(tf.errors.OpError, NotImplementedError, ValueError):
                 iterator.get_next_as_optional()
-        # Deleting a distributed iterator can wait (idle, no CPU) for its pipeline's threads:
-        # 0-30 s a stage on 2 CPU cores, measured (docs/progressive.md). A background thread
-        # drops the last reference, so the wait overlaps the evaluation and the next stage;
-        # train() joins it before it returns.
+        # Deleting an autotuned iterator can wait idle for tf.data's autotuner thread, up to
+        # 60 s (`_distribute`; not on one CPU device, whose pipelines run without it). A
+        # background thread drops the last reference, so such a wait overlaps the evaluation
+        # and the next stage; train() joins it before it returns.
         holder = [iterator]
         del iterator
         closer = threading.Thread(
