@@ -170,8 +170,7 @@ class Trainer:
         self.num_replicas = self.strategy.num_replicas_in_sync
         # One replica on the host CPU reads plain tf.data pipelines (see `_distribute`).
         self._plain_input = (
-            isinstance(self.strategy, tf.distribute.OneDeviceStrategy)
-            and not self.runtime.uses_gpu
+            isinstance(self.strategy, tf.distribute.OneDeviceStrategy) and not self.runtime.uses_gpu
         )
 
     def _build_task(self, task):
