@@ -534,6 +534,56 @@ def resize_lr_power_for(optimizer):
     return 0.0
 
 
+def second_moment_steps(optimizer):
+    """About how many steps `optimizer` averages its squared gradients over, or None.
+
+    `1 / (1 - beta_2)` for Adam-style optimizers (Adam, AdamW, Adamax, Nadam, Lamb: 1,000 at
+    the default 0.999), `1 / (1 - rho)` for Keras' RMSprop and Adadelta; None for optimizers
+    without such an average (SGD, Lion, Adagrad's sum).
+    """
+    optimizer = getattr(optimizer, 'inner_optimizer', optimizer)  # A loss-scale wrapper.
+    if type(optimizer).__name__ in ('Lion', 'Adagrad'):
+        return None
+    for name in ('beta_2', 'rho'):
+        value = getattr(optimizer, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1:
+            return 1.0 / (1.0 - float(value))
+    return None
+
+
+def _warn_long_second_moment(optimizer, schedule, steps_per_epoch):
+    """Warns when the optimizer's squared-gradient average outlasts the shortest stage.
+
+    Gradients change scale with the image size (docs/progressive.md). An average over more
+    steps than a stage has carries the earlier, smaller images' gradients into later stages:
+    measured at the end of a 10-epoch photo run with Adam (beta_2 0.999, stages of 100-150
+    steps), the second moment of the stem and blocks 1-5 was 13-41 times the squared gradient
+    the final weights got, against 7-26 times in the fixed-size run, so the progressive run's
+    early layers stepped 1.2-1.6 times shorter; over 5 seeds it ended 4.8 points under fixed.
+    With beta_2 0.99 (100 steps) the same seed ended 1.3 points under fixed instead of 10.5.
+    """
+    memory = second_moment_steps(optimizer)
+    if memory is None or not steps_per_epoch or len(schedule) < 2:
+        return
+    shortest = min(end - first for _, first, end in schedule) * int(steps_per_epoch)
+    if memory > shortest:
+        name = 'beta_2' if hasattr(optimizer, 'beta_2') else 'rho'
+        logging.warning(
+            '%s averages squared gradients over about %d steps (%s=%g), more than the '
+            'shortest stage (%d steps): each stage then steps on the gradient scale of '
+            'earlier, smaller images. For a run this short use %s <= %.3g (about %d steps; '
+            'docs/progressive.md).',
+            type(optimizer).__name__,
+            round(memory),
+            name,
+            getattr(optimizer, name),
+            shortest,
+            name,
+            1.0 - 1.0 / shortest,
+            shortest,
+        )
+
+
 class _StageRate(keras.callbacks.Callback):
     """Fits the compiled model's own learning rate to each stage's image size.
 
@@ -1025,6 +1075,12 @@ def fit_progressive(
                 )
             dataset = dataset_fn(stage)
             _check_stage_data(model, dataset, stage, steps_per_epoch)
+            if position == 0:
+                _warn_long_second_moment(
+                    getattr(optimizer, 'inner_optimizer', optimizer),
+                    schedule,
+                    steps_per_epoch or _steps_in(dataset),
+                )
             validation = validation_data(stage) if callable(validation_data) else validation_data
             stage_kwargs = dict(fit_kwargs)
             if _backend.is_tf_dataset(dataset):

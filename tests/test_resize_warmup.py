@@ -252,3 +252,41 @@ def test_fit_progressive_keeps_adams_rate_on_small_stages():
     np.testing.assert_allclose(by_step[3], 1e-3, rtol=1e-5)  # Stage 1 (12 px): full rate.
     np.testing.assert_allclose(by_step[4], 0.5e-3, rtol=1e-5)  # Stage 2 ramps up again.
     np.testing.assert_allclose(by_step[STEPS * 4 - 1], 1e-3, rtol=1e-5)
+
+
+def test_second_moment_steps_by_optimizer():
+    from efficientnetv2 import keras_workflow
+
+    steps = keras_workflow.second_moment_steps
+    np.testing.assert_allclose(steps(keras.optimizers.Adam(1e-3)), 1000.0)
+    np.testing.assert_allclose(steps(keras.optimizers.AdamW(1e-3, beta_2=0.99)), 100.0)
+    np.testing.assert_allclose(steps(keras.optimizers.RMSprop(1e-3)), 10.0)
+    assert steps(keras.optimizers.SGD(0.1, momentum=0.9)) is None
+    assert steps(keras.optimizers.Lion(1e-4)) is None
+    wrapped = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.Adam(1e-3, beta_2=0.98))
+    np.testing.assert_allclose(steps(wrapped), 50.0)
+
+
+@pytest.mark.parametrize('beta_2, warns', [(0.999, True), (0.5, False)])
+def test_fit_progressive_warns_when_adams_average_outlasts_a_stage(beta_2, warns, caplog):
+    # Stages of 2 epochs x STEPS steps: Adam's 1,000-step average spans many of them, and
+    # carries the smaller images' gradient scale into the later stages (docs/progressive.md).
+    model = tiny_model()
+    model.compile(
+        keras.optimizers.Adam(1e-3, beta_2=beta_2),
+        keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
+    plan = efficientnetv2.progressive_plan(epochs=4, image_size=24, num_stages=2)
+    with caplog.at_level('WARNING'):
+        efficientnetv2.fit_progressive(model, digits_fn([]), plan, steps_per_epoch=STEPS, verbose=0)
+    found = [
+        r.getMessage() for r in caplog.records if 'averages squared gradients' in r.getMessage()
+    ]
+    assert bool(found) == warns
+    if warns:
+        shortest = 2 * STEPS
+        assert (
+            f'about 1000 steps (beta_2=0.999), more than the shortest stage ({shortest} steps)'
+            in found[0]
+        )
+        assert f'beta_2 <= {1 - 1 / shortest:.3g}' in found[0]
