@@ -459,7 +459,7 @@ class Trainer:
         progressive run deletes a train iterator at every stage end (and an eval iterator per
         evaluation), and deleting an autotuned iterator can wait, idle, for the autotuner's
         thread: `RootDataset::Iterator::~Iterator` joins `Model::OptimizeLoop`, whose timed
-        sleep doubles up to 60 s as the pipeline runs and is often not cut short (TF 2.16-2.21;
+        sleep doubles up to 60 s as the pipeline runs and is often not cut short (TF 2.21;
         a third of the deletions after 3 s of life waited the sleep out, 0-60 s a stage in
         progressive runs; docs/progressive.md). A distributed dataset adds an autotuned
         per-device pipeline of its own, so on a CPU it is skipped: its replica is the host,
