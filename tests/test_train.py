@@ -28,17 +28,32 @@ def tiny_config(overrides=''):
 
 
 def record_pipelines(monkeypatch, trainer):
-    """Records the arguments of every data.build_dataset call, and the dropout at that time."""
+    """Records the arguments of every data.build_dataset call; each training call also gets
+    `dropout`, the model's rate while its stage trained (the next stage's pipeline is built
+    during the stage-end work, before that stage sets its rate)."""
     from efficientnetv2 import data
 
     calls = []
     build = data.build_dataset
+    set_stage = trainer.task.set_stage
+    dropouts = []
+
+    def match():  # The n-th training pipeline serves the n-th stage set.
+        for call, rate in zip([c for c in calls if c['is_training']], dropouts):
+            call['dropout'] = rate
 
     def spy(*args, **kwargs):
-        calls.append(dict(kwargs, dropout=trainer.model.dropout_rate))
+        calls.append(dict(kwargs))
+        match()
         return build(*args, **kwargs)
 
+    def stage_spy(model, stage):
+        set_stage(model, stage)
+        dropouts.append(model.dropout_rate)
+        match()
+
     monkeypatch.setattr(data, 'build_dataset', spy)
+    monkeypatch.setattr(trainer.task, 'set_stage', stage_spy)
     return calls
 
 

@@ -5,6 +5,7 @@ Tiny model (3 blocks, 12-24 px) on the digits set; a few steps per stage.
 
 import glob
 import os
+import threading
 import time
 
 import keras
@@ -193,3 +194,70 @@ def test_stage_pipelines_are_dropped_at_once(tmp_path):
         del iterator
         waits.append(round(time.time() - start, 2))
     assert max(waits) < 0.5, waits
+
+
+def test_stage_end_evaluates_raw_and_ema_weights_from_one_input_pass(tmp_path, monkeypatch):
+    # At each size a stage end evaluates the raw and the EMA weights; when the eval batches
+    # fit in memory the second evaluation reuses the first one's batches.
+    config = tiny_config('train.epochs=1,train.stages=2,train.ema_decay=0.9')
+    trainer = trainer_lib.Trainer(config, str(tmp_path))
+    calls = record_pipelines(monkeypatch, trainer)
+    trainer.train(evaluate_each_stage=True)
+    assert [c['image_size'] for c in calls if not c['is_training']] == [12, 32, 24, 32]
+    last = trainer.stage_results[-1]
+    assert last['raw']['top_1'] != last['top_1']  # Two different weight sets were evaluated.
+
+    # Each result is what a separate evaluation finds, and so is the two-pass fallback.
+    def separate():
+        return [
+            trainer.evaluate(use_ema=use_ema, image_size=size)
+            for use_ema in (True, False)
+            for size in (32, 24)
+        ]
+
+    expected = separate()
+    found = [last, last['at_train_size'], last['raw'], last['raw']['at_train_size']]
+    for got, want in zip(found, expected):
+        assert (got['ema'], got['image_size']) == (want['ema'], want['image_size'])
+        assert (got['top_1'], got['top_5'], got['num_images']) == (
+            want['top_1'],
+            want['top_5'],
+            want['num_images'],
+        )
+    monkeypatch.setattr(trainer_lib, 'EVAL_KEEP_BYTES', 0)
+    del calls[:]
+    results = trainer._evaluate_weights(32, [False, True])
+    assert [c['image_size'] for c in calls] == [32, 32]
+    assert [r['top_1'] for r in results] == [expected[2]['top_1'], expected[0]['top_1']]
+
+
+def test_next_stage_pipeline_is_built_during_the_stage_end(tmp_path, monkeypatch):
+    # The following stage's pipeline is built in the background while the stage ends
+    # (checkpoint, evaluations); the run trains on the same batches as without it.
+    from efficientnetv2 import data
+
+    def run(model_dir, prepare):
+        trainer = trainer_lib.Trainer(tiny_config('train.epochs=1,train.stages=3'), model_dir)
+        if not prepare:
+            monkeypatch.setattr(trainer, '_prepare_pipeline', lambda stage, step: None)
+        threads = []
+        build = data.build_dataset
+
+        def spy(*args, **kwargs):
+            if kwargs['is_training']:
+                threads.append(threading.current_thread().name)
+            return build(*args, **kwargs)
+
+        monkeypatch.setattr(data, 'build_dataset', spy)
+        trainer.train(evaluate_each_stage=True)
+        monkeypatch.setattr(data, 'build_dataset', build)
+        return trainer, threads
+
+    prepared, threads = run(str(tmp_path / 'prepared'), True)
+    assert threads == ['MainThread', 'prepare-pipeline-2', 'prepare-pipeline-3']
+    assert prepared._prepared is None
+    plain, threads = run(str(tmp_path / 'plain'), False)
+    assert threads == ['MainThread'] * 3
+    losses = [h['loss'] for h in prepared.history]
+    assert len(losses) == len(plain.history) > 3
+    np.testing.assert_array_equal(losses, [h['loss'] for h in plain.history])

@@ -51,6 +51,11 @@ IDENTITY_KEYS = (
     'data.dataset',
 )
 
+# A stage end evaluates the raw and the EMA weights at each size: when the eval split's batches
+# fit in this many bytes (a few thousand images at 128 px in float32), the second evaluation
+# reuses the first one's batches instead of decoding and resizing the split again.
+EVAL_KEEP_BYTES = 256 << 20
+
 
 class TrainingError(RuntimeError):
     """Training stopped (non-finite loss, refused model directory, ...)."""
@@ -145,6 +150,7 @@ class Trainer:
         self._build_checkpoints()
         self._summary = {}  # Summary writers by sub-directory name.
         self._eval_step = None
+        self._prepared = None  # The next stage's pipeline, being built: `_prepare_pipeline`.
         self._update_norm_fn = None
         self._train_loop = None  # The run-wide train loop (no XLA: one trace for all stages).
         self._stop_requested = False
@@ -528,10 +534,12 @@ class Trainer:
         result = None
         try:
             step = int(self.global_step.numpy())
-            for stage in self.plan.stages:
+            stages = list(self.plan.stages)
+            for index, stage in enumerate(stages):
                 if step >= stage.end_step:
                     continue
-                self._run_stage(stage, step)
+                following = stages[index + 1] if index + 1 < len(stages) else None
+                self._run_stage(stage, step, following)
                 step = int(self.global_step.numpy())
                 if self._stop_requested:
                     logging.warning(
@@ -543,6 +551,7 @@ class Trainer:
             if evaluate_each_stage and result is None:  # The run had already finished.
                 result = self.evaluate()
         finally:
+            self._discard_prepared()
             self.close_wait_seconds = self._join_closers()
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
@@ -567,9 +576,11 @@ class Trainer:
             sizes.append(stage.image_size)
         weights = [True, False] if self.ema is not None else [False]
         results = {}
-        for use_ema in reversed(weights):  # The reported (EMA) result last: eval_results.json.
-            for size in reversed(sizes):
-                results[use_ema, size] = self.evaluate(use_ema=use_ema, image_size=size)
+        # The reported result (EMA at the final size) last: it writes eval_results.json.
+        for size in reversed(sizes):
+            order = list(reversed(weights))
+            for use_ema, r in zip(order, self._evaluate_weights(size, order)):
+                results[use_ema, size] = r
         result = results[weights[0], sizes[0]]
         if len(sizes) > 1:
             result['at_train_size'] = results[weights[0], sizes[1]]
@@ -642,12 +653,20 @@ class Trainer:
             )
         logging.info('%s.', message)
 
-    def _run_stage(self, stage, step):
+    def _run_stage(self, stage, step, following=None):
+        """Trains `stage` from `step` to its end (or a stop request) and checkpoints.
+
+        When the stage ends and a `following` stage comes, that stage's input pipeline is
+        built in the background meanwhile (the stage-end checkpoint and evaluations); see
+        `_prepare_pipeline`.
+        """
         config = self.config.train
         setup_start = time.time()
         self.task.set_stage(self.model, stage)
         self.task.log_stage(stage, len(self.plan.stages), step)
-        iterator = iter(self._train_dataset(stage, step))
+        iterator = self._take_prepared(stage, step)
+        if iterator is None:
+            iterator = iter(self._train_dataset(stage, step))
         setup_seconds = time.time() - setup_start
         train_loop = self._stage_train_loop()
         trace_seconds = self._trace(
@@ -726,6 +745,8 @@ class Trainer:
             if step - last_save >= config.ckpt_interval:
                 self.manager.save(checkpoint_number=step)
                 last_save = step
+        if following is not None and step >= stage.end_step and not self._stop_requested:
+            self._prepare_pipeline(following, step)
         start = time.time()
         self.manager.save(checkpoint_number=step)
         writer.flush()
@@ -754,6 +775,49 @@ class Trainer:
         if self.stage_timings and self.stage_timings[-1]['stage'] == stage.index:
             # Around the steps: pipeline start, the stage-end checkpoint, the pipeline's end.
             self.stage_timings[-1].update(save_seconds=save_seconds, close_seconds=close_seconds)
+
+    def _prepare_pipeline(self, stage, step):
+        """Starts building `stage`'s train pipeline from `step` in a background thread.
+
+        Building a stage's pipeline traces its augmentation functions (RandAugment: about a
+        second on a CPU) and starting it optimizes its graph; done here, that work overlaps the
+        stage-end checkpoint and evaluations instead of adding to them. Only with plain
+        pipelines (one CPU device, `_distribute`): a distributed dataset is made in the main
+        thread. The next `_run_stage` takes the iterator (`_take_prepared`); the data are
+        those it would have built itself.
+        """
+        if not self._plain_input:
+            return
+        box = dict(stage=stage.index, step=step)
+
+        def build():
+            try:
+                box['iterator'] = iter(self._train_dataset(stage, step))
+            except Exception as error:  # Raised in the main thread by _take_prepared.
+                box['error'] = error
+
+        thread = threading.Thread(target=build, name=f'prepare-pipeline-{stage.index + 1}')
+        thread.start()
+        box['thread'] = thread
+        self._prepared = box
+
+    def _take_prepared(self, stage, step):
+        """The iterator `_prepare_pipeline` built for (`stage`, `step`), else None."""
+        box, self._prepared = self._prepared, None
+        if box is None:
+            return None
+        box['thread'].join()
+        if (box['stage'], box['step']) != (stage.index, step):
+            return None
+        if 'error' in box:
+            raise box['error']
+        return box['iterator']
+
+    def _discard_prepared(self):
+        """Waits for and drops a prepared pipeline that no stage took (a stop, an error)."""
+        box, self._prepared = self._prepared, None
+        if box is not None:
+            box['thread'].join()
 
     def _join_closers(self):
         """Waits for the stage pipelines still winding down (see `_run_stage`); returns the
@@ -860,28 +924,61 @@ class Trainer:
                 train size). Its results go to the `eval/*_at_train_size` summaries and are
                 not written to eval_results.json.
         """
+        return self._evaluate_weights(image_size, [use_ema])[0]
+
+    def _eval_fits_in_memory(self, image_size):
+        """Whether the eval split's batches at `image_size` fit in `EVAL_KEEP_BYTES`."""
+        config = self.config.eval
+        try:
+            num_images = int(self.task.info.get_split(config.split).num_images)
+        except (AttributeError, KeyError, ValueError, TypeError):
+            return False
+        if config.steps:
+            num_images = min(num_images, int(config.steps) * int(config.batch_size))
+        itemsize = tf.as_dtype(self._image_dtype()).size
+        return 0 < num_images * image_size * image_size * 3 * itemsize <= EVAL_KEEP_BYTES
+
+    def _evaluate_weights(self, image_size, weight_sets):
+        """Evaluates each weight set of `weight_sets` (`use_ema` flags) at `image_size`.
+
+        Two or more sets share one pass of the input pipeline when the split's batches fit in
+        `EVAL_KEEP_BYTES` (a stage end evaluates the raw and the EMA weights at each size):
+        the batches are kept after the first set and reused. Returns a result per set.
+        """
         final_size = int(self.config.eval.image_size)
         image_size = int(image_size or final_size)
-        at_final = image_size == final_size
         if self._eval_step is None:
             self._eval_step = self._make_eval_step()
         eval_step = self._eval_step
-        totals = np.zeros(3)
-        context = self.ema.average_weights() if (use_ema and self.ema is not None) else None
-        start = time.time()
-        if context is not None:
-            context.__enter__()
-        try:
-            for i, (images, labels) in enumerate(self._eval_dataset(image_size)):
-                if self.config.eval.steps and i >= self.config.eval.steps:
-                    break
-                per_replica = self.strategy.run(eval_step, args=(images, labels))
-                totals += self.strategy.reduce(
-                    tf.distribute.ReduceOp.SUM, per_replica, axis=None
-                ).numpy()
-        finally:
+        keep = len(weight_sets) > 1 and self._eval_fits_in_memory(image_size)
+        kept = []
+        results = []
+        for index, use_ema in enumerate(weight_sets):
+            start = time.time()
+            batches = kept if (keep and index > 0) else self._eval_dataset(image_size)
+            totals = np.zeros(3)
+            context = self.ema.average_weights() if (use_ema and self.ema is not None) else None
             if context is not None:
-                context.__exit__(None, None, None)
+                context.__enter__()
+            try:
+                for i, (images, labels) in enumerate(batches):
+                    if self.config.eval.steps and i >= self.config.eval.steps:
+                        break
+                    if keep and index == 0:
+                        kept.append((images, labels))
+                    per_replica = self.strategy.run(eval_step, args=(images, labels))
+                    totals += self.strategy.reduce(
+                        tf.distribute.ReduceOp.SUM, per_replica, axis=None
+                    ).numpy()
+            finally:
+                if context is not None:
+                    context.__exit__(None, None, None)
+            results.append(self._eval_result(totals, use_ema, image_size, time.time() - start))
+        return results
+
+    def _eval_result(self, totals, use_ema, image_size, seconds):
+        """Logs and writes (summaries, eval_results.json) one evaluation; returns its dict."""
+        at_final = image_size == int(self.config.eval.image_size)
         count = max(totals[2], 1.0)
         step = int(self.global_step.numpy())
         result = dict(
@@ -891,7 +988,7 @@ class Trainer:
             num_images=int(totals[2]),
             ema=bool(use_ema and self.ema is not None),
             image_size=image_size,
-            seconds=time.time() - start,
+            seconds=seconds,
         )
         logging.info(
             'Eval at step %d on %d images at %d px (%s; %s weights): top-1 %.4f, '
