@@ -91,6 +91,9 @@ def main(_):
             ram=stage.ram,
             mixup_alpha=stage.mixup_alpha,
             cutmix_alpha=stage.cutmix_alpha,
+            # Seeded per stage, as the CLI trainer does: a run replays. A resumed stage
+            # starts its sequence of batches again.
+            seed=None if FLAGS.seed is None else FLAGS.seed + stage.index,
         )
 
     validation = data.build_dataset(

@@ -253,6 +253,14 @@ def test_progressive_folder_example_writes_checkpoints_logs_ema_and_final_model(
         not np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
         for a, b in zip(final.weights, last.weights)
     )
+    # With --seed a run replays: weights, data order and augmentation are all seeded.
+    again = _example(*flags[:1], f'--model_dir={tmp_path / "again"}', *flags[2:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    replay = keras.models.load_model(tmp_path / 'again' / 'final.keras')
+    for a, b in zip(final.weights, replay.weights):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path
+        )
 
 
 def test_count_flops_counts_a_keras_applications_model():
