@@ -232,8 +232,8 @@ def test_stage_end_evaluates_raw_and_ema_weights_from_one_input_pass(tmp_path, m
 
 
 def test_next_stage_pipeline_is_built_during_the_stage_end(tmp_path, monkeypatch):
-    # The following stage's pipeline is built in the background while the stage ends
-    # (checkpoint, evaluations); the run trains on the same batches as without it.
+    # The following stage's pipeline is built in the background during the stage-end
+    # evaluations; the run trains on the same batches as without it.
     from efficientnetv2 import data
 
     def run(model_dir, prepare):
