@@ -59,7 +59,9 @@ def test_three_stages_trace_once_and_evaluate_at_both_sizes(tmp_path, monkeypatc
     assert [c['num_batches'] for c in train_calls] == [s.end_step - s.start_step for s in plan]
     assert [c['skip_batches'] for c in train_calls] == [0, 0, 0]
     eval_sizes = [c['image_size'] for c in calls if not c['is_training']]
-    assert eval_sizes == [12, 32, 18, 32, 24, 32]
+    # Every stage end evaluates at its train size and the final size (32 px); the final-size
+    # batches are read once and kept for the later stage ends.
+    assert eval_sizes == [12, 32, 18, 24]
 
     # Trace times: the first stage traces, the others reuse the trace.
     timings = trainer.stage_timings
@@ -198,12 +200,14 @@ def test_stage_pipelines_are_dropped_at_once(tmp_path):
 
 def test_stage_end_evaluates_raw_and_ema_weights_from_one_input_pass(tmp_path, monkeypatch):
     # At each size a stage end evaluates the raw and the EMA weights; when the eval batches
-    # fit in memory the second evaluation reuses the first one's batches.
+    # fit in memory the second evaluation reuses the first one's batches, and the final-size
+    # batches (32 px) are kept for the next stage end: one eval pipeline per size.
     config = tiny_config('train.epochs=1,train.stages=2,train.ema_decay=0.9')
     trainer = trainer_lib.Trainer(config, str(tmp_path))
     calls = record_pipelines(monkeypatch, trainer)
     trainer.train(evaluate_each_stage=True)
-    assert [c['image_size'] for c in calls if not c['is_training']] == [12, 32, 24, 32]
+    assert [c['image_size'] for c in calls if not c['is_training']] == [12, 32, 24]
+    assert trainer._kept_eval is None  # Dropped when train() returns.
     last = trainer.stage_results[-1]
     assert last['raw']['top_1'] != last['top_1']  # Two different weight sets were evaluated.
 

@@ -151,6 +151,9 @@ class Trainer:
         self._summary = {}  # Summary writers by sub-directory name.
         self._eval_step = None
         self._prepared = None  # The next stage's pipeline, being built: `_prepare_pipeline`.
+        # The final-size eval batches, kept from one stage end to the next while train() runs
+        # with stage-end evaluations (None: not kept); see `_evaluate_weights`.
+        self._kept_eval = None
         self._update_norm_fn = None
         self._train_loop = None  # The run-wide train loop (no XLA: one trace for all stages).
         self._stop_requested = False
@@ -532,6 +535,8 @@ class Trainer:
         with contextlib.suppress(ValueError):  # ValueError: not in the main thread.
             previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
         result = None
+        if evaluate_each_stage and len(self.plan.stages) > 1:
+            self._kept_eval = {}
         try:
             step = int(self.global_step.numpy())
             stages = list(self.plan.stages)
@@ -551,6 +556,7 @@ class Trainer:
             if evaluate_each_stage and result is None:  # The run had already finished.
                 result = self.evaluate()
         finally:
+            self._kept_eval = None
             self._discard_prepared()
             self.close_wait_seconds = self._join_closers()
             if previous_handler is not None:
@@ -944,19 +950,26 @@ class Trainer:
 
         Two or more sets share one pass of the input pipeline when the split's batches fit in
         `EVAL_KEEP_BYTES` (a stage end evaluates the raw and the EMA weights at each size):
-        the batches are kept after the first set and reused. Returns a result per set.
+        the batches are kept after the first set and reused. In a train() with stage-end
+        evaluations, the batches at the final eval size (the same images at every stage end)
+        are also kept from one stage end to the next. Returns a result per set.
         """
         final_size = int(self.config.eval.image_size)
         image_size = int(image_size or final_size)
         if self._eval_step is None:
             self._eval_step = self._make_eval_step()
         eval_step = self._eval_step
-        keep = len(weight_sets) > 1 and self._eval_fits_in_memory(image_size)
-        kept = []
+        across = self._kept_eval is not None and image_size == final_size
+        keep = (len(weight_sets) > 1 or across) and self._eval_fits_in_memory(image_size)
+        kept = self._kept_eval.get(image_size) if (keep and across) else None
+        filled = kept is not None
+        if not filled:
+            kept = []
         results = []
         for index, use_ema in enumerate(weight_sets):
             start = time.time()
-            batches = kept if (keep and index > 0) else self._eval_dataset(image_size)
+            reuse = keep and (filled or index > 0)
+            batches = kept if reuse else self._eval_dataset(image_size)
             totals = np.zeros(3)
             context = self.ema.average_weights() if (use_ema and self.ema is not None) else None
             if context is not None:
@@ -965,7 +978,7 @@ class Trainer:
                 for i, (images, labels) in enumerate(batches):
                     if self.config.eval.steps and i >= self.config.eval.steps:
                         break
-                    if keep and index == 0:
+                    if keep and not reuse:
                         kept.append((images, labels))
                     per_replica = self.strategy.run(eval_step, args=(images, labels))
                     totals += self.strategy.reduce(
@@ -975,6 +988,8 @@ class Trainer:
                 if context is not None:
                     context.__exit__(None, None, None)
             results.append(self._eval_result(totals, use_ema, image_size, time.time() - start))
+        if keep and across and not filled:
+            self._kept_eval[image_size] = kept
         return results
 
     def _eval_result(self, totals, use_ema, image_size, seconds):
