@@ -535,7 +535,9 @@ class Trainer:
         with contextlib.suppress(ValueError):  # ValueError: not in the main thread.
             previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
         result = None
-        if evaluate_each_stage and len(self.plan.stages) > 1:
+        if evaluate_each_stage and len(self.plan.stages) > 1 and self._plain_input:
+            # Host memory only: on an accelerator the kept batches would hold device memory
+            # through the training of the later stages.
             self._kept_eval = {}
         try:
             step = int(self.global_step.numpy())
@@ -951,8 +953,9 @@ class Trainer:
         Two or more sets share one pass of the input pipeline when the split's batches fit in
         `EVAL_KEEP_BYTES` (a stage end evaluates the raw and the EMA weights at each size):
         the batches are kept after the first set and reused. In a train() with stage-end
-        evaluations, the batches at the final eval size (the same images at every stage end)
-        are also kept from one stage end to the next. Returns a result per set.
+        evaluations on one CPU device, the batches at the final eval size (the same images at
+        every stage end) are also kept from one stage end to the next. Returns a result per
+        set.
         """
         final_size = int(self.config.eval.image_size)
         image_size = int(image_size or final_size)
