@@ -94,6 +94,7 @@ KEY_SPECS = {
     'train.min_dropout': _S('float', low=0.0, high=1.0, high_open=True),
     'train.resize_warmup': _S('float', low=0.0, high=1.0),
     'train.resize_lr_power': _S('float', low=0.0),
+    'train.resize_augment_pixels': _S('bool'),
     'train.steps_per_loop': _S('int', low=0, low_open=True),
     'train.ckpt_interval': _S('int', low=0, low_open=True),
     'train.keep_ckpt_max': _S('int', low=0, low_open=True),
@@ -168,6 +169,13 @@ def _default_values():
             # the first, smallest stage and its size changes near the peak rate).
             resize_lr_power=1.0,
             resize_warmup=0.2,
+            # RandAugment's and AutoAugment's Translate and Cutout sizes (absolute pixels in
+            # the released code) times stage size / final size in each progressive stage, so
+            # they take the same share of a small stage's images as of the final size's and
+            # the magnitude ramp stays a ramp (docs/progressive.md). False is the released
+            # code, which the ImageNet recipes keep. The final stage and fixed-size runs are
+            # unchanged either way.
+            resize_augment_pixels=True,
             steps_per_loop=100,  # Train steps per compiled call.
             ckpt_interval=1000,  # Steps between checkpoints (also at every stage end).
             keep_ckpt_max=5,
@@ -291,8 +299,9 @@ _DIGITS = dict(
     model=dict(dropout_rate=0.2),
 )
 
-# The released ImageNet runs: the learning rate does not depend on the stage's image size.
-_RELEASED = dict(train=dict(resize_warmup=0.0, resize_lr_power=0.0))
+# The released ImageNet runs: neither the learning rate nor the augmentation's pixel sizes depend
+# on the stage's image size.
+_RELEASED = dict(train=dict(resize_warmup=0.0, resize_lr_power=0.0, resize_augment_pixels=False))
 
 DATASET_RECIPES = {
     'imagenet': _RELEASED,

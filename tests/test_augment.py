@@ -387,3 +387,31 @@ def test_policy_v0_and_ra_aa_run_deterministically():
         assert _np(clamped).shape == image.shape
     with pytest.raises(ValueError, match='randaug'):
         augment.distort_image(image, 'mixaug')
+
+
+def test_pixel_scale_shrinks_translate_and_cutout_only():
+    # A progressive stage at half the final size (train.resize_augment_pixels): the same
+    # magnitude translates and cuts out half as many pixels; the other ops are unchanged.
+    assert augment.scale_pixel_constants(augment.RANDAUGMENT_CONSTANTS, 0.5) == {
+        'translate_const': 50.0,
+        'cutout_const': 20.0,
+    }
+    assert augment.level_to_arg('TranslateX', 10.0, 50.0, 20.0) == 50.0
+    assert augment.level_to_arg('Cutout', 5.0, 50.0, 20.0) == 10
+    with pytest.raises(ValueError, match='pixel_scale'):
+        augment.scale_pixel_constants(augment.RANDAUGMENT_CONSTANTS, 0)
+
+
+def test_randaugment_pixel_scale_equals_smaller_constants(monkeypatch):
+    image = tf.constant(np.random.RandomState(0).randint(0, 256, (32, 32, 3)), tf.uint8)
+    seeds = [[7, i] for i in range(24)]
+    scaled = [augment.randaugment(image, 2, 10.0, seed=s, pixel_scale=0.25) for s in seeds]
+    released = [augment.randaugment(image, 2, 10.0, seed=s) for s in seeds]
+    # The same draws with the constants themselves quartered (25 px translate, 10 px cutout).
+    monkeypatch.setattr(
+        augment, 'RANDAUGMENT_CONSTANTS', {'translate_const': 25.0, 'cutout_const': 10.0}
+    )
+    for a, s in zip(scaled, seeds):
+        np.testing.assert_array_equal(a, augment.randaugment(image, 2, 10.0, seed=s))
+    # Some of those draws translate or cut out, so the scale changed them.
+    assert any(not np.array_equal(a, b) for a, b in zip(scaled, released))

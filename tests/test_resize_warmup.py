@@ -119,8 +119,10 @@ def test_ramp_is_off_for_fixed_size_and_the_released_imagenet_recipe(tmp_path):
     assert isinstance(fixed.schedule, schedules.WarmupDecaySchedule)
     imagenet = experiment.build_config('efficientnetv2-s', 'imagenet').train
     assert (imagenet.resize_warmup, imagenet.resize_lr_power) == (0.0, 0.0)
+    assert imagenet.resize_augment_pixels is False
     digits = experiment.build_config('efficientnetv2-b0', 'digits').train
     assert (digits.resize_warmup, digits.resize_lr_power) == (0.2, 1.0)
+    assert digits.resize_augment_pixels is True
 
 
 class _Rates(keras.callbacks.Callback):

@@ -64,6 +64,9 @@ def test_stages_change_image_size_and_dropout(tmp_path, monkeypatch):
     trainer.train()
     train_calls = [c for c in calls if c['is_training']]
     assert [c['image_size'] for c in train_calls] == [12, 18, 24]
+    # RandAugment's translate and cutout pixels follow the stage's size
+    # (train.resize_augment_pixels); the final stage keeps the released constants.
+    assert [c['augment_pixel_scale'] for c in train_calls] == [0.5, 0.75, 1.0]
     np.testing.assert_allclose([c['dropout'] for c in train_calls], [0.1, 0.15, 0.2])
     assert all(c['batch_size'] == 32 for c in train_calls)
     assert trainer.trace_counts['train'] == 1  # One trace for the three sizes (no XLA on CPU).

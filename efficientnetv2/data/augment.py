@@ -31,6 +31,7 @@ With `seed=None` a seed is drawn from TF's global generator.
 from collections.abc import Sequence
 import functools
 import math
+import numbers
 
 import tensorflow as tf
 
@@ -513,6 +514,28 @@ def _arg_or_zero(name, level, constants):
     return 0.0 if arg is None else float(arg)
 
 
+def _check_pixel_scale(pixel_scale):
+    if isinstance(pixel_scale, bool) or not (
+        isinstance(pixel_scale, numbers.Real) and pixel_scale > 0
+    ):
+        raise ValueError(
+            f'Argument `pixel_scale` must be a number > 0; received: pixel_scale={pixel_scale!r}.'
+        )
+
+
+def scale_pixel_constants(constants, pixel_scale):
+    """`constants` (translate and cutout, in pixels) times `pixel_scale`.
+
+    The released constants are absolute pixels, set for ImageNet sizes; a progressive stage
+    smaller than the final size can scale them by `stage size / final size`, so that
+    Translate and Cutout take the same share of its image as at the final size.
+    """
+    _check_pixel_scale(pixel_scale)
+    if pixel_scale == 1:
+        return dict(constants)
+    return {key: value * pixel_scale for key, value in constants.items()}
+
+
 # ----------------------------------------------------------------------------
 # Policies.
 # ----------------------------------------------------------------------------
@@ -522,6 +545,7 @@ def randaugment(
     magnitude: float = 10.0,
     seed: SeedLike = None,
     solarize_wrap: bool = True,
+    pixel_scale: float = 1.0,
 ) -> tf.Tensor:
     """Applies RandAugment: `num_layers` uniformly chosen ops, each always.
 
@@ -532,12 +556,15 @@ def randaugment(
         seed: shape-[2] seed, or None.
         solarize_wrap: Solarize's threshold wraps modulo 256 (see
             `solarize`).
+        pixel_scale: multiplies the pixel constants, translate 100 and cutout 40 at
+            magnitude 10 (see `scale_pixel_constants`); 1 is the released behaviour.
 
     Returns:
         The augmented uint8 image.
     """
+    constants = scale_pixel_constants(RANDAUGMENT_CONSTANTS, pixel_scale)
     args = tf.constant(
-        [_arg_or_zero(name, float(magnitude), RANDAUGMENT_CONSTANTS) for name in RANDAUGMENT_OPS],
+        [_arg_or_zero(name, float(magnitude), constants) for name in RANDAUGMENT_OPS],
         tf.float32,
     )
     layer_seeds = split_seed(seed, max(int(num_layers), 1))
@@ -549,7 +576,11 @@ def randaugment(
 
 
 def autoaugment(
-    image: tf.Tensor, seed: SeedLike = None, policy=POLICY_V0, solarize_wrap: bool = True
+    image: tf.Tensor,
+    seed: SeedLike = None,
+    policy=POLICY_V0,
+    solarize_wrap: bool = True,
+    pixel_scale: float = 1.0,
 ) -> tf.Tensor:
     """Applies an AutoAugment policy (default v0) to one image.
 
@@ -564,17 +595,17 @@ def autoaugment(
             `(op_name, probability, level)` of the same length.
         solarize_wrap: Solarize's threshold wraps modulo 256 (see
             `solarize`), which makes v0's `Solarize(0.6, 10)` an Invert.
+        pixel_scale: multiplies the pixel constants (translate 250, cutout 100); see
+            `scale_pixel_constants`.
 
     Returns:
         The augmented uint8 image.
     """
+    constants = scale_pixel_constants(AUTOAUGMENT_CONSTANTS, pixel_scale)
     ops = tf.constant([[op_index(n) for n, _, _ in sub] for sub in policy], tf.int32)
     probs = tf.constant([[p for _, p, _ in sub] for sub in policy], tf.float32)
     args = tf.constant(
-        [
-            [_arg_or_zero(n, float(lvl), AUTOAUGMENT_CONSTANTS) for n, _, lvl in sub]
-            for sub in policy
-        ],
+        [[_arg_or_zero(n, float(lvl), constants) for n, _, lvl in sub] for sub in policy],
         tf.float32,
     )
     pick_seed, steps_seed = tf.unstack(split_seed(seed, 2))
@@ -595,6 +626,7 @@ def distort_image(
     ra_magnitude: float = 10.0,
     seed: SeedLike = None,
     solarize_wrap: bool = True,
+    pixel_scale: float = 1.0,
 ) -> tf.Tensor:
     """Applies 'randaug', 'autoaug' (v0) or 'ra_aa' (either, p = 1/2 each).
 
@@ -606,6 +638,8 @@ def distort_image(
         seed: shape-[2] seed, or None.
         solarize_wrap: Solarize's threshold wraps modulo 256 (see
             `solarize`).
+        pixel_scale: multiplies the policies' pixel constants (translate, cutout); see
+            `scale_pixel_constants`.
 
     Returns:
         The augmented uint8 image.
@@ -614,9 +648,15 @@ def distort_image(
         ValueError: for an unknown policy.
     """
     run_randaug = functools.partial(
-        randaugment, num_layers=ra_num_layers, magnitude=ra_magnitude, solarize_wrap=solarize_wrap
+        randaugment,
+        num_layers=ra_num_layers,
+        magnitude=ra_magnitude,
+        solarize_wrap=solarize_wrap,
+        pixel_scale=pixel_scale,
     )
-    run_autoaug = functools.partial(autoaugment, solarize_wrap=solarize_wrap)
+    run_autoaug = functools.partial(
+        autoaugment, solarize_wrap=solarize_wrap, pixel_scale=pixel_scale
+    )
     if policy == 'randaug':
         return run_randaug(image, seed=seed)
     if policy == 'autoaug':

@@ -25,6 +25,7 @@ outside `[0, num_classes)` always raises `tf.errors.InvalidArgumentError`.
 
 import dataclasses
 import functools
+import numbers
 import random
 
 from absl import logging
@@ -97,6 +98,7 @@ class ImageTransform:
     ram: float
     ra_num_layers: int
     solarize_wrap: bool
+    augment_pixel_scale: float = 1.0
 
     @classmethod
     def resolve(
@@ -110,11 +112,19 @@ class ImageTransform:
         ram,
         ra_num_layers,
         solarize_wrap,
+        augment_pixel_scale=1.0,
     ) -> 'ImageTransform':
         """Checks the arguments and picks the family; ValueError if bad."""
         _check_positive_int('image_size', image_size)
         _check_positive_int('ra_num_layers', ra_num_layers, minimum=0)
         _check_non_negative('ram', ram)
+        if isinstance(augment_pixel_scale, bool) or not (
+            isinstance(augment_pixel_scale, numbers.Real) and augment_pixel_scale > 0
+        ):
+            raise ValueError(
+                'Argument `augment_pixel_scale` must be a number > 0; received: '
+                f'augment_pixel_scale={augment_pixel_scale!r}.'
+            )
         family = preprocessing.resolve_family(preprocess, augname, info.preprocess)
         return cls(
             is_training=is_training,
@@ -124,6 +134,7 @@ class ImageTransform:
             ram=float(ram),
             ra_num_layers=int(ra_num_layers),
             solarize_wrap=bool(solarize_wrap),
+            augment_pixel_scale=float(augment_pixel_scale),
         )
 
 
@@ -424,6 +435,7 @@ def _finish_element(plan: Plan, index, image, label):
         plan.info.random_flip,
         seed=_element_seed(plan, index)[1],
         solarize_wrap=transform.solarize_wrap,
+        augment_pixel_scale=transform.augment_pixel_scale,
     )
     num_classes = plan.info.num_classes
     label = _check_labels(label, plan.info)
@@ -531,6 +543,7 @@ def build_dataset(
     solarize_wrap: bool = True,
     skip_batches: int = 0,
     num_batches: int | None = None,
+    augment_pixel_scale: float = 1.0,
 ) -> tf.data.Dataset:
     """Builds a batched input pipeline for a named dataset.
 
@@ -586,6 +599,12 @@ def build_dataset(
         num_batches: yield at most this many batches (after `skip_batches`),
             e.g. the steps left in a training stage; None: no limit. The
             pipeline then stops decoding at its last needed batch.
+        augment_pixel_scale: multiplies the pixel sizes in RandAugment's and AutoAugment's
+            Translate and Cutout (100 and 40 px at magnitude 10, the released values, set
+            for ImageNet sizes). A progressive stage smaller than the final size can pass
+            `stage size / final size`, so those ops take the same share of its images as at
+            the final size (see `efficientnetv2.train.progressive.augment_pixel_scale`).
+            1 (default) is the released behaviour.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)`: images
@@ -618,6 +637,7 @@ def build_dataset(
             ram=ram,
             ra_num_layers=ra_num_layers,
             solarize_wrap=solarize_wrap,
+            augment_pixel_scale=augment_pixel_scale,
         ),
         batching=Batching.resolve(
             is_training=training,
@@ -678,8 +698,8 @@ def build_dataset(
     transform, batching = plan.transform, plan.batching
     logging.info(
         'Input pipeline %s: %s source, %s transform, size %d, batch %d, '
-        'training=%s, augname=%s, ram=%.3g, solarize_wrap=%s, mixup=%.3g, '
-        'cutmix=%.3g, pipeline %d of %d.',
+        'training=%s, augname=%s, ram=%.3g, augment pixel scale %.3g, solarize_wrap=%s, '
+        'mixup=%.3g, cutmix=%.3g, pipeline %d of %d.',
         plan.source_name,
         info.source,
         transform.family,
@@ -688,6 +708,7 @@ def build_dataset(
         training,
         transform.augname,
         transform.ram,
+        transform.augment_pixel_scale,
         transform.solarize_wrap,
         batching.mixup_alpha,
         batching.cutmix_alpha,

@@ -446,11 +446,19 @@ def decode_and_crop(
 # ----------------------------------------------------------------------------
 # Stage 2: resize, flip, augment, normalise.
 # ----------------------------------------------------------------------------
-def _apply_policies(image_uint8, spec, ra_num_layers, ra_magnitude, seed, solarize_wrap=True):
+def _apply_policies(
+    image_uint8, spec, ra_num_layers, ra_magnitude, seed, solarize_wrap=True, pixel_scale=1.0
+):
     seeds = augment.split_seed(seed, max(len(spec.policies), 1))
     for i, policy in enumerate(spec.policies):
         image_uint8 = augment.distort_image(
-            image_uint8, policy, ra_num_layers, ra_magnitude, seeds[i], solarize_wrap=solarize_wrap
+            image_uint8,
+            policy,
+            ra_num_layers,
+            ra_magnitude,
+            seeds[i],
+            solarize_wrap=solarize_wrap,
+            pixel_scale=pixel_scale,
         )
     return image_uint8
 
@@ -471,6 +479,7 @@ def finish(
     random_flip: bool = True,
     seed: augment.SeedLike = None,
     solarize_wrap: bool = True,
+    augment_pixel_scale: float = 1.0,
 ) -> tf.Tensor:
     """Stage 2: resizes, flips, augments and normalises a uint8 crop.
 
@@ -487,6 +496,8 @@ def finish(
         seed: shape-[2] seed, or None.
         solarize_wrap: Solarize's threshold wraps modulo 256 as in the
             released code (see `augment.solarize`); False clamps it.
+        augment_pixel_scale: multiplies the policies' pixel constants (translate and
+            cutout; see `augment.scale_pixel_constants`); 1 is the released behaviour.
 
     Returns:
         float32 `[image_size, image_size, 3]`, normalised for the family.
@@ -508,6 +519,7 @@ def finish(
             random_flip,
             seeds,
             solarize_wrap,
+            augment_pixel_scale,
         )
     if family == 'legacy':
         image = resize_bicubic_legacy(image, image_size)
@@ -521,7 +533,13 @@ def finish(
         image = tf.image.stateless_random_flip_left_right(image, seeds[0])
     if spec.policies:
         augmented = _apply_policies(
-            _to_uint8(image), spec, ra_num_layers, ra_magnitude, seeds[1], solarize_wrap
+            _to_uint8(image),
+            spec,
+            ra_num_layers,
+            ra_magnitude,
+            seeds[1],
+            solarize_wrap,
+            augment_pixel_scale,
         )
         image = tf.cast(augmented, tf.float32)
     image = normalize(image, family)
@@ -539,6 +557,7 @@ def _finish_ft(
     random_flip,
     seeds,
     solarize_wrap=True,
+    pixel_scale=1.0,
 ):
     """Fine-tune family: normalise, resize whole image, flip, policy, cutout."""
     image = resize_bilinear(normalize(image, 'ft'), image_size)
@@ -552,6 +571,7 @@ def _finish_ft(
             ra_magnitude,
             seeds[1],
             solarize_wrap,
+            pixel_scale,
         )
         image = normalize(augmented, 'ft')
     if spec.noise_cutout:

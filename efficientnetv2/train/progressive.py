@@ -333,6 +333,23 @@ def first_stage_base(config):
     return config.train.min_image_size
 
 
+def augment_pixel_scale(stage_image_size, final_image_size):
+    """How much a stage scales the augmentation's pixel sizes: `stage / final`.
+
+    RandAugment's Translate and Cutout are absolute pixels (100 and 40 at magnitude 10, the
+    released values, set for ImageNet's 128-380 px). On a stage at half the final size
+    the same magnitude moves and cuts twice the share of the image; scaled by this ratio they
+    take the share they take at the final size, and the magnitude ramp of Algorithm 1 stays a
+    ramp (see `data.build_dataset(augment_pixel_scale=)`). 1 at the final size.
+    """
+    if not (stage_image_size > 0 and final_image_size > 0):
+        raise ValueError(
+            'Image sizes must be > 0; received: '
+            f'stage_image_size={stage_image_size!r}, final_image_size={final_image_size!r}.'
+        )
+    return stage_image_size / final_image_size
+
+
 def plan_for_config(config, total_steps):
     """The progressive-learning plan a run of `total_steps` steps follows (as the trainer
     builds it): `train.stages` stages in `train.progressive` mode from the `train.min_*` values
