@@ -26,6 +26,7 @@ import keras  # noqa: E402
 
 import efficientnetv2  # noqa: E402
 from efficientnetv2 import data  # noqa: E402
+from efficientnetv2.train import progressive  # noqa: E402
 
 flags.DEFINE_string('data_dir', None, 'Image folder root.', required=True)
 flags.DEFINE_string('model_dir', '/tmp/progressive_folder', 'Checkpoints and logs.')
@@ -48,6 +49,12 @@ flags.DEFINE_float('ema_decay', 0.999, 'EMA decay (0: none).')
 flags.DEFINE_float('final_ram', 10.0, 'Last-stage RandAugment magnitude (from 5).')
 flags.DEFINE_float('final_mixup', 0.0, 'Last-stage mixup alpha (from 0).')
 flags.DEFINE_float('final_dropout', 0.3, 'Last-stage dropout (from 0.1).')
+flags.DEFINE_bool(
+    'resize_augment_pixels',
+    True,
+    "Scale RandAugment's translate and cutout pixels by stage size / final size, as the CLI's "
+    'train.resize_augment_pixels does (docs/progressive.md); False: the released constants.',
+)
 flags.DEFINE_integer('resume_epoch', 0, 'Resume from <model_dir>/ckpt-<resume_epoch>.keras.')
 flags.DEFINE_integer('seed', None, 'Seed of the weights, the data order and augmentation.')
 flags.DEFINE_float(
@@ -91,6 +98,11 @@ def main(_):
             ram=stage.ram,
             mixup_alpha=stage.mixup_alpha,
             cutmix_alpha=stage.cutmix_alpha,
+            augment_pixel_scale=(
+                progressive.augment_pixel_scale(stage.image_size, FLAGS.image_size)
+                if FLAGS.resize_augment_pixels
+                else 1.0
+            ),
             # Seeded per stage, as the CLI trainer does: a run replays. A resumed stage
             # starts its sequence of batches again.
             seed=None if FLAGS.seed is None else FLAGS.seed + stage.index,
