@@ -94,7 +94,7 @@ KEY_SPECS = {
     'train.min_dropout': _S('float', low=0.0, high=1.0, high_open=True),
     'train.resize_warmup': _S('float', low=0.0, high=1.0),
     'train.resize_lr_power': _S('float', low=0.0),
-    'train.resize_augment_pixels': _S('bool'),
+    'train.resize_augment_pixels': _S('bool', nullable=True),
     'train.steps_per_loop': _S('int', low=0, low_open=True),
     'train.ckpt_interval': _S('int', low=0, low_open=True),
     'train.keep_ckpt_max': _S('int', low=0, low_open=True),
@@ -172,10 +172,11 @@ def _default_values():
             # RandAugment's and AutoAugment's Translate and Cutout sizes (absolute pixels in
             # the released code) times stage size / final size in each progressive stage, so
             # they take the same share of a small stage's images as of the final size's and
-            # the magnitude ramp stays a ramp (docs/progressive.md). False is the released
-            # code, which the ImageNet recipes keep. The final stage and fixed-size runs are
-            # unchanged either way.
-            resize_augment_pixels=True,
+            # the magnitude ramp stays a ramp (docs/progressive.md). None: on for the paper
+            # plan, off for the official plan (the released code's, whose sizes start higher
+            # and where it did not help). False is the released code, which the ImageNet
+            # recipes keep. The final stage and fixed-size runs are unchanged either way.
+            resize_augment_pixels=None,
             steps_per_loop=100,  # Train steps per compiled call.
             ckpt_interval=1000,  # Steps between checkpoints (also at every stage end).
             keep_ckpt_max=5,

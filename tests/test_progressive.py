@@ -269,3 +269,23 @@ def test_plan_rejects_gaps():
     stage = Stage(0, 5, 10, 128, 5.0, 0.0, 0.0, 0.1)
     with pytest.raises(ValueError, match='contiguous'):
         StagePlan([stage])
+
+
+def test_augment_pixel_scale_follows_the_plan_mode_and_the_recipe():
+    from efficientnetv2 import experiment
+    from efficientnetv2.train.progressive import config_augment_pixel_scale
+
+    def scale(dataset, overrides, size):
+        config = experiment.build_config('efficientnetv2-b0', dataset, hparam_str=overrides)
+        return config_augment_pixel_scale(config, size)
+
+    # Digits recipe (final 32 px): the paper plan scales by stage / final size, the official
+    # plan keeps the released constants unless asked, the final size is always 1.
+    assert scale('digits', 'train.progressive=paper', 24) == 0.75
+    assert scale('digits', 'train.progressive=paper', 32) == 1.0
+    assert scale('digits', 'train.progressive=official', 24) == 1.0
+    forced = 'train.progressive=official,train.resize_augment_pixels=true'
+    assert scale('digits', forced, 24) == 0.75
+    assert scale('digits', 'train.progressive=paper,train.resize_augment_pixels=false', 24) == 1.0
+    # The released ImageNet recipe keeps them in either mode.
+    assert scale('imagenet', 'train.progressive=paper', 128) == 1.0

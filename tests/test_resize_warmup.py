@@ -122,7 +122,7 @@ def test_ramp_is_off_for_fixed_size_and_the_released_imagenet_recipe(tmp_path):
     assert imagenet.resize_augment_pixels is False
     digits = experiment.build_config('efficientnetv2-b0', 'digits').train
     assert (digits.resize_warmup, digits.resize_lr_power) == (0.2, 1.0)
-    assert digits.resize_augment_pixels is True
+    assert digits.resize_augment_pixels is None  # On in paper mode only.
 
 
 class _Rates(keras.callbacks.Callback):

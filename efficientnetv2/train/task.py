@@ -227,13 +227,7 @@ class ClassificationTask:
             solarize_wrap=config.data.solarize_wrap,
             skip_batches=skip_batches,
             num_batches=num_batches,
-            augment_pixel_scale=(
-                progressive.augment_pixel_scale(
-                    stage.image_size, config_lib.train_image_size(config)
-                )
-                if config.train.resize_augment_pixels
-                else 1.0
-            ),
+            augment_pixel_scale=progressive.config_augment_pixel_scale(config, stage.image_size),
         )
         return _relax_image_shape(dataset) if relax_shapes else dataset
 
