@@ -173,8 +173,8 @@ def _default_values():
             # the released code) times stage size / final size in each progressive stage, so
             # they take the same share of a small stage's images as of the final size's and
             # the magnitude ramp stays a ramp (docs/progressive.md). None: on for the paper
-            # plan, off for the official plan (the released code's, whose sizes start higher
-            # and where it did not help). False is the released code, which the ImageNet
+            # plan, off for the official plan (the released code's, whose sizes start higher;
+            # there it cost short runs accuracy). False is the released code, which the ImageNet
             # recipes keep. The final stage and fixed-size runs are unchanged either way.
             resize_augment_pixels=None,
             steps_per_loop=100,  # Train steps per compiled call.

@@ -356,7 +356,8 @@ def config_augment_pixel_scale(config, stage_image_size):
     `train.resize_augment_pixels`: True scales (see `augment_pixel_scale`), False keeps the
     released constants (1), None scales in paper mode only. The official plan keeps them: its
     first size is higher (80 px of 128 against the paper plan's 64), so its translate share
-    already grows from stage to stage, and on the photo benchmark scaling it did not help.
+    already grows from stage to stage, and on the photo benchmark scaling it cost its 10-epoch
+    runs 5 points on the mean (docs/progressive.md).
     """
     setting = config.train.resize_augment_pixels
     if setting is None:
