@@ -226,6 +226,30 @@ def test_solarize_wrap_reaches_randaugment():
     np.testing.assert_allclose(pixels[True][differs], 255.0 - pixels[False][differs], atol=1e-3)
 
 
+def test_augment_pixel_scale_reaches_translate_and_cutout_only():
+    # One RandAugment op at M=10 per image: halving the pixel constants (translate 100 -> 50
+    # px, cutout pad 40 -> 20 px, both inside a 96 px image) changes the images whose op is
+    # TranslateX, TranslateY or Cutout (3 of the ops) and no other.
+    pixels = {}
+    for scale in (1.0, 0.5):
+        dataset = data.build_dataset(
+            'digits',
+            image_size=96,
+            batch_size=64,
+            seed=3,
+            augname='randaug',
+            ra_num_layers=1,
+            ram=10.0,
+            augment_pixel_scale=scale,
+        )
+        images, _ = next(iter(dataset))
+        pixels[scale] = images.numpy()
+    differs = np.abs(pixels[1.0] - pixels[0.5]).max(axis=(1, 2, 3)) > 1e-3
+    assert 0 < differs.sum() < 32  # About 64 * 3 / 16 = 12.
+    with pytest.raises(ValueError, match='augment_pixel_scale'):
+        data.build_dataset('digits', image_size=16, augment_pixel_scale=0)
+
+
 # ----------------------------------------------------------------------------
 # ImageNet TFRecords.
 # ----------------------------------------------------------------------------
