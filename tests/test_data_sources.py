@@ -203,23 +203,29 @@ def test_digits_training_stage_arguments():
     assert np.abs(outputs[5.0] - outputs[15.0]).max() > 0.1
 
 
+def _one_op_randaug_batch(image_size, **kwargs):
+    """The first 64 digits of a seeded pipeline with one RandAugment op at M=10 per image."""
+    dataset = data.build_dataset(
+        'digits',
+        image_size=image_size,
+        batch_size=64,
+        seed=3,
+        augname='randaug',
+        ra_num_layers=1,
+        ram=10.0,
+        **kwargs,
+    )
+    images, _ = next(iter(dataset))
+    return images
+
+
 def test_solarize_wrap_reaches_randaugment():
     # One RandAugment op at M=10: the images whose op is Solarize are
     # inverted by default (threshold 256 wraps to 0) and left as they are
     # when clamped; every other image is the same in both pipelines.
     pixels = {}
     for wrap in (True, False):
-        dataset = data.build_dataset(
-            'digits',
-            image_size=8,
-            batch_size=64,
-            seed=3,
-            augname='randaug',
-            ra_num_layers=1,
-            ram=10.0,
-            solarize_wrap=wrap,
-        )
-        images, _ = next(iter(dataset))
+        images = _one_op_randaug_batch(8, solarize_wrap=wrap)
         pixels[wrap] = data.preprocessing.denormalize(images, 'v2').numpy()
     differs = np.abs(pixels[True] - pixels[False]).max(axis=(1, 2, 3)) > 0.5
     assert 0 < differs.sum() < 16  # About 64 / 16 = 4 pick Solarize.
@@ -230,20 +236,9 @@ def test_augment_pixel_scale_reaches_translate_and_cutout_only():
     # One RandAugment op at M=10 per image: halving the pixel constants (translate 100 -> 50
     # px, cutout pad 40 -> 20 px, both inside a 96 px image) changes the images whose op is
     # TranslateX, TranslateY or Cutout (3 of the ops) and no other.
-    pixels = {}
-    for scale in (1.0, 0.5):
-        dataset = data.build_dataset(
-            'digits',
-            image_size=96,
-            batch_size=64,
-            seed=3,
-            augname='randaug',
-            ra_num_layers=1,
-            ram=10.0,
-            augment_pixel_scale=scale,
-        )
-        images, _ = next(iter(dataset))
-        pixels[scale] = images.numpy()
+    pixels = {
+        scale: _one_op_randaug_batch(96, augment_pixel_scale=scale).numpy() for scale in (1.0, 0.5)
+    }
     differs = np.abs(pixels[1.0] - pixels[0.5]).max(axis=(1, 2, 3)) > 1e-3
     assert 0 < differs.sum() < 32  # About 64 * 3 / 16 = 12.
     with pytest.raises(ValueError, match='augment_pixel_scale'):

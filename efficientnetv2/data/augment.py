@@ -514,12 +514,13 @@ def _arg_or_zero(name, level, constants):
     return 0.0 if arg is None else float(arg)
 
 
-def _check_pixel_scale(pixel_scale):
+def check_pixel_scale(pixel_scale, name='pixel_scale'):
+    """Raises ValueError unless `pixel_scale` is a number > 0 (`name` says which argument)."""
     if isinstance(pixel_scale, bool) or not (
         isinstance(pixel_scale, numbers.Real) and pixel_scale > 0
     ):
         raise ValueError(
-            f'Argument `pixel_scale` must be a number > 0; received: pixel_scale={pixel_scale!r}.'
+            f'Argument `{name}` must be a number > 0; received: {name}={pixel_scale!r}.'
         )
 
 
@@ -530,9 +531,7 @@ def scale_pixel_constants(constants, pixel_scale):
     smaller than the final size can scale them by `stage size / final size`, so that
     Translate and Cutout take the same share of its image as at the final size.
     """
-    _check_pixel_scale(pixel_scale)
-    if pixel_scale == 1:
-        return dict(constants)
+    check_pixel_scale(pixel_scale)
     return {key: value * pixel_scale for key, value in constants.items()}
 
 

@@ -25,7 +25,6 @@ outside `[0, num_classes)` always raises `tf.errors.InvalidArgumentError`.
 
 import dataclasses
 import functools
-import numbers
 import random
 
 from absl import logging
@@ -118,13 +117,7 @@ class ImageTransform:
         _check_positive_int('image_size', image_size)
         _check_positive_int('ra_num_layers', ra_num_layers, minimum=0)
         _check_non_negative('ram', ram)
-        if isinstance(augment_pixel_scale, bool) or not (
-            isinstance(augment_pixel_scale, numbers.Real) and augment_pixel_scale > 0
-        ):
-            raise ValueError(
-                'Argument `augment_pixel_scale` must be a number > 0; received: '
-                f'augment_pixel_scale={augment_pixel_scale!r}.'
-            )
+        augment.check_pixel_scale(augment_pixel_scale, 'augment_pixel_scale')
         family = preprocessing.resolve_family(preprocess, augname, info.preprocess)
         return cls(
             is_training=is_training,
